@@ -1,0 +1,58 @@
+# Swiftlet: the two commands a newcomer needs are `make demo` and `make test`.
+# Both install what they need (Debian packages, the guest kernel, the rootfs,
+# a release build of Swiftlet) and are cheap to repeat: the kernel and rootfs
+# are cached under $(SWIFTLET_CACHE), keyed by their inputs.
+
+SHELL := /bin/bash
+export SWIFTLET_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/swiftlet
+
+DEBIAN_PACKAGES := build-essential zlib1g-dev liblz4-dev libzstd-dev libseccomp-dev \
+	e2fsprogs cpio busybox-static qemu-system-x86
+RELEASE_FLAGS := -c release --static-swift-stdlib
+SWIFTLET := .build/release/swiftlet
+
+.PHONY: all deps kernel rootfs images release build demo test unit-test bench clean
+
+all: release
+
+## Debian packages for building Swiftlet (C libraries it links) and running its tests.
+deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "deps: installing $$missing"; \
+		SUDO=$$( [ $$(id -u) -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	else echo "deps: all installed"; fi
+
+## The guest kernel (cached outside the repository).
+kernel:
+	kernels/build.sh
+
+## The guest rootfs and initramfs (cached outside the repository).
+rootfs:
+	rootfs/build.sh
+
+images: kernel rootfs
+
+## A release build, with the Swift standard library linked statically (faster start-up).
+release: deps
+	swift build $(RELEASE_FLAGS) --product swiftlet
+
+build: deps
+	swift build
+
+## Set everything up, then boot the default guest and show its console until it powers off.
+demo: deps images release
+	$(SWIFTLET) boot --boot-timer --stats
+
+## Set everything up, then run the whole test suite (KVM tests included).
+test: deps images release
+	swift build --build-tests
+	swift test --skip-build
+
+## The boot-time benchmark (see benchmarks/README.md).
+bench: deps images release
+	benchmarks/boot.sh
+
+clean:
+	rm -rf .build

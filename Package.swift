@@ -1,0 +1,54 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+/// Swiftlet: a microVM launcher for fast-booting Linux guests on KVM.
+///
+/// Modules follow the seams of the machine:
+/// - `CSwiftlet`: the C shim for what Swift cannot import (ioctl numbers, `_GNU_SOURCE` calls, signals).
+/// - `CDecompress`: the C shim over Debian's zlib, liblz4 and libzstd.
+/// - `SwiftletSys`: typed errno errors, owned file descriptors, EINTR-retrying syscalls, clocks.
+/// - `SwiftletMemory`: guest physical memory, bounds-checked.
+/// - `SwiftletX86`: the x86_64 direct-boot structures (zero page, E820, GDT, page tables, MP table, loaders).
+/// - `SwiftletKVM`: `/dev/kvm`, the VM and its vCPUs.
+/// - `SwiftletDevices`: the legacy devices (8250 UART, i8042, boot timer) and the I/O buses.
+/// - `SwiftletVMM`: assembles a machine and runs it.
+/// - `swiftlet`: the command-line tool.
+let package = Package(
+    name: "Swiftlet",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "swiftlet", targets: ["swiftlet"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        .target(name: "CSwiftlet"),
+        .target(
+            name: "CDecompress",
+            linkerSettings: [.linkedLibrary("z"), .linkedLibrary("lz4"), .linkedLibrary("zstd")]
+        ),
+        .target(name: "SwiftletSys", dependencies: ["CSwiftlet"]),
+        .target(name: "SwiftletMemory", dependencies: ["SwiftletSys", "CSwiftlet"]),
+        .target(name: "SwiftletX86", dependencies: ["SwiftletMemory", "SwiftletSys", "CDecompress"]),
+        .target(name: "SwiftletKVM", dependencies: ["SwiftletSys", "SwiftletMemory", "CSwiftlet"]),
+        .target(name: "SwiftletDevices", dependencies: ["SwiftletSys", "CSwiftlet"]),
+        .target(
+            name: "SwiftletVMM",
+            dependencies: ["SwiftletSys", "SwiftletMemory", "SwiftletX86", "SwiftletKVM", "SwiftletDevices", "CSwiftlet"]
+        ),
+        .executableTarget(
+            name: "swiftlet",
+            dependencies: [
+                "SwiftletVMM", "SwiftletSys",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "SwiftletX86Tests", dependencies: ["SwiftletX86", "SwiftletMemory"]),
+        .testTarget(name: "SwiftletDevicesTests", dependencies: ["SwiftletDevices"]),
+        .testTarget(
+            name: "SwiftletVMMTests",
+            dependencies: ["SwiftletVMM", "SwiftletKVM", "SwiftletMemory", "SwiftletX86", "SwiftletSys"]
+        ),
+    ]
+)

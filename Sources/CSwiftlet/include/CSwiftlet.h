@@ -1,0 +1,124 @@
+// CSwiftlet: what Swift cannot import from the C headers on its own.
+// - ioctl request numbers (function-like _IO/_IOR/_IOW macros),
+// - _GNU_SOURCE functions missing from Glibc's module map,
+// - variadic calls (prctl), signal helpers,
+// - the process start timestamp, taken by a constructor before Swift runs.
+#ifndef CSWIFTLET_H
+#define CSWIFTLET_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <signal.h>
+#include <pthread.h>
+#include <sys/types.h>
+#include <linux/kvm.h>
+
+// ---- KVM ioctls -------------------------------------------------------------
+static const unsigned long SWL_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
+static const unsigned long SWL_KVM_CREATE_VM = KVM_CREATE_VM;
+static const unsigned long SWL_KVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
+static const unsigned long SWL_KVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
+static const unsigned long SWL_KVM_GET_SUPPORTED_CPUID = KVM_GET_SUPPORTED_CPUID;
+static const unsigned long SWL_KVM_GET_MSR_INDEX_LIST = KVM_GET_MSR_INDEX_LIST;
+
+static const unsigned long SWL_KVM_CREATE_VCPU = KVM_CREATE_VCPU;
+static const unsigned long SWL_KVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REGION;
+static const unsigned long SWL_KVM_SET_TSS_ADDR = KVM_SET_TSS_ADDR;
+static const unsigned long SWL_KVM_SET_IDENTITY_MAP_ADDR = KVM_SET_IDENTITY_MAP_ADDR;
+static const unsigned long SWL_KVM_CREATE_IRQCHIP = KVM_CREATE_IRQCHIP;
+static const unsigned long SWL_KVM_CREATE_PIT2 = KVM_CREATE_PIT2;
+static const unsigned long SWL_KVM_IRQ_LINE = KVM_IRQ_LINE;
+static const unsigned long SWL_KVM_IRQFD = KVM_IRQFD;
+static const unsigned long SWL_KVM_IOEVENTFD = KVM_IOEVENTFD;
+static const unsigned long SWL_KVM_GET_CLOCK = KVM_GET_CLOCK;
+static const unsigned long SWL_KVM_SET_CLOCK = KVM_SET_CLOCK;
+static const unsigned long SWL_KVM_ENABLE_CAP = KVM_ENABLE_CAP;
+
+static const uint32_t SWL_KVM_IOEVENTFD_FLAG_DATAMATCH = KVM_IOEVENTFD_FLAG_DATAMATCH;
+
+static const unsigned long SWL_KVM_RUN = KVM_RUN;
+static const unsigned long SWL_KVM_GET_REGS = KVM_GET_REGS;
+static const unsigned long SWL_KVM_SET_REGS = KVM_SET_REGS;
+static const unsigned long SWL_KVM_GET_SREGS = KVM_GET_SREGS;
+static const unsigned long SWL_KVM_SET_SREGS = KVM_SET_SREGS;
+static const unsigned long SWL_KVM_GET_FPU = KVM_GET_FPU;
+static const unsigned long SWL_KVM_SET_FPU = KVM_SET_FPU;
+static const unsigned long SWL_KVM_SET_MSRS = KVM_SET_MSRS;
+static const unsigned long SWL_KVM_GET_MSRS = KVM_GET_MSRS;
+static const unsigned long SWL_KVM_SET_CPUID2 = KVM_SET_CPUID2;
+static const unsigned long SWL_KVM_GET_LAPIC = KVM_GET_LAPIC;
+static const unsigned long SWL_KVM_SET_LAPIC = KVM_SET_LAPIC;
+static const unsigned long SWL_KVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
+static const unsigned long SWL_KVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
+static const unsigned long SWL_KVM_SET_GUEST_DEBUG = KVM_SET_GUEST_DEBUG;
+static const unsigned long SWL_KVM_TRANSLATE = KVM_TRANSLATE;
+static const unsigned long SWL_KVM_GET_MP_STATE = KVM_GET_MP_STATE;
+static const unsigned long SWL_KVM_SET_MP_STATE = KVM_SET_MP_STATE;
+static const unsigned long SWL_KVM_SET_TSC_KHZ = KVM_SET_TSC_KHZ;
+static const unsigned long SWL_KVM_GET_TSC_KHZ = KVM_GET_TSC_KHZ;
+
+// kvm_cpuid2 and kvm_msrs end in flexible arrays, which Swift drops: these
+// helpers give the entry arrays a fixed capacity Swift can see.
+#define SWL_MAX_CPUID_ENTRIES 256
+// Same layout as kvm_cpuid2 { nent, padding, entries[] }.
+struct swl_cpuid {
+    uint32_t nent;
+    uint32_t padding;
+    struct kvm_cpuid_entry2 entries[SWL_MAX_CPUID_ENTRIES];
+};
+#define SWL_MAX_MSR_ENTRIES 64
+// Same layout as kvm_msrs { nmsrs, pad, entries[] }.
+struct swl_msrs {
+    uint32_t nmsrs;
+    uint32_t pad;
+    struct kvm_msr_entry entries[SWL_MAX_MSR_ENTRIES];
+};
+#define SWL_MAX_MSR_INDICES 1024
+// Same layout as kvm_msr_list { nmsrs, indices[] }.
+struct swl_msr_list {
+    uint32_t nmsrs;
+    uint32_t indices[SWL_MAX_MSR_INDICES];
+};
+
+// ---- calls Swift cannot make directly ---------------------------------------
+/// prctl is variadic in glibc.
+int swl_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5);
+/// gettid is hidden behind _GNU_SOURCE.
+pid_t swl_gettid(void);
+int swl_pthread_setname(pthread_t thread, const char *name);
+int swl_eventfd(unsigned int initval, int flags);
+/// A non-blocking, close-on-exec eventfd starting at 0.
+int swl_eventfd_new(void);
+int swl_epoll_create(void);
+int swl_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data);
+/// Waits for one batch; fills parallel arrays of event masks and data words.
+int swl_epoll_wait(int epfd, uint32_t *events, uint64_t *data, int max, int timeout_ms);
+int swl_memfd_create(const char *name, unsigned int flags);
+
+// ---- signals ------------------------------------------------------------------
+/// The real-time signal used to kick vCPU threads out of KVM_RUN.
+int swl_sigrtmin(void);
+/// Installs an empty handler (no SA_RESTART) so KVM_RUN returns EINTR.
+int swl_install_empty_handler(int signo);
+int swl_block_signal(int signo);
+int swl_unblock_signal(int signo);
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (new threads inherit
+/// that) and returns a signalfd that reads them.
+int swl_signalfd_termination(void);
+/// Reads one signal from a signalfd; returns its number, or 0.
+int swl_signalfd_read(int fd);
+
+// ---- time -----------------------------------------------------------------------
+/// CLOCK_MONOTONIC nanoseconds.
+uint64_t swl_monotonic_ns(void);
+/// CLOCK_MONOTONIC nanoseconds taken by an ELF constructor, before any Swift code ran.
+uint64_t swl_process_start_ns(void);
+/// Per-process CPU time in nanoseconds.
+uint64_t swl_process_cpu_ns(void);
+
+// ---- atomics on shared kvm_run bytes --------------------------------------------
+static inline void swl_atomic_store_u8(uint8_t *p, uint8_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline uint8_t swl_atomic_load_u8(const uint8_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+
+#endif

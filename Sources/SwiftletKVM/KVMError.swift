@@ -1,0 +1,30 @@
+import SwiftletSys
+
+/// Why talking to KVM failed.
+public enum KVMError: Error, CustomStringConvertible, Sendable {
+    /// `/dev/kvm` could not be opened (missing, or permission denied).
+    case unavailable(SystemError)
+    /// The kernel's KVM API version is not the stable one (12).
+    case apiVersion(Int32)
+    /// A capability Swiftlet relies on is missing.
+    case missingCapability(String)
+    /// An ioctl or other call failed.
+    case system(SystemError)
+    /// A request exceeded a fixed limit (CPUID entries, MSRs).
+    case tooMany(String)
+
+    public var description: String {
+        switch self {
+        case let .unavailable(e):
+            switch e.errno {
+            case 2: return "/dev/kvm does not exist: KVM is not available on this host"
+            case 13: return "permission denied on /dev/kvm: add the user to the kvm group or run as root"
+            default: return "cannot open /dev/kvm: \(e)"
+            }
+        case let .apiVersion(v): return "unsupported KVM API version \(v) (need 12)"
+        case let .missingCapability(c): return "KVM lacks a required capability: \(c)"
+        case let .system(e): return "KVM: \(e)"
+        case let .tooMany(what): return "KVM: too many \(what)"
+        }
+    }
+}

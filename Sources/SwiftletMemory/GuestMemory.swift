@@ -1,0 +1,149 @@
+import Glibc
+import SwiftletSys
+
+/// Why a guest memory access or mapping failed.
+public enum GuestMemoryError: Error, CustomStringConvertible, Sendable, Equatable {
+    /// `[address, address+length)` is not inside one guest RAM region.
+    case outOfBounds(address: UInt64, length: Int)
+    /// The host mapping failed.
+    case mapFailed(SystemError)
+    /// The requested layout is empty, overlapping or misaligned.
+    case invalidLayout(String)
+
+    public var description: String {
+        switch self {
+        case let .outOfBounds(address, length):
+            return "guest memory access out of bounds: 0x\(String(address, radix: 16)) length \(length)"
+        case let .mapFailed(e): return "guest memory: \(e)"
+        case let .invalidLayout(why): return "guest memory layout: \(why)"
+        }
+    }
+}
+
+/// Guest physical memory: one or more host mappings, each backing a
+/// contiguous guest-physical range.
+///
+/// Every access is bounds-checked against the regions, so a guest-provided
+/// address can never reach host memory outside them. The mappings are
+/// anonymous and `MAP_NORESERVE`: pages cost nothing until touched.
+public final class GuestMemory: @unchecked Sendable {
+    /// One contiguous guest-physical range and its host mapping.
+    public struct Region: Sendable {
+        /// Guest-physical base address.
+        public let guestBase: UInt64
+        /// Size in bytes.
+        public let size: Int
+        /// Host address of the mapping.
+        public nonisolated(unsafe) let host: UnsafeMutableRawPointer
+
+        /// One past the last guest-physical address.
+        public var guestEnd: UInt64 { guestBase + UInt64(size) }
+    }
+
+    /// The regions, sorted by guest address, not overlapping.
+    public let regions: [Region]
+    private let owned: Bool
+
+    /// Maps anonymous memory for each `(base, size)` range.
+    /// Bases and sizes must be page-aligned and the ranges must not overlap.
+    public init(ranges: [(base: UInt64, size: Int)]) throws(GuestMemoryError) {
+        let sorted = ranges.sorted { $0.base < $1.base }
+        guard !sorted.isEmpty else { throw .invalidLayout("no memory") }
+        var regions: [Region] = []
+        var lastEnd: UInt64 = 0
+        for r in sorted {
+            guard r.size > 0, r.base % 4096 == 0, r.size % 4096 == 0 else {
+                throw .invalidLayout("range 0x\(String(r.base, radix: 16)) size \(r.size) is not page-aligned")
+            }
+            guard r.base >= lastEnd else { throw .invalidLayout("ranges overlap") }
+            let p = mmap(nil, r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+            guard let p, p != MAP_FAILED else {
+                let e = SystemError.last("mmap(guest memory, \(r.size) bytes)")
+                for done in regions { munmap(done.host, done.size) }
+                throw .mapFailed(e)
+            }
+            regions.append(Region(guestBase: r.base, size: r.size, host: p))
+            lastEnd = r.base + UInt64(r.size)
+        }
+        self.regions = regions
+        self.owned = true
+    }
+
+    /// One region at guest address 0 of `size` bytes. Convenient for tests.
+    public convenience init(size: Int) throws(GuestMemoryError) {
+        try self.init(ranges: [(base: 0, size: size)])
+    }
+
+    deinit {
+        if owned { for r in regions { munmap(r.host, r.size) } }
+    }
+
+    /// Total bytes of guest RAM.
+    public var totalSize: Int { regions.reduce(0) { $0 + $1.size } }
+
+    /// Host pointer to `[address, address+count)`, which must lie inside one region.
+    ///
+    /// Overflow-safe: a huge `address` or `count` from the guest fails the check.
+    @inlinable
+    public func slice(at address: UInt64, count: Int) throws(GuestMemoryError) -> UnsafeMutableRawBufferPointer {
+        guard count >= 0 else { throw .outOfBounds(address: address, length: count) }
+        for r in regions where address >= r.guestBase {
+            let offset = address - r.guestBase
+            // offset <= size and count <= size - offset, so no sum can overflow.
+            if offset <= UInt64(r.size) && UInt64(count) <= UInt64(r.size) - offset {
+                return UnsafeMutableRawBufferPointer(start: r.host + Int(offset), count: count)
+            }
+        }
+        throw .outOfBounds(address: address, length: count)
+    }
+
+    /// True when `[address, address+count)` lies inside one region.
+    public func contains(_ address: UInt64, count: Int) -> Bool {
+        (try? slice(at: address, count: count)) != nil
+    }
+
+    /// Copies `bytes` into guest memory at `address`.
+    public func write(_ bytes: UnsafeRawBufferPointer, at address: UInt64) throws(GuestMemoryError) {
+        let dst = try slice(at: address, count: bytes.count)
+        if bytes.count > 0 { dst.baseAddress!.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+    }
+
+    /// Copies an array of bytes into guest memory at `address`.
+    public func write(_ bytes: [UInt8], at address: UInt64) throws(GuestMemoryError) {
+        try bytes.withUnsafeBytes { b in
+            Result { () throws(GuestMemoryError) in try write(b, at: address) }
+        }.get()
+    }
+
+    /// Copies guest memory at `address` into `buffer`.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at address: UInt64) throws(GuestMemoryError) {
+        let src = try slice(at: address, count: buffer.count)
+        if buffer.count > 0 { buffer.baseAddress!.copyMemory(from: src.baseAddress!, byteCount: buffer.count) }
+    }
+
+    /// Reads `count` bytes at `address`.
+    public func read(at address: UInt64, count: Int) throws(GuestMemoryError) -> [UInt8] {
+        let src = try slice(at: address, count: count)
+        return Array(src)
+    }
+
+    /// Loads a little-endian integer at `address` (any alignment).
+    @inlinable
+    public func load<T: FixedWidthInteger>(_ type: T.Type = T.self, at address: UInt64) throws(GuestMemoryError) -> T {
+        let s = try slice(at: address, count: MemoryLayout<T>.size)
+        return T(littleEndian: s.loadUnaligned(as: T.self))
+    }
+
+    /// Stores a little-endian integer at `address` (any alignment).
+    @inlinable
+    public func store<T: FixedWidthInteger>(_ value: T, at address: UInt64) throws(GuestMemoryError) {
+        let s = try slice(at: address, count: MemoryLayout<T>.size)
+        s.storeBytes(of: value.littleEndian, as: T.self)
+    }
+
+    /// Sets `count` bytes at `address` to `byte`.
+    public func fill(_ byte: UInt8, at address: UInt64, count: Int) throws(GuestMemoryError) {
+        let s = try slice(at: address, count: count)
+        if count > 0 { memset(s.baseAddress!, Int32(byte), count) }
+    }
+}

@@ -1,0 +1,13 @@
+import CSwiftlet
+
+/// Monotonic time, in nanoseconds.
+public enum Clock {
+    /// Now, on CLOCK_MONOTONIC.
+    @inlinable public static func monotonicNanos() -> UInt64 { swl_monotonic_ns() }
+    /// When the process started, taken by a C constructor before any Swift code ran.
+    public static var processStartNanos: UInt64 { swl_process_start_ns() }
+    /// Microseconds since the process started.
+    public static func microsSinceStart() -> UInt64 { (monotonicNanos() &- processStartNanos) / 1000 }
+    /// CPU time used by the whole process, in nanoseconds.
+    public static func processCPUNanos() -> UInt64 { swl_process_cpu_ns() }
+}

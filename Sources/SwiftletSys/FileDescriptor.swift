@@ -1,0 +1,93 @@
+import Glibc
+
+/// An owned file descriptor, closed when the owner goes away.
+///
+/// Noncopyable, so exactly one owner closes it; `borrow` the raw value for calls.
+public struct OwnedFD: ~Copyable {
+    /// The raw descriptor. Valid while `self` lives.
+    public let raw: Int32
+
+    /// Takes ownership of `raw`.
+    public init(taking raw: Int32) { self.raw = raw }
+
+    /// Opens `path` with `O_CLOEXEC` added to `flags`.
+    public init(opening path: String, flags: Int32, mode: mode_t = 0) throws(SystemError) {
+        let fd = try retryingEINTR("open(\(path))") { open(path, flags | O_CLOEXEC, mode) }
+        self.raw = fd
+    }
+
+    /// Gives up ownership without closing.
+    public consuming func release() -> Int32 {
+        let fd = raw
+        discard self
+        return fd
+    }
+
+    deinit { _ = close(raw) }
+}
+
+/// Reads until `buffer` is full or EOF. Returns the bytes read.
+public func readFully(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, offset: Int64) throws(SystemError) -> Int {
+    var done = 0
+    while done < buffer.count {
+        let n = try retryingEINTR("pread") {
+            pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+        }
+        if n == 0 { break }
+        done += n
+    }
+    return done
+}
+
+/// Writes all of `bytes` to `fd`, retrying short writes and EINTR.
+public func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) throws(SystemError) {
+    var done = 0
+    while done < bytes.count {
+        let n = try retryingEINTR("write") { write(fd, bytes.baseAddress! + done, bytes.count - done) }
+        done += n
+    }
+}
+
+/// Reads the whole of the file at `path`.
+public func readFile(_ path: String) throws(SystemError) -> [UInt8] {
+    let fd = try OwnedFD(opening: path, flags: O_RDONLY)
+    var st = stat()
+    guard fstat(fd.raw, &st) == 0 else { throw .last("fstat(\(path))") }
+    let size = Int(st.st_size)
+    var bytes = [UInt8](repeating: 0, count: size)
+    let raw = fd.raw
+    let n = try bytes.withUnsafeMutableBytes { buf in
+        Result { () throws(SystemError) in try readFully(raw, into: buf, offset: 0) }
+    }.get()
+    if n < size { bytes.removeLast(size - n) }
+    return bytes
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same
+/// directory, renamed into place, so readers never see a partial file.
+public func writeFileAtomically(_ path: String, _ bytes: UnsafeRawBufferPointer) throws(SystemError) {
+    let tmp = path + ".tmp.\(getpid())"
+    do throws(SystemError) {
+        let fd = try OwnedFD(opening: tmp, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644)
+        try writeAll(fd.raw, bytes)
+    } catch {
+        unlink(tmp)
+        throw error
+    }
+    guard rename(tmp, path) == 0 else {
+        let e = SystemError.last("rename(\(tmp))")
+        unlink(tmp)
+        throw e
+    }
+}
+
+/// Creates `path` and its parents (like `mkdir -p`).
+public func makeDirectories(_ path: String, mode: mode_t = 0o755) throws(SystemError) {
+    var prefix = ""
+    for component in path.split(separator: "/", omittingEmptySubsequences: true) {
+        prefix += "/" + component
+        if mkdir(prefix, mode) != 0 && Glibc.errno != EEXIST {
+            throw .last("mkdir(\(prefix))")
+        }
+    }
+}

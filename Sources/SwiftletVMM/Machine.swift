@@ -1,0 +1,246 @@
+import CSwiftlet
+import Glibc
+import Synchronization
+import SwiftletDevices
+import SwiftletKVM
+import SwiftletMemory
+import SwiftletSys
+import SwiftletX86
+
+/// What a finished run reports.
+public struct RunReport: Sendable {
+    /// How the machine ended.
+    public var exit: MachineExit
+    /// Microseconds from process start to the guest's boot-timer write, if it came.
+    public var bootTimerMicros: UInt64?
+    /// Microseconds from process start to the first `KVM_RUN`.
+    public var firstRunMicros: UInt64
+    /// Microseconds from process start to the first exit to userspace.
+    public var firstExitMicros: UInt64
+    /// Exits that reached userspace, by reason, over all vCPUs.
+    public var exits: ExitStats
+    /// What the UART printed, when capture was on.
+    public var console: [UInt8]
+}
+
+/// A microVM: KVM VM, guest memory with a kernel loaded, vCPUs and devices.
+///
+/// `init` does all the setup (nothing runs yet); `run` starts one thread per
+/// vCPU and waits for the machine to end.
+public final class Machine: @unchecked Sendable {
+    public let config: MachineConfig
+    let kvm: Kvm
+    let vm: VirtualMachine
+    let memory: GuestMemory
+    let vcpus: [Vcpu]
+    let serial: Serial8250
+    let output: ConsoleOutput
+    let context: MachineContext
+    let bootTimerMicros = BootTimerRecord()
+    /// The host has nested PVM KVM.
+    public let isPVMHost: Bool
+
+    /// Builds the machine: VM, memory, kernel, boot structures, vCPUs, devices.
+    public init(config: MachineConfig) throws(VMMError) {
+        self.config = config
+        do {
+            kvm = try Kvm(path: config.kvmPath)
+        } catch {
+            throw .kvm(error)
+        }
+        try config.validate(maxVcpus: max(1, kvm.maxVcpus))
+        isPVMHost = HostKVM.isPVM
+
+        do {
+            vm = try kvm.createVM()
+            try vm.setTSSAddress(Layout.kvmTSS)
+            if kvm.checkExtension(KVM_CAP_SET_IDENTITY_MAP_ADDR) > 0 {
+                try vm.setIdentityMapAddress(Layout.kvmIdentityMap)
+            }
+            try vm.createIRQChip()
+            try vm.createPIT()
+        } catch {
+            throw .kvm(error)
+        }
+
+        do {
+            memory = try GuestMemory(ranges: Layout.ramRanges(memoryBytes: config.memoryMiB << 20))
+        } catch {
+            throw .memory(error)
+        }
+        do { try vm.mapMemory(memory) } catch { throw .kvm(error) }
+
+        let boot = try BootLoader.load(config: config, memory: memory)
+
+        let template: CPUTemplate
+        switch config.cpuTemplate {
+        case .auto: template = isPVMHost ? .pvmSafe : .host
+        case .host: template = .host
+        case .pvmSafe: template = .pvmSafe
+        }
+        var vcpus: [Vcpu] = []
+        do {
+            let supported = try kvm.supportedCPUID()
+            for id in 0..<config.vcpuCount {
+                let vcpu = try vm.createVcpu(id: id)
+                try VcpuSetup.configure(vcpu, cpuCount: config.vcpuCount, supportedCPUID: supported, template: template)
+                if id == 0 {
+                    if boot.longMode {
+                        try VcpuSetup.configureBootProcessor(vcpu, entry: boot.entry)
+                    } else {
+                        try VcpuSetup.configureRealMode(vcpu, entry: boot.entry)
+                    }
+                }
+                vcpus.append(vcpu)
+            }
+        } catch {
+            throw .kvm(error)
+        }
+        self.vcpus = vcpus
+
+        // Devices.
+        let latch: ExitLatch
+        do { latch = try ExitLatch() } catch { throw .system(error) }
+        let output = ConsoleOutput(fd: config.consoleOutputFD, capture: config.captureConsole)
+        self.output = output
+        let vm = self.vm
+        serial = Serial8250(output: { output.put($0) }, raiseInterrupt: { try? vm.pulseIRQ(Devices.serialIRQ) })
+        var pio = Bus()
+        var mmio = Bus()
+        let resetFlag = ResetFlag()
+        let record = bootTimerMicros
+        do {
+            try pio.insert(serial, base: Devices.serialPort, size: 8)
+            try pio.insert(I8042 { resetFlag.set() }, base: Devices.i8042Port, size: 5)
+            try mmio.insert(BootTimer { wall, _ in record.set(wall) }, base: Layout.bootTimer, size: 0x1000)
+        } catch {
+            throw .bus(error)
+        }
+        context = MachineContext(pioBus: pio, mmioBus: mmio, memory: memory, emulationFixups: isPVMHost, latch: latch)
+        resetFlag.target = context
+    }
+
+    /// Runs the machine until it ends, and reports how.
+    public func run() throws(VMMError) -> RunReport {
+        guard swl_install_empty_handler(swl_sigrtmin()) == 0 else { throw .system(.last("sigaction(SIGRTMIN)")) }
+        let kick = swl_sigrtmin()
+        // Threads inherit the mask: only the main thread takes SIGINT/SIGTERM,
+        // through a signalfd, and vCPU threads unblock only the kick signal.
+        var signalFD: Int32 = -1
+        if config.handleTerminationSignals {
+            signalFD = swl_signalfd_termination()
+            guard signalFD >= 0 else { throw .system(.last("signalfd")) }
+        }
+        defer { if signalFD >= 0 { close(signalFD) } }
+        _ = swl_block_signal(kick)
+
+        var console: ConsoleInput?
+        if config.consoleInput {
+            let latch = context.latch
+            do {
+                console = try ConsoleInput(serial: serial) { latch.finish(.stopped("console escape (Ctrl-A x)")) }
+                try console?.start()
+            } catch {
+                throw .system(error)
+            }
+        }
+        defer { console?.stop() }
+
+        let runners = vcpus.map { VcpuRunner(vcpu: $0, context: context) }
+        var threads: [pthread_t] = []
+        for r in runners {
+            do {
+                threads.append(try spawnThread(name: "vcpu\(r.vcpu.id)") { r.run() })
+            } catch {
+                context.latch.finish(.vmmError("\(error)"))
+                break
+            }
+        }
+
+        waitForEnd(runners: runners, signalFD: signalFD)
+
+        for r in runners {
+            r.stopRequested.store(true, ordering: .releasing)
+            r.vcpu.kick(signal: kick)
+        }
+        for t in threads { pthread_join(t, nil) }
+
+        var stats = ExitStats()
+        for r in runners { stats.add(r.stats) }
+        return RunReport(
+            exit: context.latch.result ?? .vmmError("no exit recorded"),
+            bootTimerMicros: bootTimerMicros.value,
+            firstRunMicros: context.firstRunMicros.load(ordering: .relaxed),
+            firstExitMicros: context.firstExitMicros.load(ordering: .relaxed),
+            exits: stats,
+            console: output.captured
+        )
+    }
+
+    /// Waits for the latch, a termination signal, the timeout, or every vCPU
+    /// halting for good (Linux's power-off without ACPI), probing the vCPUs
+    /// every `haltProbeMillis`.
+    private func waitForEnd(runners: [VcpuRunner], signalFD: Int32) {
+        let latch = context.latch
+        let kick = swl_sigrtmin()
+        let deadline = config.timeoutSeconds.map { Clock.monotonicNanos() + UInt64($0 * 1e9) }
+        var fds = [pollfd(fd: latch.eventfd, events: Int16(POLLIN), revents: 0)]
+        if signalFD >= 0 { fds.append(pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0)) }
+        var probe: UInt64 = 0
+        var deadRounds = 0
+        while latch.result == nil {
+            var wait = Int32(config.haltProbeMillis)
+            if let d = deadline {
+                let now = Clock.monotonicNanos()
+                if now >= d {
+                    latch.finish(.stopped("timeout after \(config.timeoutSeconds ?? 0) s"))
+                    break
+                }
+                wait = min(wait, Int32((d - now) / 1_000_000) + 1)
+            }
+            let n = poll(&fds, nfds_t(fds.count), wait)
+            if n > 0 && fds.count > 1 && fds[1].revents != 0 {
+                let signo = swl_signalfd_read(signalFD)
+                latch.finish(.stopped("signal \(signo)"))
+                break
+            }
+            if latch.result != nil { break }
+            // Collect the previous probe's answers, then send the next probe.
+            if probe > 0 {
+                let answered = runners.allSatisfy { $0.probeAnswered.load(ordering: .acquiring) == probe }
+                let dead = answered && runners.allSatisfy { $0.probeDead.load(ordering: .relaxed) }
+                deadRounds = dead ? deadRounds + 1 : 0
+                // Two probes in a row rule out a vCPU caught between `cli` and the NMI that wakes it.
+                if deadRounds >= 2 {
+                    latch.finish(.poweredOff)
+                    break
+                }
+            }
+            probe += 1
+            for r in runners {
+                r.probeRequest.store(probe, ordering: .releasing)
+                r.vcpu.kick(signal: kick)
+            }
+        }
+    }
+}
+
+/// Fixed legacy device addresses.
+public enum Devices {
+    public static let serialPort: UInt64 = 0x3f8
+    public static let serialIRQ: UInt32 = 4
+    public static let i8042Port: UInt64 = 0x60
+}
+
+/// The boot-timer value, written once by a vCPU thread.
+final class BootTimerRecord: @unchecked Sendable {
+    private let stored = Atomic<UInt64>(0)
+    func set(_ micros: UInt64) { _ = stored.compareExchange(expected: 0, desired: max(1, micros), ordering: .relaxed) }
+    var value: UInt64? { let v = stored.load(ordering: .relaxed); return v == 0 ? nil : v }
+}
+
+/// Lets the i8042 (built before the context) raise the reset flag in it.
+final class ResetFlag: @unchecked Sendable {
+    nonisolated(unsafe) var target: MachineContext?
+    func set() { target?.resetRequested.store(true, ordering: .releasing) }
+}

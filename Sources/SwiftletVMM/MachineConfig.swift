@@ -1,0 +1,95 @@
+import Glibc
+import SwiftletX86
+
+/// Which CPU model the guest sees.
+public enum CPUTemplateChoice: String, Sendable, CaseIterable {
+    /// `pvm-safe` on nested PVM hosts, `host` elsewhere.
+    case auto
+    /// KVM's supported CPUID, with only the topology normalized.
+    case host
+    /// Hides what nested PVM's instruction emulator cannot run.
+    case pvmSafe = "pvm-safe"
+}
+
+/// What the machine boots.
+public enum BootPayload: Sendable {
+    /// A Linux kernel (bzImage or ELF vmlinux), an optional initramfs and the
+    /// full kernel command line, booted with the 64-bit boot protocol.
+    case linux(kernelPath: String, initrdPath: String?, cmdline: String)
+    /// Raw machine code copied to `loadAddress` and entered there, in real
+    /// mode or in long mode with the boot GDT and identity paging: the tiny
+    /// hand-made guests the tests use to check exits and devices.
+    case flat(code: [UInt8], loadAddress: UInt64, longMode: Bool)
+}
+
+/// Everything needed to build one machine.
+public struct MachineConfig: Sendable {
+    /// What to boot.
+    public var payload: BootPayload
+    public var memoryMiB: Int = 128
+    public var vcpuCount: Int = 1
+    public var cpuTemplate: CPUTemplateChoice = .auto
+    /// Where the UART's output goes (-1: nowhere).
+    public var consoleOutputFD: Int32 = 1
+    /// Keep a copy of the console output (for tests).
+    public var captureConsole = false
+    /// Forward the host's stdin to the UART.
+    public var consoleInput = false
+    /// Where decompressed kernels are cached; nil disables the cache.
+    public var kernelCacheDirectory: String?
+    /// How often the main thread checks whether every vCPU halted for good.
+    public var haltProbeMillis = 20
+    /// Stop the machine after this many seconds.
+    public var timeoutSeconds: Double?
+    /// Stop on SIGINT/SIGTERM (the CLI); tests leave signals alone.
+    public var handleTerminationSignals = false
+    /// The /dev/kvm path (tests point it elsewhere to check the error).
+    public var kvmPath = "/dev/kvm"
+
+    public init(payload: BootPayload) {
+        self.payload = payload
+    }
+
+    /// A Linux guest.
+    public init(kernelPath: String, initrdPath: String? = nil, cmdline: String) {
+        self.payload = .linux(kernelPath: kernelPath, initrdPath: initrdPath, cmdline: cmdline)
+    }
+
+    /// Smallest guest memory Swiftlet accepts: below this a Linux guest cannot boot.
+    public static let minimumMemoryMiB = 16
+    /// The MP table describes at most this many CPUs (APIC ids 0-253; the IOAPIC takes the next).
+    public static let maximumVcpus = 254
+
+    /// Checks the values a user can get wrong, with one clear line for each.
+    public func validate(maxVcpus: Int) throws(VMMError) {
+        guard memoryMiB >= MachineConfig.minimumMemoryMiB else {
+            throw .invalidConfig("guest memory of \(memoryMiB) MiB is too small (minimum \(MachineConfig.minimumMemoryMiB) MiB)")
+        }
+        let hostMiB = Int(sysconf(Int32(_SC_PHYS_PAGES))) * Int(sysconf(Int32(_SC_PAGESIZE))) / (1 << 20)
+        guard memoryMiB <= hostMiB else {
+            throw .invalidConfig("guest memory of \(memoryMiB) MiB is more than the host's \(hostMiB) MiB")
+        }
+        let limit = min(maxVcpus, MachineConfig.maximumVcpus)
+        guard vcpuCount >= 1 && vcpuCount <= limit else {
+            throw .invalidConfig("invalid vCPU count \(vcpuCount) (must be 1 to \(limit))")
+        }
+    }
+}
+
+/// The default kernel command line pieces.
+public enum BootDefaults {
+    /// Console on the UART; reset through the i8042 (`reboot=k`), so the VMM
+    /// sees every reboot; reboot at once on panic (`panic=-1`); one UART only;
+    /// skip the i8042's keyboard and mouse probes; trust the TSC (kvmclock
+    /// gives its frequency, so no calibration against the PIT is needed).
+    public static let base = [
+        "console=ttyS0", "reboot=k", "panic=-1", "8250.nr_uarts=1",
+        "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd",
+        "tsc=reliable", "no_timer_check", "nomodule", "swiotlb=noforce",
+    ]
+
+    /// The command line for booting from an initramfs.
+    public static func initramfs(extra: [String] = []) -> String {
+        (base + ["rdinit=/sbin/init"] + extra).joined(separator: " ")
+    }
+}

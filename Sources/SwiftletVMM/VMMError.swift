@@ -1,0 +1,27 @@
+import SwiftletDevices
+import SwiftletKVM
+import SwiftletMemory
+import SwiftletSys
+import SwiftletX86
+
+/// Why a machine could not be built or run. Each case renders as one line for the user.
+public enum VMMError: Error, CustomStringConvertible, Sendable {
+    case kvm(KVMError)
+    case memory(GuestMemoryError)
+    case boot(X86BootError)
+    case bus(BusError)
+    case system(SystemError)
+    /// A configuration value is out of range (memory size, vCPU count, command line).
+    case invalidConfig(String)
+
+    public var description: String {
+        switch self {
+        case let .kvm(e): return e.description
+        case let .memory(e): return e.description
+        case let .boot(e): return e.description
+        case let .bus(e): return e.description
+        case let .system(e): return e.description
+        case let .invalidConfig(why): return why
+        }
+    }
+}

@@ -1,0 +1,64 @@
+import Glibc
+import SwiftletMemory
+import SwiftletSys
+import SwiftletX86
+
+/// Loads the kernel, initrd and boot structures into guest memory for the
+/// Linux 64-bit boot protocol.
+enum BootLoader {
+    struct Loaded {
+        let entry: UInt64
+        let longMode: Bool
+    }
+
+    static func load(config: MachineConfig, memory: GuestMemory) throws(VMMError) -> Loaded {
+        switch config.payload {
+        case let .linux(kernelPath, initrdPath, cmdline):
+            return try loadLinux(kernelPath: kernelPath, initrdPath: initrdPath, cmdline: cmdline, config: config, memory: memory)
+        case let .flat(code, loadAddress, longMode):
+            do {
+                try memory.write(code, at: loadAddress)
+                if longMode {
+                    try GDT.write(into: memory)
+                    _ = try PageTables.write(into: memory)
+                }
+            } catch let e as GuestMemoryError {
+                throw .memory(e)
+            } catch let e as X86BootError {
+                throw .boot(e)
+            } catch {
+                throw .invalidConfig("\(error)")
+            }
+            return Loaded(entry: loadAddress, longMode: longMode)
+        }
+    }
+
+    static func loadLinux(kernelPath: String, initrdPath: String?, cmdline: String, config: MachineConfig, memory: GuestMemory) throws(VMMError) -> Loaded {
+        do {
+            let cache = KernelCache(directory: config.kernelCacheDirectory ?? "")
+            let (elf, header) = try cache.vmlinux(forImageAt: kernelPath)
+            let kernel = try ELFLoader.load(elf, into: memory)
+
+            var initrd: (address: UInt64, size: Int)?
+            if let path = initrdPath {
+                let bytes: [UInt8]
+                do { bytes = try readFile(path) } catch { throw VMMError.invalidConfig("cannot read initrd \(path): \(error)") }
+                initrd = try Initrd.load(bytes, into: memory, header: header, kernelEnd: kernel.highestAddress)
+            }
+
+            let cmdlineArea = try ZeroPage.writeCommandLine(cmdline, header: header, into: memory)
+            let e820 = E820.layout(ram: memory.regions.map { (base: $0.guestBase, size: $0.size) })
+            try ZeroPage.write(into: memory, header: header, commandLine: cmdlineArea, initrd: initrd, e820: e820)
+            try GDT.write(into: memory)
+            _ = try PageTables.write(into: memory)
+            try MPTable.write(into: memory, cpuCount: config.vcpuCount)
+            return Loaded(entry: kernel.entry, longMode: true)
+        } catch let e as VMMError {
+            throw e
+        } catch let e as X86BootError {
+            throw .boot(e)
+        } catch {
+            throw .invalidConfig("\(error)")
+        }
+    }
+}

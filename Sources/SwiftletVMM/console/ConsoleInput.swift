@@ -1,0 +1,87 @@
+import CSwiftlet
+import Glibc
+import SwiftletDevices
+import SwiftletSys
+
+/// Feeds the host terminal's input to the guest's UART.
+///
+/// When stdin is a terminal it is put in raw mode (restored on `stop`), so
+/// keys such as Ctrl-C reach the guest; `Ctrl-A x` stops the machine, as in
+/// QEMU's `-nographic`. A pipe is forwarded until EOF.
+final class ConsoleInput: @unchecked Sendable {
+    static let escapeKey: UInt8 = 0x01 // Ctrl-A
+    private let serial: Serial8250
+    private let stopFD: Int32
+    private let onEscape: @Sendable () -> Void
+    private var savedTermios: termios?
+    private var thread: pthread_t?
+
+    init(serial: Serial8250, onEscape: @escaping @Sendable () -> Void) throws(SystemError) {
+        self.serial = serial
+        self.onEscape = onEscape
+        let fd = swl_eventfd_new()
+        guard fd >= 0 else { throw .last("eventfd") }
+        stopFD = fd
+    }
+
+    deinit { close(stopFD) }
+
+    /// Starts forwarding, if stdin is open at all.
+    func start() throws(SystemError) {
+        guard fcntl(0, F_GETFD) >= 0 else { return }
+        if isatty(0) == 1 {
+            var t = termios()
+            if tcgetattr(0, &t) == 0 {
+                savedTermios = t
+                cfmakeraw(&t)
+                t.c_oflag |= tcflag_t(OPOST | ONLCR) // keep "\n" → "\r\n" for our own messages
+                tcsetattr(0, TCSANOW, &t)
+            }
+        }
+        thread = try spawnThread(name: "console-in") { [self] in pump() }
+    }
+
+    /// Stops forwarding and restores the terminal.
+    func stop() {
+        var one: UInt64 = 1
+        _ = Glibc.write(stopFD, &one, 8)
+        if let t = thread { pthread_join(t, nil); thread = nil }
+        if var t = savedTermios { tcsetattr(0, TCSANOW, &t); savedTermios = nil }
+    }
+
+    private func pump() {
+        var fds = [pollfd(fd: 0, events: Int16(POLLIN), revents: 0), pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
+        var buffer = [UInt8](repeating: 0, count: 256)
+        var escapePending = false
+        while true {
+            let n = poll(&fds, 2, -1)
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 || fds[1].revents != 0 { return }
+            let got = buffer.withUnsafeMutableBytes { Glibc.read(0, $0.baseAddress, $0.count) }
+            if got < 0 && errno == EINTR { continue }
+            if got <= 0 { return } // EOF or error: nothing more to forward.
+            var bytes: [UInt8] = []
+            for b in buffer[0..<got] {
+                if escapePending {
+                    escapePending = false
+                    if b == UInt8(ascii: "x") { onEscape(); return }
+                    if b != ConsoleInput.escapeKey { bytes.append(ConsoleInput.escapeKey) }
+                    bytes.append(b)
+                } else if b == ConsoleInput.escapeKey && savedTermios != nil {
+                    escapePending = true
+                } else {
+                    bytes.append(b)
+                }
+            }
+            var sent = 0
+            while sent < bytes.count {
+                sent += serial.enqueueInput(bytes[sent...])
+                if sent < bytes.count {
+                    // The FIFO is full: wait for the guest to drain it, or for stop.
+                    var stopOnly = [pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
+                    if poll(&stopOnly, 1, 2) > 0 { return }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+import CSwiftlet
+import Glibc
+import Synchronization
+import SwiftletDevices
+import SwiftletKVM
+import SwiftletMemory
+import SwiftletSys
+
+/// Everything the vCPU threads share: the buses, guest memory and the exit latch.
+final class MachineContext: Sendable {
+    let pioBus: Bus
+    let mmioBus: Bus
+    let memory: GuestMemory
+    /// Complete the instructions PVM's emulator fails on (nested PVM hosts only).
+    let emulationFixups: Bool
+    let latch: ExitLatch
+    /// Set by the i8042 when the guest pulses reset; the writing vCPU classifies it.
+    let resetRequested = Atomic<Bool>(false)
+    /// Microseconds since process start of the first KVM_RUN, and of the first exit.
+    let firstRunMicros = Atomic<UInt64>(0)
+    let firstExitMicros = Atomic<UInt64>(0)
+
+    init(pioBus: Bus, mmioBus: Bus, memory: GuestMemory, emulationFixups: Bool, latch: ExitLatch) {
+        self.pioBus = pioBus
+        self.mmioBus = mmioBus
+        self.memory = memory
+        self.emulationFixups = emulationFixups
+        self.latch = latch
+    }
+}
+
+/// Records the first reason the machine ended, and wakes the waiting thread.
+final class ExitLatch: Sendable {
+    private let exit = Mutex<MachineExit?>(nil)
+    /// An eventfd the main thread polls; written once the machine ends.
+    let eventfd: Int32
+
+    init() throws(SystemError) {
+        let fd = swl_eventfd_new()
+        guard fd >= 0 else { throw .last("eventfd") }
+        eventfd = fd
+    }
+    deinit { close(eventfd) }
+
+    /// Records `reason` unless the machine already ended. Returns true if it was first.
+    @discardableResult
+    func finish(_ reason: MachineExit) -> Bool {
+        let first = exit.withLock { e in
+            if e != nil { return false }
+            e = reason
+            return true
+        }
+        if first {
+            var one: UInt64 = 1
+            _ = Glibc.write(eventfd, &one, 8)
+        }
+        return first
+    }
+
+    var result: MachineExit? { exit.withLock { $0 } }
+}
+
+/// Runs one vCPU on its own thread: `KVM_RUN`, dispatch the exit, repeat.
+final class VcpuRunner: @unchecked Sendable {
+    let vcpu: Vcpu
+    let context: MachineContext
+    /// Set by the main thread to stop this vCPU; sticky.
+    let stopRequested = Atomic<Bool>(false)
+    /// Incremented by the main thread to ask "are you halted for good?".
+    let probeRequest = Atomic<UInt64>(0)
+    /// The last probe this thread answered, and its answer.
+    let probeAnswered = Atomic<UInt64>(0)
+    let probeDead = Atomic<Bool>(false)
+    /// Exit counts, read by the main thread only after this thread ended.
+    nonisolated(unsafe) var stats = ExitStats()
+
+    init(vcpu: Vcpu, context: MachineContext) {
+        self.vcpu = vcpu
+        self.context = context
+    }
+
+    /// The vCPU loop. Returns when the machine ends or the thread is told to stop.
+    func run() {
+        vcpu.thread.store(UInt(bitPattern: Int(bitPattern: UInt(pthread_self()))), ordering: .releasing)
+        _ = swl_unblock_signal(swl_sigrtmin())
+        if vcpu.id == 0 { context.firstRunMicros.store(Clock.microsSinceStart(), ordering: .relaxed) }
+        var first = vcpu.id == 0
+        while !stopRequested.load(ordering: .acquiring) {
+            let exit: VcpuExit
+            do {
+                exit = try vcpu.runOnce()
+            } catch {
+                context.latch.finish(.vmmError("vCPU \(vcpu.id): \(error)"))
+                return
+            }
+            if first {
+                context.firstExitMicros.store(Clock.microsSinceStart(), ordering: .relaxed)
+                first = false
+            }
+            if let ending = handle(exit) {
+                context.latch.finish(ending)
+                return
+            }
+        }
+    }
+
+    /// Handles one exit; returns how the machine ends, or nil to keep running.
+    func handle(_ exit: VcpuExit) -> MachineExit? {
+        switch exit {
+        case let .io(port, isWrite, data):
+            stats.io += 1
+            if isWrite {
+                context.pioBus.write(UInt64(port), UnsafeRawBufferPointer(data))
+                if context.resetRequested.load(ordering: .acquiring) { return classifyReset() }
+            } else {
+                context.pioBus.read(UInt64(port), data)
+            }
+            return nil
+        case let .mmio(address, isWrite, data):
+            stats.mmio += 1
+            if isWrite { context.mmioBus.write(address, UnsafeRawBufferPointer(data)) } else { context.mmioBus.read(address, data) }
+            return nil
+        case .interrupted:
+            stats.interrupted += 1
+            answerProbe()
+            return nil
+        case .shutdown:
+            return .tripleFault(vcpu: vcpu.id)
+        case let .internalError(suberror, data):
+            if suberror == UInt32(KVM_INTERNAL_ERROR_EMULATION) {
+                return completeFailedEmulation()
+            }
+            let words = data.map { "0x" + String($0, radix: 16) }.joined(separator: " ")
+            return .vmmError("vCPU \(vcpu.id): KVM internal error, suberror \(suberror) [\(words)]")
+        case let .systemEvent(type):
+            switch Int32(type) {
+            case KVM_SYSTEM_EVENT_SHUTDOWN: return .poweredOff
+            case KVM_SYSTEM_EVENT_RESET: return .rebooted
+            default: return .panicked
+            }
+        case .halt:
+            stats.other += 1
+            return nil
+        case let .debug(exception, pc):
+            stats.other += 1
+            return .vmmError("vCPU \(vcpu.id): unexpected debug exit (exception \(exception) at 0x\(String(pc, radix: 16)))")
+        case let .failEntry(reason):
+            return .vmmError("vCPU \(vcpu.id): KVM failed to enter the guest (reason 0x\(String(reason, radix: 16)))")
+        case let .unknown(reason):
+            return .vmmError("vCPU \(vcpu.id): unhandled exit reason \(reason)")
+        }
+    }
+
+    /// The guest pulsed reset. Linux's orderly reboot disables the local APIC
+    /// (machine_shutdown → lapic_shutdown) before it writes 0xFE to the
+    /// i8042; the emergency restart after a panic does not. So the APIC's
+    /// software-enable bit (SVR bit 8) tells a clean reboot from a panic.
+    func classifyReset() -> MachineExit {
+        guard let lapic = try? vcpu.getLAPIC() else { return .rebooted }
+        let svr = withUnsafeBytes(of: lapic.regs) { $0.loadUnaligned(fromByteOffset: 0xf0, as: UInt32.self) }
+        return svr & 0x100 != 0 ? .panicked : .rebooted
+    }
+
+    /// Answers the main thread's halt probe: is this vCPU halted with
+    /// interrupts off (or never started), so that nothing can wake it but an NMI?
+    func answerProbe() {
+        let request = probeRequest.load(ordering: .acquiring)
+        guard request != probeAnswered.load(ordering: .relaxed) else { return }
+        var dead = false
+        if let state = try? vcpu.getMPState() {
+            if state == UInt32(KVM_MP_STATE_UNINITIALIZED) && vcpu.id != 0 {
+                dead = true
+            } else if state == UInt32(KVM_MP_STATE_HALTED), let regs = try? vcpu.getRegs() {
+                dead = regs.rflags & (1 << 9) == 0
+            }
+        }
+        probeDead.store(dead, ordering: .relaxed)
+        probeAnswered.store(request, ordering: .releasing)
+    }
+
+    /// KVM stopped at an instruction its emulator failed on. Complete it if it
+    /// is one Swiftlet knows (see `EmulationFixup`), else end the machine.
+    func completeFailedEmulation() -> MachineExit? {
+        guard let regs = try? vcpu.getRegs(), let sregs = try? vcpu.getSregs() else {
+            return .vmmError("vCPU \(vcpu.id): emulation failure, and its registers are unreadable")
+        }
+        let mode = PageWalk.Mode(cr0: sregs.cr0, cr3: sregs.cr3, cr4: sregs.cr4, efer: sregs.efer)
+        let linear = sregs.cs.base &+ regs.rip
+        let bytes = PageWalk.fetch(linear, count: 15, mode: mode, memory: context.memory)
+        guard context.emulationFixups, let fixup = EmulationFixup.decode(bytes) else {
+            return .emulationFailure(vcpu: vcpu.id, rip: regs.rip, bytes: bytes)
+        }
+        do {
+            try apply(fixup, regs: regs)
+        } catch {
+            return .vmmError("vCPU \(vcpu.id): completing \(fixup.instruction.rawValue): \(error)")
+        }
+        stats.emulationFixups[fixup.instruction, default: 0] += 1
+        return nil
+    }
+
+    func apply(_ fixup: EmulationFixup, regs: kvm_regs) throws(KVMError) {
+        var regs = regs
+        switch fixup {
+        case let .skip(_, length):
+            regs.rip &+= UInt64(length)
+            try vcpu.setRegs(regs)
+        case let .breakpoint(length):
+            // INT3 is a trap: the saved RIP points after it, which is what the
+            // kernel's int3 handler expects (it subtracts one to find the site).
+            regs.rip &+= UInt64(length)
+            try vcpu.setRegs(regs)
+            try inject(vector: 3)
+        case let .fwait(length):
+            let fpu = try vcpu.getFPU()
+            if fpu.fsw & X87.fswErrorSummary != 0 && fpu.fcw & 0x3f & ~(fpu.fsw & 0x3f) != 0x3f {
+                try inject(vector: 16) // #MF: a fault, RIP stays on FWAIT.
+            } else {
+                regs.rip &+= UInt64(length)
+                try vcpu.setRegs(regs)
+            }
+        case let .fpu(instruction, length):
+            var fpu = try vcpu.getFPU()
+            switch instruction {
+            case .fnclex: fpu.fsw &= ~X87.fswClearMask
+            case .fninit:
+                fpu.fcw = X87.fcwDefault
+                fpu.fsw = 0
+                fpu.ftwx = 0
+                fpu.last_opcode = 0
+                fpu.last_ip = 0
+                fpu.last_dp = 0
+            case .emms: fpu.ftwx = 0
+            default: break
+            }
+            try vcpu.setFPU(fpu)
+            regs.rip &+= UInt64(length)
+            try vcpu.setRegs(regs)
+        case let .alignmentCheck(set, length):
+            if set { regs.rflags |= 1 << 18 } else { regs.rflags &= ~(1 << 18) }
+            regs.rip &+= UInt64(length)
+            try vcpu.setRegs(regs)
+        }
+    }
+
+    /// Queues exception `vector` (without an error code) for delivery on the next entry.
+    func inject(vector: UInt8) throws(KVMError) {
+        var events = try vcpu.getEvents()
+        events.exception.injected = 1
+        events.exception.nr = vector
+        events.exception.has_error_code = 0
+        events.exception.error_code = 0
+        events.flags = 0
+        try vcpu.setEvents(events)
+    }
+}

@@ -1,0 +1,104 @@
+import ArgumentParser
+import Glibc
+import SwiftletSys
+import SwiftletVMM
+
+/// `swiftlet boot`: boot a Linux guest with its console on this terminal.
+struct Boot: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Boot a Linux guest, with its serial console on this terminal, until it powers off.",
+        discussion: """
+        Exit status: 0 when the guest powers off or reboots, 2 when it crashes \
+        (panic, triple fault, an instruction KVM cannot emulate), 124 on --timeout, \
+        128+N on signal N, 1 when Swiftlet cannot start it. In the console, Ctrl-A x quits.
+        """
+    )
+
+    @Option(help: "Kernel: a bzImage or an uncompressed ELF vmlinux. Default: the image built by `make kernel`.")
+    var kernel: String?
+
+    @Option(help: "Initramfs to load (default: the one built by `make rootfs`).")
+    var initrd: String?
+
+    @Option(help: "Replace the whole kernel command line.")
+    var cmdline: String?
+
+    @Option(help: "Add to the default kernel command line.")
+    var append: String?
+
+    @Option(help: "Guest memory in MiB.")
+    var mem: Int = 128
+
+    @Option(help: "Number of vCPUs.")
+    var cpus: Int = 1
+
+    @Flag(help: "Print boot timings on stderr: guest-boot-time-us=N from the guest's boot-timer write, and the VMM's own start-up.")
+    var bootTimer = false
+
+    @Flag(help: "Print VM exits by reason and the VMM's memory overhead on stderr at the end.")
+    var stats = false
+
+    @Option(help: "CPU model shown to the guest: auto, host or pvm-safe.")
+    var cpuTemplate: String = "auto"
+
+    @Option(help: "Stop the guest after this many seconds (exit status 124).")
+    var timeout: Double?
+
+    func validate() throws {
+        guard CPUTemplateChoice(rawValue: cpuTemplate) != nil else {
+            throw ValidationError("invalid --cpu-template '\(cpuTemplate)' (use auto, host or pvm-safe)")
+        }
+        if let t = timeout, !(t > 0) { throw ValidationError("--timeout must be positive") }
+        guard cmdline == nil || append == nil else { throw ValidationError("use --cmdline or --append, not both") }
+    }
+
+    func run() throws {
+        let kernelPath = kernel ?? Paths.defaultKernel
+        let initrdPath = initrd ?? Paths.defaultInitrd
+        try requireReadable(kernelPath, what: "kernel", hint: kernel == nil ? " (run `make kernel` first)" : "")
+        try requireReadable(initrdPath, what: "initrd", hint: initrd == nil ? " (run `make rootfs` first)" : "")
+
+        let line = cmdline ?? BootDefaults.initramfs(extra: append.map { [$0] } ?? [])
+        var config = MachineConfig(kernelPath: kernelPath, initrdPath: initrdPath, cmdline: line)
+        config.memoryMiB = mem
+        config.vcpuCount = cpus
+        config.cpuTemplate = CPUTemplateChoice(rawValue: cpuTemplate) ?? .auto
+        config.kernelCacheDirectory = Paths.kernelCache
+        config.consoleInput = true
+        config.timeoutSeconds = timeout
+        config.handleTerminationSignals = true
+
+        let machine = try Machine(config: config)
+        let report = try machine.run()
+
+        if bootTimer {
+            printStderr("vmm-first-kvm-run-us=\(report.firstRunMicros)")
+            printStderr("vmm-first-exit-us=\(report.firstExitMicros)")
+            if let t = report.bootTimerMicros { printStderr("guest-boot-time-us=\(t)") }
+        }
+        if stats {
+            let e = report.exits
+            var line = "exits: io=\(e.io) mmio=\(e.mmio) kicks=\(e.interrupted) other=\(e.other)"
+            for (k, v) in e.emulationFixups.sorted(by: { $0.key.rawValue < $1.key.rawValue }) { line += " fixup-\(k.rawValue)=\(v)" }
+            printStderr(line)
+            printStderr("vmm-overhead-rss-kib=\(machine.hostOverheadBytes() / 1024)")
+        }
+        printStderr("swiftlet: \(report.exit)")
+        switch report.exit {
+        case .poweredOff, .rebooted: throw ExitCode(ExitStatus.clean)
+        case let .stopped(why) where why.hasPrefix("timeout"): throw ExitCode(ExitStatus.timeout)
+        case let .stopped(why) where why.hasPrefix("signal "):
+            throw ExitCode(128 + (Int32(why.dropFirst(7)) ?? 15))
+        case .stopped: throw ExitCode(ExitStatus.clean)
+        default: throw ExitCode(ExitStatus.guestCrash)
+        }
+    }
+}
+
+/// Fails with one line when `path` cannot be read.
+func requireReadable(_ path: String, what: String, hint: String) throws {
+    if access(path, R_OK) != 0 {
+        let why = errno == ENOENT ? "not found" : String(cString: strerror(errno))
+        throw ValidationError("\(what) \(path): \(why)\(hint)")
+    }
+}

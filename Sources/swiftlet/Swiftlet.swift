@@ -1,0 +1,79 @@
+import ArgumentParser
+import Glibc
+import SwiftletSys
+import SwiftletVMM
+
+/// `swiftlet`: a microVM launcher for fast-booting Linux guests on KVM.
+@main
+struct Swiftlet: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "swiftlet",
+        abstract: "A microVM launcher for fast-booting Linux guests on KVM.",
+        subcommands: [Boot.self]
+    )
+
+    /// Parses and runs, printing errors as one line: `swiftlet: error: ...`.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let exit as ExitCode {
+            Glibc.exit(exit.rawValue)
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success {
+                // --help and --version print their text and succeed.
+                Swiftlet.exit(withError: error)
+            }
+            let message = Swiftlet.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            printError(message)
+            Glibc.exit(code == .validationFailure ? ExitStatus.usage : code.rawValue)
+        }
+    }
+}
+
+/// Exit statuses of `swiftlet boot`.
+enum ExitStatus {
+    /// The guest powered off or rebooted.
+    static let clean: Int32 = 0
+    /// Swiftlet could not start the machine (bad input, no KVM).
+    static let usage: Int32 = 1
+    /// The guest crashed: panic, triple fault, or an instruction KVM could not emulate.
+    static let guestCrash: Int32 = 2
+    /// The `--timeout` ran out.
+    static let timeout: Int32 = 124
+}
+
+/// Prints `swiftlet: error: MESSAGE` as one line on stderr.
+func printError(_ message: String) {
+    let line = "swiftlet: error: " + message.replacingNewlines() + "\n"
+    var bytes = Array(line.utf8)
+    _ = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+}
+
+/// Prints a line on stderr.
+func printStderr(_ line: String) {
+    var bytes = Array((line + "\n").utf8)
+    _ = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+}
+
+extension String {
+    func replacingNewlines() -> String {
+        String(map { $0 == "\n" ? " " : $0 })
+    }
+}
+
+/// Where the default kernel and rootfs live: `$SWIFTLET_CACHE`, else
+/// `$XDG_CACHE_HOME/swiftlet`, else `~/.cache/swiftlet`. `make` puts the
+/// images built from `kernels/` and `rootfs/` under `default/` there.
+enum Paths {
+    static var cacheRoot: String {
+        if let d = getenv("SWIFTLET_CACHE") { return String(cString: d) }
+        if let x = getenv("XDG_CACHE_HOME") { return String(cString: x) + "/swiftlet" }
+        let home = getenv("HOME").map { String(cString: $0) } ?? "/root"
+        return home + "/.cache/swiftlet"
+    }
+    static var defaultKernel: String { cacheRoot + "/default/bzImage" }
+    static var defaultInitrd: String { cacheRoot + "/default/initramfs.cpio" }
+    static var kernelCache: String { cacheRoot + "/kernels" }
+}

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Build the Swiftlet guest root filesystem: rootfs.ext4 + initramfs.cpio (busybox + swiftlet-init).
+#
+#   rootfs/build.sh              build (or reuse) and point $CACHE/default/* at the outputs
+#   rootfs/build.sh --print-dir  print the output directory only (builds nothing)
+#
+# Outputs are content-addressed under $CACHE/rootfs/<key>/, key = first 16 hex of
+# sha256(rootfs/ sources except *.md, busybox-static version, gcc version).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cache="$(realpath -m "${SWIFTLET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/swiftlet}")"
+busybox=/bin/busybox
+size_mib=32
+
+print_dir=0
+case "${1:-}" in
+  "") ;;
+  --print-dir) print_dir=1 ;;
+  -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+  *) echo "usage: $0 [--print-dir]" >&2; exit 2 ;;
+esac
+
+log() { echo "rootfs: $*" >&2; }
+die() { echo "rootfs: error: $*" >&2; exit 1; }
+
+is_static_busybox() {
+  [[ -x $busybox ]] && ! LC_ALL=C readelf -l "$busybox" 2>/dev/null | grep -q 'INTERP'
+}
+
+ensure_deps() {
+  local missing=()
+  is_static_busybox || missing+=(busybox-static)
+  command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
+  command -v cpio >/dev/null || missing+=(cpio)
+  command -v gcc >/dev/null || missing+=(gcc)
+  ((${#missing[@]})) || return 0
+  command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get; install them manually"
+  local sudo=()
+  if ((EUID != 0)); then
+    command -v sudo >/dev/null || die "missing ${missing[*]}; run as root or install them"
+    sudo=(sudo -n)
+  fi
+  log "installing ${missing[*]}"
+  local apt=(env DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -y -q --no-install-recommends)
+  # Only refresh package lists when there are none, or when the install fails with stale ones.
+  if ! compgen -G '/var/lib/apt/lists/*_Packages' >/dev/null; then
+    "${sudo[@]}" apt-get -q update </dev/null >&2
+  fi
+  if ! "${apt[@]}" install "${missing[@]}" </dev/null >&2; then
+    "${sudo[@]}" apt-get -q update </dev/null >&2
+    "${apt[@]}" install "${missing[@]}" </dev/null >&2
+  fi
+  is_static_busybox || die "$busybox is not a static busybox (is the dynamic 'busybox' package shadowing busybox-static?)"
+}
+
+compute_key() {
+  local bb_ver gcc_ver
+  bb_ver="$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null || true)"
+  [[ -n $bb_ver ]] || bb_ver="$("$busybox" --help 2>&1 | head -n1)"
+  gcc_ver="$(gcc -dumpfullversion 2>/dev/null || gcc -dumpversion)"
+  {
+    # Docs don't change the image, so *.md is left out of the key.
+    (cd "$here" && find . -type f ! -name '*.md' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+    echo "busybox $bb_ver"
+    echo "gcc $gcc_ver"
+    echo "root $((EUID == 0))" # non-root builds lack device nodes (see below)
+  } | sha256sum | cut -c1-16
+}
+
+ensure_deps
+key="$(compute_key)"
+out="$cache/rootfs/$key"
+if ((print_dir)); then echo "$out"; exit 0; fi
+
+link_default() {
+  mkdir -p "$cache/default"
+  ln -sfn "$out/rootfs.ext4" "$cache/default/rootfs.ext4"
+  ln -sfn "$out/initramfs.cpio" "$cache/default/initramfs.cpio"
+}
+
+if [[ -f $out/rootfs.ext4 && -f $out/initramfs.cpio ]]; then
+  link_default
+  echo "rootfs: cached at $out"
+  exit 0
+fi
+
+mkdir -p "$cache/rootfs"
+stage="$(mktemp -d "${TMPDIR:-/tmp}/swiftlet-rootfs.XXXXXX")"
+# The output is assembled next to its final place (same filesystem) so the last mv is atomic.
+tmpout="$(mktemp -d "$cache/rootfs/.tmp-$key.XXXXXX")"
+trap 'rm -rf "$stage" "$tmpout"' EXIT
+root="$stage/root"
+
+log "building $key"
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,root,etc,mnt}
+chmod 1777 "$root/tmp"
+chmod 0700 "$root/root"
+
+# swiftlet-init: freestanding, static, non-PIE at 0x400000 so all its addresses fit the
+# 32-bit int $0x80 ABI (see init/init.c). Compiled into the temp dir, never into the repo.
+gcc -static -nostdlib -fno-pie -no-pie -fno-stack-protector -ffreestanding -O2 \
+  -fno-builtin -fno-tree-loop-distribute-patterns -fno-asynchronous-unwind-tables \
+  -Wall -Wextra -Werror -s -Wl,--build-id=none -Wl,-z,noseparate-code -Wl,-z,noexecstack \
+  -Wl,--gc-sections -Wl,-Ttext-segment=0x400000 \
+  -o "$stage/swiftlet-init" "$here/init/init.c"
+while read -r type _ vaddr _ _ memsz _; do
+  if [[ $type == LOAD ]] && ((vaddr + memsz > 0xffffffff)); then die "swiftlet-init: PT_LOAD above 4 GiB"; fi
+done < <(LC_ALL=C readelf -lW "$stage/swiftlet-init")
+install -m 0755 "$stage/swiftlet-init" "$root/sbin/init"
+ln -s /sbin/init "$root/init" # initramfs entry point (the kernel runs /init from an initramfs)
+
+install -m 0755 "$busybox" "$root/bin/busybox"
+# Applet links in their usual dirs; `init` and `linuxrc` are skipped: /sbin/init is ours.
+while IFS= read -r applet; do
+  case "$applet" in init | linuxrc | */init | */linuxrc | bin/busybox) continue ;; esac
+  [[ -e $root/$applet || -L $root/$applet ]] || ln -s /bin/busybox "$root/$applet"
+done < <("$busybox" --list-full)
+
+if ((EUID == 0)); then
+  mknod -m 0600 "$root/dev/console" c 5 1
+  mknod -m 0666 "$root/dev/null" c 1 3
+  mknod -m 0640 "$root/dev/mem" c 1 1
+else
+  # swiftlet-init then mounts devtmpfs on /dev itself (a few ms slower), and files are
+  # owned by the building user instead of root in rootfs.ext4.
+  log "warning: not root: no device nodes in /dev, files not owned by root"
+fi
+
+echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
+echo 'root:x:0:' >"$root/etc/group"
+echo swiftlet >"$root/etc/hostname"
+
+# ext4 without a journal: the image is tiny and mostly read at boot; a journal would cost
+# 4 MiB of the image, a jbd2 thread and journal checks at mount time, for crash safety the
+# throwaway guest disk doesn't need. Sparse file, 4 KiB blocks, no mounting needed (-d).
+truncate -s "${size_mib}M" "$tmpout/rootfs.ext4"
+mkfs.ext4 -q -F -b 4096 -m 0 -L swiftlet-root -O ^has_journal -E root_owner=0:0 \
+  -d "$root" "$tmpout/rootfs.ext4"
+
+# Uncompressed newc: the guest kernel unpacks it with no decompression cost.
+(cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$tmpout/initramfs.cpio"
+
+chmod 0755 "$tmpout"
+if ! mv -T "$tmpout" "$out" 2>/dev/null; then
+  [[ -f $out/rootfs.ext4 && -f $out/initramfs.cpio ]] || die "could not move output into $out"
+  log "another build finished first; using it"
+fi
+link_default
+echo "rootfs: built at $out"
