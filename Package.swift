@@ -46,9 +46,10 @@ let package = Package(
         ),
         .testTarget(name: "SwiftletX86Tests", dependencies: ["SwiftletX86", "SwiftletMemory"]),
         .testTarget(name: "SwiftletDevicesTests", dependencies: ["SwiftletDevices"]),
+        .testTarget(name: "SwiftletCLITests"),
         .testTarget(
             name: "SwiftletVMMTests",
-            dependencies: ["SwiftletVMM", "SwiftletKVM", "SwiftletMemory", "SwiftletX86", "SwiftletSys"]
+            dependencies: ["SwiftletVMM", "SwiftletKVM", "SwiftletMemory", "SwiftletX86", "SwiftletSys", "CSwiftlet"]
         ),
     ]
 )

@@ -78,3 +78,8 @@ int swl_signalfd_read(int fd) {
     ssize_t n = read(fd, &info, sizeof info);
     return n == (ssize_t)sizeof info ? (int)info.ssi_signo : 0;
 }
+
+#include <cpuid.h>
+void swl_test_cpuid(uint32_t *eax, uint32_t *ebx, uint32_t *ecx, uint32_t *edx) {
+    __cpuid_count(*eax, 0, *eax, *ebx, *ecx, *edx);
+}

@@ -15,6 +15,8 @@ public struct RunReport: Sendable {
     public var bootTimerMicros: UInt64?
     /// Microseconds from process start to the first `KVM_RUN`.
     public var firstRunMicros: UInt64
+    /// CPU time the process had used at the first `KVM_RUN`, in microseconds.
+    public var firstRunCPUMicros: UInt64
     /// Microseconds from process start to the first exit to userspace.
     public var firstExitMicros: UInt64
     /// Exits that reached userspace, by reason, over all vCPUs.
@@ -70,14 +72,16 @@ public final class Machine: @unchecked Sendable {
         }
         do { try vm.mapMemory(memory) } catch { throw .kvm(error) }
 
-        let boot = try BootLoader.load(config: config, memory: memory)
-
         let template: CPUTemplate
         switch config.cpuTemplate {
         case .auto: template = isPVMHost ? .pvmSafe : .host
         case .host: template = .host
         case .pvmSafe: template = .pvmSafe
         }
+        // On nested PVM the guest's standard CPUID leaves bypass KVM_SET_CPUID2,
+        // so the pvm-safe template also goes to the kernel as noxsave/clearcpuid=.
+        let cpuArguments = template == .pvmSafe && isPVMHost ? KernelCPUMask.kernelArguments() : []
+        let boot = try BootLoader.load(config: config, memory: memory, extraArguments: cpuArguments)
         var vcpus: [Vcpu] = []
         do {
             let supported = try kvm.supportedCPUID()
@@ -171,6 +175,7 @@ public final class Machine: @unchecked Sendable {
             exit: context.latch.result ?? .vmmError("no exit recorded"),
             bootTimerMicros: bootTimerMicros.value,
             firstRunMicros: context.firstRunMicros.load(ordering: .relaxed),
+            firstRunCPUMicros: context.firstRunCPUMicros.load(ordering: .relaxed),
             firstExitMicros: context.firstExitMicros.load(ordering: .relaxed),
             exits: stats,
             console: output.captured

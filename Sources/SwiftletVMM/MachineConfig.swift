@@ -79,11 +79,12 @@ public struct MachineConfig: Sendable {
 /// The default kernel command line pieces.
 public enum BootDefaults {
     /// Console on the UART; reset through the i8042 (`reboot=k`), so the VMM
-    /// sees every reboot; reboot at once on panic (`panic=-1`); one UART only;
+    /// sees every reboot, with a warm reset after a panic only (`panic_warm`,
+    /// see `ResetFlagWord`); reboot at once on panic (`panic=-1`); one UART only;
     /// skip the i8042's keyboard and mouse probes; trust the TSC (kvmclock
     /// gives its frequency, so no calibration against the PIT is needed).
     public static let base = [
-        "console=ttyS0", "reboot=k", "panic=-1", "8250.nr_uarts=1",
+        "console=ttyS0", "reboot=k,panic_warm", "panic=-1", "8250.nr_uarts=1",
         "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd",
         "tsc=reliable", "no_timer_check", "nomodule", "swiotlb=noforce",
     ]
@@ -92,4 +93,10 @@ public enum BootDefaults {
     public static func initramfs(extra: [String] = []) -> String {
         (base + ["rdinit=/sbin/init"] + extra).joined(separator: " ")
     }
+}
+
+/// The BIOS data area's warm-reset flag, which Linux sets before a reset.
+enum ResetFlagWord {
+    static let address: UInt64 = 0x472
+    static let warm: UInt16 = 0x1234
 }

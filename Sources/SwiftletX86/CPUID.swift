@@ -95,8 +95,9 @@ public enum CPUID {
         let nested = "no nested virtualization inside the guest"
         return [
             // Leaf 1 ECX. Kept: SSE3-SSE4.2, MOVBE, X2APIC, TSC_DEADLINE (the
-            // LAPIC timer mode Linux prefers), AES, CX16.
+            // LAPIC timer mode Linux prefers), AES.
             b(0x1, nil, .ecx, 3, "MONITOR", "MONITOR/MWAIT idle: " + emu),
+            b(0x1, nil, .ecx, 13, "CX16", "LOCK CMPXCHG16B (SLUB's double-word cmpxchg): seen failing in the emulator"),
             b(0x1, nil, .ecx, 5, "VMX", nested),
             b(0x1, nil, .ecx, 6, "SMX", "safer mode (GETSEC): " + emu),
             b(0x1, nil, .ecx, 12, "FMA", avx),

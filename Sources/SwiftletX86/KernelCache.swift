@@ -29,6 +29,26 @@ public struct KernelCache: Sendable {
     /// An ELF is returned as read. A bzImage is looked up in the cache by file
     /// identity, then by content hash, and decompressed only on a miss.
     public func vmlinux(forImageAt path: String) throws(X86BootError) -> (elf: [UInt8], setupHeader: SetupHeader?) {
+        let (source, header) = try vmlinuxSource(forImageAt: path)
+        switch source {
+        case let .bytes(elf): return (elf, header)
+        case let .file(elfPath):
+            do { return (try readFile(elfPath), header) } catch { throw .io(error) }
+        }
+    }
+
+    /// Where the vmlinux for an image is: a file to map, or bytes in memory.
+    public enum Source: Sendable {
+        /// An ELF file on disk: the image itself, or its cached decompression.
+        case file(String)
+        /// A decompressed ELF that could not be cached.
+        case bytes([UInt8])
+    }
+
+    /// Like `vmlinux(forImageAt:)`, but names the ELF file instead of reading
+    /// it whenever one exists, so the loader can map it: on a cache hit
+    /// nothing but the image's first page and the index file is read.
+    public func vmlinuxSource(forImageAt path: String) throws(X86BootError) -> (source: Source, setupHeader: SetupHeader?) {
         let fd: OwnedFD
         do { fd = try OwnedFD(opening: path, flags: O_RDONLY) } catch { throw .io(error) }
         var st = stat()
@@ -38,30 +58,25 @@ public struct KernelCache: Sendable {
         // The first page tells ELF from bzImage and holds the whole setup header.
         let prefix = try read(fd.raw, count: min(fileSize, Self.headerPrefix), path: path)
         let isELF = prefix.withUnsafeBytes { ELFLoader.isELF($0) }
-        if isELF {
-            return (try read(fd.raw, count: fileSize, path: path), nil)
-        }
+        if isELF { return (.file(path), nil) }
         let header = try SetupHeader.parse(prefix, fileLength: fileSize)
 
         // Fast path: same file as last time, by identity.
         let indexPath = directory + "/index/" + Self.identity(st)
-        if let hash = readSmallFile(indexPath), Self.isHexDigest(hash),
-           let elf = try? readFile(elfPath(hash)), !elf.isEmpty {
-            return (elf, header)
+        if let hash = readSmallFile(indexPath), Self.isHexDigest(hash), access(elfPath(hash), R_OK) == 0 {
+            return (.file(elfPath(hash)), header)
         }
 
         // Slow path: hash the content; another path may have cached it already.
         let image = try read(fd.raw, count: fileSize, path: path)
         let hash = SHA256.hex(SHA256.hash(image))
-        let elf: [UInt8]
-        if let cached = try? readFile(elfPath(hash)), !cached.isEmpty {
-            elf = cached
-        } else {
-            elf = try KernelImage.parse(image).vmlinux()
+        if access(elfPath(hash), R_OK) != 0 {
+            let elf = try KernelImage.parse(image).vmlinux()
             store(elf, at: elfPath(hash), directory: directory + "/vmlinux")
+            if access(elfPath(hash), R_OK) != 0 { return (.bytes(elf), header) }
         }
         store(Array(hash.utf8), at: indexPath, directory: directory + "/index")
-        return (elf, header)
+        return (.file(elfPath(hash)), header)
     }
 
     /// Where the ELF for content hash `hash` lives.

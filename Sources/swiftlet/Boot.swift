@@ -44,6 +44,9 @@ struct Boot: ParsableCommand {
     @Option(help: "Stop the guest after this many seconds (exit status 124).")
     var timeout: Double?
 
+    @Option(help: "The KVM device node.")
+    var kvmDevice: String = "/dev/kvm"
+
     func validate() throws {
         guard CPUTemplateChoice(rawValue: cpuTemplate) != nil else {
             throw ValidationError("invalid --cpu-template '\(cpuTemplate)' (use auto, host or pvm-safe)")
@@ -67,12 +70,14 @@ struct Boot: ParsableCommand {
         config.consoleInput = true
         config.timeoutSeconds = timeout
         config.handleTerminationSignals = true
+        config.kvmPath = kvmDevice
 
         let machine = try Machine(config: config)
         let report = try machine.run()
 
         if bootTimer {
             printStderr("vmm-first-kvm-run-us=\(report.firstRunMicros)")
+            printStderr("vmm-first-kvm-run-cpu-us=\(report.firstRunCPUMicros)")
             printStderr("vmm-first-exit-us=\(report.firstExitMicros)")
             if let t = report.bootTimerMicros { printStderr("guest-boot-time-us=\(t)") }
         }

@@ -109,6 +109,9 @@ int swl_signalfd_termination(void);
 /// Reads one signal from a signalfd; returns its number, or 0.
 int swl_signalfd_read(int fd);
 
+/// CPUID on the host CPU (leaf in *eax, subleaf 0).
+void swl_test_cpuid(uint32_t *eax, uint32_t *ebx, uint32_t *ecx, uint32_t *edx);
+
 // ---- time -----------------------------------------------------------------------
 /// CLOCK_MONOTONIC nanoseconds.
 uint64_t swl_monotonic_ns(void);

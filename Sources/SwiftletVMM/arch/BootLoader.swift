@@ -11,10 +11,12 @@ enum BootLoader {
         let longMode: Bool
     }
 
-    static func load(config: MachineConfig, memory: GuestMemory) throws(VMMError) -> Loaded {
+    /// - Parameter extraArguments: appended to a Linux command line (the machine's own needs).
+    static func load(config: MachineConfig, memory: GuestMemory, extraArguments: [String]) throws(VMMError) -> Loaded {
         switch config.payload {
         case let .linux(kernelPath, initrdPath, cmdline):
-            return try loadLinux(kernelPath: kernelPath, initrdPath: initrdPath, cmdline: cmdline, config: config, memory: memory)
+            let full = ([cmdline] + extraArguments).filter { !$0.isEmpty }.joined(separator: " ")
+            return try loadLinux(kernelPath: kernelPath, initrdPath: initrdPath, cmdline: full, config: config, memory: memory)
         case let .flat(code, loadAddress, longMode):
             do {
                 try memory.write(code, at: loadAddress)
@@ -36,8 +38,12 @@ enum BootLoader {
     static func loadLinux(kernelPath: String, initrdPath: String?, cmdline: String, config: MachineConfig, memory: GuestMemory) throws(VMMError) -> Loaded {
         do {
             let cache = KernelCache(directory: config.kernelCacheDirectory ?? "")
-            let (elf, header) = try cache.vmlinux(forImageAt: kernelPath)
-            let kernel = try ELFLoader.load(elf, into: memory)
+            let (source, header) = try cache.vmlinuxSource(forImageAt: kernelPath)
+            let kernel: LoadedKernel
+            switch source {
+            case let .file(path): kernel = try ELFLoader.load(fileAt: path, into: memory)
+            case let .bytes(elf): kernel = try ELFLoader.load(elf, into: memory)
+            }
 
             var initrd: (address: UInt64, size: Int)?
             if let path = initrdPath {

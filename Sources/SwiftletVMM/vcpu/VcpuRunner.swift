@@ -19,6 +19,7 @@ final class MachineContext: Sendable {
     /// Microseconds since process start of the first KVM_RUN, and of the first exit.
     let firstRunMicros = Atomic<UInt64>(0)
     let firstExitMicros = Atomic<UInt64>(0)
+    let firstRunCPUMicros = Atomic<UInt64>(0)
 
     init(pioBus: Bus, mmioBus: Bus, memory: GuestMemory, emulationFixups: Bool, latch: ExitLatch) {
         self.pioBus = pioBus
@@ -83,7 +84,10 @@ final class VcpuRunner: @unchecked Sendable {
     func run() {
         vcpu.thread.store(UInt(bitPattern: Int(bitPattern: UInt(pthread_self()))), ordering: .releasing)
         _ = swl_unblock_signal(swl_sigrtmin())
-        if vcpu.id == 0 { context.firstRunMicros.store(Clock.microsSinceStart(), ordering: .relaxed) }
+        if vcpu.id == 0 {
+            context.firstRunMicros.store(Clock.microsSinceStart(), ordering: .relaxed)
+            context.firstRunCPUMicros.store(Clock.processCPUNanos() / 1000, ordering: .relaxed)
+        }
         var first = vcpu.id == 0
         while !stopRequested.load(ordering: .acquiring) {
             let exit: VcpuExit
@@ -151,14 +155,15 @@ final class VcpuRunner: @unchecked Sendable {
         }
     }
 
-    /// The guest pulsed reset. Linux's orderly reboot disables the local APIC
-    /// (machine_shutdown → lapic_shutdown) before it writes 0xFE to the
-    /// i8042; the emergency restart after a panic does not. So the APIC's
-    /// software-enable bit (SVR bit 8) tells a clean reboot from a panic.
+    /// The guest pulsed reset. Was it an orderly reboot or a panic?
+    ///
+    /// Linux writes the BIOS warm-reset flag (0x1234 at physical 0x472) just
+    /// before a keyboard-controller reset when the reboot mode is "warm", and
+    /// 0 otherwise. Swiftlet boots Linux with `reboot=k,panic_warm`, so only
+    /// the restart after a panic leaves 0x1234 there.
     func classifyReset() -> MachineExit {
-        guard let lapic = try? vcpu.getLAPIC() else { return .rebooted }
-        let svr = withUnsafeBytes(of: lapic.regs) { $0.loadUnaligned(fromByteOffset: 0xf0, as: UInt32.self) }
-        return svr & 0x100 != 0 ? .panicked : .rebooted
+        let flag = (try? context.memory.load(UInt16.self, at: ResetFlagWord.address)) ?? 0
+        return flag == ResetFlagWord.warm ? .panicked : .rebooted
     }
 
     /// Answers the main thread's halt probe: is this vCPU halted with

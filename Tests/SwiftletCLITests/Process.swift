@@ -1,0 +1,105 @@
+import Glibc
+import Testing
+
+/// Runs the `swiftlet` binary built beside the test bundle, capturing its
+/// stdout and stderr, with stdin from /dev/null.
+struct CLIResult {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+    var stderrLines: [Substring] { stderr.split(separator: "\n") }
+}
+
+enum CLI {
+    /// The `swiftlet` executable next to the test runner (`swift build --build-tests` builds both).
+    static var binary: String {
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+        let exe = n > 0 ? String(cString: buf) : ""
+        var dir = exe
+        while let slash = dir.lastIndex(of: "/"), !dir.hasSuffix("/debug") && !dir.hasSuffix("/release") {
+            dir = String(dir[..<slash])
+            if dir.isEmpty { break }
+        }
+        return dir + "/swiftlet"
+    }
+
+    /// Runs `swiftlet args...`, optionally as another user (`setpriv`).
+    static func run(_ args: [String], asUser: String? = nil, timeout: Int = 600) throws -> CLIResult {
+        let out = try tempFile("out"), err = try tempFile("err")
+        defer { unlink(out); unlink(err) }
+        var argv = ["timeout", String(timeout)]
+        if let u = asUser { argv += ["setpriv", "--reuid=\(u)", "--regid=nogroup", "--clear-groups"] }
+        argv += [binary] + args
+        let pid = try spawn(argv, stdout: out, stderr: err)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return CLIResult(status: code, stdout: readText(out), stderr: readText(err))
+    }
+
+    static func spawn(_ argv: [String], stdout: String, stderr: String) throws -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        var cargs = argv.map { strdup($0) } + [nil]
+        defer { for p in cargs { free(p) } }
+        var pid: pid_t = 0
+        let rc = posix_spawnp(&pid, argv[0], &actions, nil, &cargs, environ)
+        guard rc == 0 else { throw SpawnError(errno: rc) }
+        return pid
+    }
+
+    struct SpawnError: Error { let errno: Int32 }
+
+    static func tempFile(_ tag: String) throws -> String {
+        var template = Array("/tmp/swiftlet-test-\(tag)-XXXXXX".utf8CString)
+        let fd = mkstemp(&template)
+        guard fd >= 0 else { throw SpawnError(errno: errno) }
+        close(fd)
+        return String(cString: template)
+    }
+
+    static func readText(_ path: String) -> String {
+        guard let f = fopen(path, "r") else { return "" }
+        defer { fclose(f) }
+        var bytes: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = fread(&buf, 1, buf.count, f)
+            if n <= 0 { break }
+            bytes += buf[0..<n]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    static func writeFile(_ bytes: [UInt8]) throws -> String {
+        let path = try tempFile("img")
+        let f = fopen(path, "w")
+        _ = fwrite(bytes, 1, bytes.count, f)
+        fclose(f)
+        return path
+    }
+}
+
+/// Where `make` puts the default guest images.
+enum Images {
+    static var cache: String {
+        if let d = getenv("SWIFTLET_CACHE") { return String(cString: d) }
+        if let x = getenv("XDG_CACHE_HOME") { return String(cString: x) + "/swiftlet" }
+        return String(cString: getenv("HOME") ?? strdup("/root")) + "/.cache/swiftlet"
+    }
+    static var bzImage: String { cache + "/default/bzImage" }
+    static var vmlinux: String { cache + "/default/vmlinux" }
+    static var initramfs: String { cache + "/default/initramfs.cpio" }
+    static var present: Bool { access(bzImage, R_OK) == 0 && access(initramfs, R_OK) == 0 && access(vmlinux, R_OK) == 0 }
+}
+
+enum KVMGate {
+    static var required: Bool { getenv("SWIFTLET_REQUIRE_KVM").map { String(cString: $0) == "1" } ?? false }
+    static var enabled: Bool { access("/dev/kvm", R_OK | W_OK) == 0 || required }
+    static let skipMessage: Comment = "/dev/kvm is not usable here; set SWIFTLET_REQUIRE_KVM=1 to make this a failure"
+}
