@@ -50,9 +50,9 @@ test: deps images release
 	swift build --build-tests
 	swift test --skip-build
 
-## The boot-time benchmark (see benchmarks/README.md).
+## The VMM start-up benchmark (see benchmarks/README.md).
 bench: deps images release
-	benchmarks/boot.sh
+	benchmarks/startup.sh
 
 clean:
 	rm -rf .build

@@ -65,6 +65,7 @@ compute_key() {
     echo "busybox $bb_ver"
     echo "gcc $gcc_ver"
     echo "root $((EUID == 0))" # non-root builds lack device nodes (see below)
+    echo "abi ${SWIFTLET_INIT_ABI:-syscall}"
   } | sha256sum | cut -c1-16
 }
 
@@ -97,9 +98,14 @@ mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,root,etc,mnt}
 chmod 1777 "$root/tmp"
 chmod 0700 "$root/root"
 
-# swiftlet-init: freestanding, static, non-PIE at 0x400000 so all its addresses fit the
-# 32-bit int $0x80 ABI (see init/init.c). Compiled into the temp dir, never into the repo.
-gcc -static -nostdlib -fno-pie -no-pie -fno-stack-protector -ffreestanding -O2 \
+# swiftlet-init: freestanding, static, non-PIE at 0x400000 so that all its addresses would
+# also fit the 32-bit int $0x80 ABI (see init/init.c). The default is the standard 64-bit
+# `syscall` ABI: on nested PVM KVM neither works (README.md), and on hardware KVM `syscall`
+# is the right one. SWIFTLET_INIT_ABI=int80 builds the int $0x80 variant for experiments.
+# Compiled into the temp dir, never into the repo.
+abi_flag=-DSWL_SYSCALL_INSN
+[[ ${SWIFTLET_INIT_ABI:-syscall} == int80 ]] && abi_flag=
+gcc $abi_flag -static -nostdlib -fno-pie -no-pie -fno-stack-protector -ffreestanding -O2 \
   -fno-builtin -fno-tree-loop-distribute-patterns -fno-asynchronous-unwind-tables \
   -Wall -Wextra -Werror -s -Wl,--build-id=none -Wl,-z,noseparate-code -Wl,-z,noexecstack \
   -Wl,--gc-sections -Wl,-Ttext-segment=0x400000 \
