@@ -17,17 +17,23 @@
 # Cache layout:
 #   $CACHE/kernel/6.1-<pkgversion>-<hash16>/{bzImage,vmlinux,config,System.map,build.log}
 #   $CACHE/kernel-src/linux-source-6.1-<pkgversion>/   pristine unpacked source (reused)
-#   $CACHE/kernel-src/build-<pkgversion>/              out-of-tree objects (incremental)
+#   $CACHE/kernel-src/linux-source-6.1-<pkgversion>-p<patches>/  the same, with kernels/patches applied
+#   $CACHE/kernel-src/build-<pkgversion>-p<patches>/   out-of-tree objects (incremental)
 #   $CACHE/default/{bzImage,vmlinux,config}            symlinks used by the Swiftlet CLI
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 FRAGMENT="$SCRIPT_DIR/config-6.1-microvm.fragment"
+# Guest-kernel patches, applied in name order. Each is a last resort, with its
+# evidence in kernels/README.md.
+shopt -s nullglob
+PATCHES=("$SCRIPT_DIR"/patches/*.patch)
+shopt -u nullglob
 
 SRC_PKG=linux-source-6.1
 SRC_TARBALL=/usr/src/linux-source-6.1.tar.xz
 SRC_TOPDIR=linux-source-6.1          # top-level directory inside the tarball
-DEPS=(linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev lz4 xz-utils cpio)
+DEPS=(linux-source-6.1 build-essential patch flex bison bc libelf-dev libssl-dev lz4 xz-utils cpio)
 
 # Everything in this script that influences the produced images. It is hashed
 # together with the fragment into the cache key: bump RECIPE_REV whenever the
@@ -108,11 +114,13 @@ ensure_deps
 # --------------------------------------------------------------------------
 PKG_VERSION=$(dpkg-query -W -f='${Version}' "$SRC_PKG")
 VERSION_SAFE=${PKG_VERSION//[^A-Za-z0-9._+-]/_}     # e.g. an epoch's ':' -> '_'
-HASH=$({ cat "$FRAGMENT"; printf '%s\n' "$RECIPE"; } | sha256sum | cut -c1-16)
+PATCH_HASH=$(cat /dev/null "${PATCHES[@]}" | sha256sum | cut -c1-8)
+HASH=$({ cat "$FRAGMENT" "${PATCHES[@]}"; printf '%s\n' "$RECIPE"; } | sha256sum | cut -c1-16)
 OUT_DIR="$CACHE/kernel/6.1-$VERSION_SAFE-$HASH"
 SRC_ROOT="$CACHE/kernel-src"
 SRC_DIR="$SRC_ROOT/linux-source-6.1-$VERSION_SAFE"
-BUILD_DIR="$SRC_ROOT/build-$VERSION_SAFE"
+PATCHED_DIR="$SRC_ROOT/linux-source-6.1-$VERSION_SAFE-p$PATCH_HASH"
+BUILD_DIR="$SRC_ROOT/build-$VERSION_SAFE-p$PATCH_HASH"
 DEFAULT_DIR="$CACHE/default"
 
 if [[ $MODE == print-dir ]]; then
@@ -179,8 +187,24 @@ if [[ ! -f $SRC_DIR.unpacked || ! -d $SRC_DIR ]]; then
     touch "$SRC_DIR.unpacked"
 fi
 
+# 1b. The patched tree: a hard-link copy of the pristine one, where each file a
+#     patch touches is first made a real copy, so the pristine tree stays pristine.
+if [[ ! -f $PATCHED_DIR.patched || ! -d $PATCHED_DIR ]]; then
+    say "applying ${#PATCHES[@]} patch(es)"
+    rm -rf "$PATCHED_DIR" "$PATCHED_DIR.tmp" "$PATCHED_DIR.patched"
+    cp -al "$SRC_DIR" "$PATCHED_DIR.tmp"
+    for p in "${PATCHES[@]}"; do
+        while read -r f; do
+            [[ -f $PATCHED_DIR.tmp/$f ]] && cp --remove-destination "$SRC_DIR/$f" "$PATCHED_DIR.tmp/$f"
+        done < <(sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "$p")
+        patch -d "$PATCHED_DIR.tmp" -p1 -s --no-backup-if-mismatch <"$p" >>"$LOG" 2>&1 || fail "patch $(basename "$p") does not apply"
+    done
+    mv "$PATCHED_DIR.tmp" "$PATCHED_DIR"
+    touch "$PATCHED_DIR.patched"
+fi
+
 kmake() {
-    make -C "$SRC_DIR" O="$BUILD_DIR" ARCH="$KARCH" "${KBUILD_VARS[@]}" "$@"
+    make -C "$PATCHED_DIR" O="$BUILD_DIR" ARCH="$KARCH" "${KBUILD_VARS[@]}" "$@"
 }
 
 # 2. Configuration: tinyconfig + fragment + olddefconfig.
@@ -188,7 +212,7 @@ mkdir -p "$BUILD_DIR"
 say "configuring"
 {
     kmake "$BASE_CONFIG" &&
-    (cd "$SRC_DIR" && ARCH="$KARCH" scripts/kconfig/merge_config.sh -m -O "$BUILD_DIR" \
+    (cd "$PATCHED_DIR" && ARCH="$KARCH" scripts/kconfig/merge_config.sh -m -O "$BUILD_DIR" \
         "$BUILD_DIR/.config" "$FRAGMENT") &&
     kmake olddefconfig
 } </dev/null >>"$LOG" 2>&1 || fail "configuration failed"

@@ -121,55 +121,31 @@ public final class Vcpu: @unchecked Sendable {
 
     // MARK: - State
 
-    public func getRegs() throws(KVMError) -> kvm_regs {
-        var r = kvm_regs()
-        _ = try kvmIoctl(fd, SWL_KVM_GET_REGS, &r, "KVM_GET_REGS")
-        return r
+    /// Reads one state structure with a `KVM_GET_*` ioctl.
+    func get<T>(_ request: UInt, _ name: String, _ empty: T) throws(KVMError) -> T {
+        var value = empty
+        _ = try kvmIoctl(fd, request, &value, name)
+        return value
     }
-    public func setRegs(_ regs: kvm_regs) throws(KVMError) {
-        var r = regs
-        _ = try kvmIoctl(fd, SWL_KVM_SET_REGS, &r, "KVM_SET_REGS")
+
+    /// Writes one state structure with a `KVM_SET_*` ioctl.
+    func set<T>(_ request: UInt, _ name: String, _ value: T) throws(KVMError) {
+        var copy = value
+        _ = try kvmIoctl(fd, request, &copy, name)
     }
-    public func getSregs() throws(KVMError) -> kvm_sregs {
-        var s = kvm_sregs()
-        _ = try kvmIoctl(fd, SWL_KVM_GET_SREGS, &s, "KVM_GET_SREGS")
-        return s
-    }
-    public func setSregs(_ sregs: kvm_sregs) throws(KVMError) {
-        var s = sregs
-        _ = try kvmIoctl(fd, SWL_KVM_SET_SREGS, &s, "KVM_SET_SREGS")
-    }
-    public func getFPU() throws(KVMError) -> kvm_fpu {
-        var f = kvm_fpu()
-        _ = try kvmIoctl(fd, SWL_KVM_GET_FPU, &f, "KVM_GET_FPU")
-        return f
-    }
-    public func setFPU(_ fpu: kvm_fpu) throws(KVMError) {
-        var f = fpu
-        _ = try kvmIoctl(fd, SWL_KVM_SET_FPU, &f, "KVM_SET_FPU")
-    }
-    public func getLAPIC() throws(KVMError) -> kvm_lapic_state {
-        var l = kvm_lapic_state()
-        _ = try kvmIoctl(fd, SWL_KVM_GET_LAPIC, &l, "KVM_GET_LAPIC")
-        return l
-    }
-    public func setLAPIC(_ lapic: kvm_lapic_state) throws(KVMError) {
-        var l = lapic
-        _ = try kvmIoctl(fd, SWL_KVM_SET_LAPIC, &l, "KVM_SET_LAPIC")
-    }
-    public func getEvents() throws(KVMError) -> kvm_vcpu_events {
-        var e = kvm_vcpu_events()
-        _ = try kvmIoctl(fd, SWL_KVM_GET_VCPU_EVENTS, &e, "KVM_GET_VCPU_EVENTS")
-        return e
-    }
-    public func setEvents(_ events: kvm_vcpu_events) throws(KVMError) {
-        var e = events
-        _ = try kvmIoctl(fd, SWL_KVM_SET_VCPU_EVENTS, &e, "KVM_SET_VCPU_EVENTS")
-    }
+
+    public func getRegs() throws(KVMError) -> kvm_regs { try get(SWL_KVM_GET_REGS, "KVM_GET_REGS", kvm_regs()) }
+    public func setRegs(_ regs: kvm_regs) throws(KVMError) { try set(SWL_KVM_SET_REGS, "KVM_SET_REGS", regs) }
+    public func getSregs() throws(KVMError) -> kvm_sregs { try get(SWL_KVM_GET_SREGS, "KVM_GET_SREGS", kvm_sregs()) }
+    public func setSregs(_ sregs: kvm_sregs) throws(KVMError) { try set(SWL_KVM_SET_SREGS, "KVM_SET_SREGS", sregs) }
+    public func getFPU() throws(KVMError) -> kvm_fpu { try get(SWL_KVM_GET_FPU, "KVM_GET_FPU", kvm_fpu()) }
+    public func setFPU(_ fpu: kvm_fpu) throws(KVMError) { try set(SWL_KVM_SET_FPU, "KVM_SET_FPU", fpu) }
+    public func getLAPIC() throws(KVMError) -> kvm_lapic_state { try get(SWL_KVM_GET_LAPIC, "KVM_GET_LAPIC", kvm_lapic_state()) }
+    public func setLAPIC(_ lapic: kvm_lapic_state) throws(KVMError) { try set(SWL_KVM_SET_LAPIC, "KVM_SET_LAPIC", lapic) }
+    public func getEvents() throws(KVMError) -> kvm_vcpu_events { try get(SWL_KVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS", kvm_vcpu_events()) }
+    public func setEvents(_ events: kvm_vcpu_events) throws(KVMError) { try set(SWL_KVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS", events) }
     public func getMPState() throws(KVMError) -> UInt32 {
-        var s = kvm_mp_state()
-        _ = try kvmIoctl(fd, SWL_KVM_GET_MP_STATE, &s, "KVM_GET_MP_STATE")
-        return s.mp_state
+        try get(SWL_KVM_GET_MP_STATE, "KVM_GET_MP_STATE", kvm_mp_state()).mp_state
     }
 
     /// Installs the CPUID table the guest sees.
@@ -186,6 +162,28 @@ public final class Vcpu: @unchecked Sendable {
 
     /// Writes MSRs. Fails if KVM accepts fewer than all of them.
     public func setMSRs(_ msrs: [(index: UInt32, value: UInt64)]) throws(KVMError) {
+        var buf = try Vcpu.msrBuffer(msrs)
+        let n = try kvmIoctl(fd, SWL_KVM_SET_MSRS, &buf, "KVM_SET_MSRS")
+        if Int(n) != msrs.count {
+            let bad = msrs[Int(n)].index
+            throw .system(SystemError("KVM_SET_MSRS (MSR 0x\(String(bad, radix: 16)) refused)", errno: EINVAL))
+        }
+    }
+
+    /// Reads MSRs; returns the values in the order asked.
+    public func getMSRs(_ indices: [UInt32]) throws(KVMError) -> [UInt64] {
+        var buf = try Vcpu.msrBuffer(indices.map { (index: $0, value: 0) })
+        let n = try kvmIoctl(fd, SWL_KVM_GET_MSRS, &buf, "KVM_GET_MSRS")
+        guard Int(n) == indices.count else {
+            throw .system(SystemError("KVM_GET_MSRS (MSR 0x\(String(indices[Int(n)], radix: 16)) refused)", errno: EINVAL))
+        }
+        return withUnsafeBytes(of: &buf.entries) { raw in
+            raw.bindMemory(to: kvm_msr_entry.self).prefix(indices.count).map(\.data)
+        }
+    }
+
+    /// A `kvm_msrs` buffer holding `msrs`.
+    static func msrBuffer(_ msrs: [(index: UInt32, value: UInt64)]) throws(KVMError) -> swl_msrs {
         guard msrs.count <= Int(SWL_MAX_MSR_ENTRIES) else { throw .tooMany("MSRs") }
         var buf = swl_msrs()
         buf.nmsrs = UInt32(msrs.count)
@@ -197,11 +195,7 @@ public final class Vcpu: @unchecked Sendable {
                 dst[i].data = m.value
             }
         }
-        let n = try kvmIoctl(fd, SWL_KVM_SET_MSRS, &buf, "KVM_SET_MSRS")
-        if Int(n) != msrs.count {
-            let bad = msrs[Int(n)].index
-            throw .system(SystemError("KVM_SET_MSRS (MSR 0x\(String(bad, radix: 16)) refused)", errno: EINVAL))
-        }
+        return buf
     }
 
     /// Enables guest debugging (single step, hardware breakpoints).

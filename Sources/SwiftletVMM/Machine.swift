@@ -70,7 +70,11 @@ public final class Machine: @unchecked Sendable {
         } catch {
             throw .memory(error)
         }
-        do { try vm.mapMemory(memory) } catch { throw .kvm(error) }
+        // Registering the memory slot waits for an SRCU grace period inside
+        // KVM (about 7 ms on nested PVM, whatever the size), so it runs on a
+        // helper thread while this one loads the kernel and builds the vCPUs.
+        let slots = MemorySlotRegistration(vm: vm, memory: memory)
+        do { try slots.start() } catch { throw .system(error) }
 
         let template: CPUTemplate
         switch config.cpuTemplate {
@@ -78,10 +82,11 @@ public final class Machine: @unchecked Sendable {
         case .host: template = .host
         case .pvmSafe: template = .pvmSafe
         }
-        // On nested PVM the guest's standard CPUID leaves bypass KVM_SET_CPUID2,
-        // so the pvm-safe template also goes to the kernel as noxsave/clearcpuid=.
-        let cpuArguments = template == .pvmSafe && isPVMHost ? KernelCPUMask.kernelArguments() : []
-        let boot = try BootLoader.load(config: config, memory: memory, extraArguments: cpuArguments)
+        // Whatever fails below, the helper thread must be joined first.
+        var slotsJoined = false
+        defer { if !slotsJoined { _ = slots.wait() } }
+        let boot = try BootLoader.load(config: config, memory: memory,
+                                       extraArguments: PVMQuirks.kernelArguments(isPVMHost: isPVMHost, template: template))
         var vcpus: [Vcpu] = []
         do {
             let supported = try kvm.supportedCPUID()
@@ -101,6 +106,8 @@ public final class Machine: @unchecked Sendable {
             throw .kvm(error)
         }
         self.vcpus = vcpus
+        slotsJoined = true
+        if let e = slots.wait() { throw .kvm(e) }
 
         // Devices.
         let latch: ExitLatch
@@ -248,4 +255,32 @@ final class BootTimerRecord: @unchecked Sendable {
 final class ResetFlag: @unchecked Sendable {
     nonisolated(unsafe) var target: MachineContext?
     func set() { target?.resetRequested.store(true, ordering: .releasing) }
+}
+
+/// Registers guest memory with KVM on a helper thread (see `Machine.init`).
+final class MemorySlotRegistration: @unchecked Sendable {
+    let vm: VirtualMachine
+    let memory: GuestMemory
+    private var thread: pthread_t?
+    private var error: KVMError?
+
+    init(vm: VirtualMachine, memory: GuestMemory) {
+        self.vm = vm
+        self.memory = memory
+    }
+
+    func start() throws(SystemError) {
+        thread = try spawnThread(name: "memslots") { [self] in
+            do throws(KVMError) { try vm.mapMemory(memory) } catch { self.error = error }
+        }
+    }
+
+    /// Joins the thread (once) and returns its error, if any.
+    func wait() -> KVMError? {
+        if let t = thread {
+            pthread_join(t, nil)
+            thread = nil
+        }
+        return error
+    }
 }

@@ -113,6 +113,21 @@ struct TinyGuestTests {
         }
     }
 
+    @Test("user-mode SYSCALL: reaches CPL0 on hardware; stays at CPL3 on nested PVM (why the guest kernel is patched)")
+    func syscallPrivilegeLevel() throws {
+        let report = try run(SyscallCPLGuest.code, longMode: true)
+        let out = report.console
+        try #require(out.count == 3, "console: \(out)")
+        if HostKVM.isPVM {
+            // The entry code ran with the user's CS (0x33) and its `out` raised #GP.
+            // If this changes, PVM got fixed: kernels/patches/0001 can go.
+            #expect(out == [UInt8(ascii: "E"), 13, 0x33])
+        } else {
+            #expect(out == [UInt8(ascii: "K"), 0x10, 0x18])
+        }
+        #expect(report.exit == .poweredOff)
+    }
+
     @Test("SMP: two vCPUs, the AP never started, the BSP powers off")
     func smpPowerOff() throws {
         let report = try run(Asm.long.serial("2\n") + Asm.long.haltForever, longMode: true, vcpus: 2)

@@ -1,17 +1,15 @@
 /*
  * swiftlet-init: PID 1 of the Swiftlet guest. Freestanding: no libc, own _start.
  *
- * Why int $0x80 by default: on the development machines' nested PVM KVM, the
- * 64-bit `syscall` instruction executed from guest user mode is broken (the CPU
- * jumps to the guest kernel's LSTAR entry but stays at CPL3, so the process
- * segfaults on its first syscall). Exceptions/interrupts through the IDT do
- * work, so we use the legacy i386 compat ABI (`int $0x80`, needs
- * CONFIG_IA32_EMULATION=y): eax=nr, args in ebx ecx edx esi edi ebp.
- * That ABI only carries 32-bit values, so every pointer we pass must be below
- * 4 GiB: the binary is linked non-PIE at 0x400000, and ALL syscall buffers live
- * in static storage; never pass a stack address (the 64-bit stack sits near
- * 0x7ffc...). Build with -DSWL_SYSCALL_INSN for the normal 64-bit `syscall`
- * ABI (hardware KVM, or to run under a regular kernel without compat).
+ * Two system-call ABIs. build.sh passes -DSWL_SYSCALL_INSN: the normal
+ * 64-bit `syscall`, which also works on the development machines' nested PVM
+ * KVM thanks to the guest-kernel patch described in kernels/README.md.
+ * Without it, the legacy i386 compat ABI (`int $0x80`, CONFIG_IA32_EMULATION):
+ * eax=nr, args in ebx ecx edx esi edi ebp, kept for experiments (on PVM it
+ * raises #UD from user mode). That ABI only carries 32-bit values, so every
+ * pointer passed must be below 4 GiB: the binary is linked non-PIE at
+ * 0x400000, and ALL syscall buffers live in static storage; never pass a
+ * stack address (the 64-bit stack sits near 0x7ffc...).
  */
 #define O_RDWR 02
 #define O_NOCTTY 0400
