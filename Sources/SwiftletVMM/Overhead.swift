@@ -2,30 +2,58 @@ import Glibc
 
 extension Machine {
     /// The VMM's own resident memory: the process RSS minus the resident
-    /// pages of guest memory (counted with `mincore`).
-    public func hostOverheadBytes() -> Int {
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        var guestResident = 0
-        for r in memory.regions {
-            let pages = (r.size + page - 1) / page
-            var vec = [UInt8](repeating: 0, count: pages)
-            if mincore(r.host, r.size, &vec) == 0 {
-                guestResident += vec.reduce(0) { $0 + Int($1 & 1) }
+    /// pages of guest memory.
+    ///
+    /// Guest memory is several mappings (anonymous RAM, and the kernel and
+    /// initrd files mapped over it), so its resident size is summed from the
+    /// `Rss:` of every /proc/self/smaps entry inside a guest region. (mincore
+    /// would count file pages that are only in the page cache.)
+    public func hostOverheadBytes() -> Int { hostOverhead().rss }
+
+    /// The VMM's resident memory outside guest memory: all of it (`rss`,
+    /// including shared code pages of the binary and libraries) and the
+    /// anonymous part alone (`anonymous`: heap, stacks, data), in bytes.
+    public func hostOverhead() -> (rss: Int, anonymous: Int) {
+        let ranges = memory.regions.map { (UInt(bitPattern: $0.host), UInt(bitPattern: $0.host) + UInt($0.size)) }
+        var guestKiB = 0, totalKiB = 0, anonKiB = 0
+        var inGuest = false
+        for line in Self.readProcFile("/proc/self/smaps").split(separator: UInt8(ascii: "\n")) {
+            if let dash = line.firstIndex(of: UInt8(ascii: "-")), line.first.map({ Self.isHexDigit($0) }) == true,
+               let space = line.firstIndex(of: UInt8(ascii: " ")), dash < space,
+               let start = UInt(String(decoding: line[..<dash], as: UTF8.self), radix: 16),
+               let end = UInt(String(decoding: line[line.index(after: dash)..<space], as: UTF8.self), radix: 16) {
+                inGuest = ranges.contains { start >= $0.0 && end <= $0.1 }
+            } else if line.starts(with: Array("Rss:".utf8)) {
+                let kib = Self.kibValue(line)
+                totalKiB += kib
+                if inGuest { guestKiB += kib }
+            } else if line.starts(with: Array("Anonymous:".utf8)), !inGuest {
+                anonKiB += Self.kibValue(line)
             }
         }
-        return max(0, Self.residentBytes() - guestResident * page)
+        return (max(0, totalKiB - guestKiB) * 1024, anonKiB * 1024)
     }
 
-    /// The process's resident set, from /proc/self/statm.
-    static func residentBytes() -> Int {
-        let fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return 0 }
+    private static func kibValue(_ line: ArraySlice<UInt8>) -> Int {
+        let digits = line.filter { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
+        return Int(String(decoding: digits, as: UTF8.self)) ?? 0
+    }
+
+    private static func isHexDigit(_ c: UInt8) -> Bool {
+        (c >= UInt8(ascii: "0") && c <= UInt8(ascii: "9")) || (c >= UInt8(ascii: "a") && c <= UInt8(ascii: "f"))
+    }
+
+    static func readProcFile(_ path: String) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return [] }
         defer { close(fd) }
-        var buf = [UInt8](repeating: 0, count: 128)
-        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        guard n > 0 else { return 0 }
-        let fields = buf[0..<n].split(separator: UInt8(ascii: " "))
-        guard fields.count > 1, let pages = Int(String(decoding: fields[1], as: UTF8.self)) else { return 0 }
-        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        return out
     }
 }

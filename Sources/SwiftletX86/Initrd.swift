@@ -1,4 +1,6 @@
+import Glibc
 import SwiftletMemory
+import SwiftletSys
 
 /// Placement of the initial ramdisk.
 ///
@@ -40,5 +42,30 @@ public enum Initrd {
         try initrd.withBytes { (b) throws(X86BootError) in
             try load(b, into: memory, header: header, kernelEnd: kernelEnd)
         }
+    }
+}
+
+extension Initrd {
+    /// Places the initrd file at `path` and maps it into guest memory
+    /// (`MAP_PRIVATE | MAP_FIXED`) instead of copying it: the guest reads it
+    /// once while unpacking, straight from the page cache.
+    public static func load(
+        fileAt path: String, into memory: GuestMemory, header: SetupHeader?, kernelEnd: UInt64
+    ) throws(X86BootError) -> (address: UInt64, size: Int) {
+        let fd: OwnedFD
+        do { fd = try OwnedFD(opening: path, flags: O_RDONLY) } catch { throw .io(error) }
+        var st = stat()
+        guard fstat(fd.raw, &st) == 0 else { throw .io(.last("fstat(\(path))")) }
+        let size = Int(st.st_size)
+        let lowEnd = Layout.lowRAMEnd(memory.regions.map { (base: $0.guestBase, size: $0.size) })
+        let address = try place(size: size, header: header, lowRAMEnd: lowEnd, kernelEnd: kernelEnd)
+        guard size > 0 else { return (address, 0) }
+        let length = (size + Int(Layout.pageSize) - 1) & ~(Int(Layout.pageSize) - 1)
+        let dst: UnsafeMutableRawBufferPointer
+        do { dst = try memory.slice(at: address, count: length) } catch { throw .memory(error) }
+        // The tail of the last page past EOF reads as zeros, as the kernel expects.
+        let p = mmap(dst.baseAddress, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd.raw, 0)
+        guard p == dst.baseAddress else { throw .io(.last("mmap(\(path))")) }
+        return (address, size)
     }
 }

@@ -86,7 +86,9 @@ struct Boot: ParsableCommand {
             var line = "exits: io=\(e.io) mmio=\(e.mmio) kicks=\(e.interrupted) other=\(e.other)"
             for (k, v) in e.emulationFixups.sorted(by: { $0.key.rawValue < $1.key.rawValue }) { line += " fixup-\(k.rawValue)=\(v)" }
             printStderr(line)
-            printStderr("vmm-overhead-rss-kib=\(machine.hostOverheadBytes() / 1024)")
+            let overhead = machine.hostOverhead()
+            printStderr("vmm-overhead-rss-kib=\(overhead.rss / 1024)")
+            printStderr("vmm-overhead-anon-kib=\(overhead.anonymous / 1024)")
         }
         printStderr("swiftlet: \(report.exit)")
         switch report.exit {

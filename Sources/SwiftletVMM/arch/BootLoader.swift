@@ -47,9 +47,7 @@ enum BootLoader {
 
             var initrd: (address: UInt64, size: Int)?
             if let path = initrdPath {
-                let bytes: [UInt8]
-                do { bytes = try readFile(path) } catch { throw VMMError.invalidConfig("cannot read initrd \(path): \(error)") }
-                initrd = try Initrd.load(bytes, into: memory, header: header, kernelEnd: kernel.highestAddress)
+                initrd = try Initrd.load(fileAt: path, into: memory, header: header, kernelEnd: kernel.highestAddress)
             }
 
             let cmdlineArea = try ZeroPage.writeCommandLine(cmdline, header: header, into: memory)
