@@ -11,6 +11,7 @@ import PackageDescription
 /// - `SwiftletX86`: the x86_64 direct-boot structures (zero page, E820, GDT, page tables, MP table, loaders).
 /// - `SwiftletKVM`: `/dev/kvm`, the VM and its vCPUs.
 /// - `SwiftletDevices`: the legacy devices (8250 UART, i8042, boot timer) and the I/O buses.
+/// - `SwiftletVirtio`: split virtqueues and the virtio devices' request handling (block).
 /// - `SwiftletVMM`: assembles a machine and runs it.
 /// - `swiftlet`: the command-line tool.
 let package = Package(
@@ -33,9 +34,10 @@ let package = Package(
         .target(name: "SwiftletX86", dependencies: ["SwiftletMemory", "SwiftletSys", "CDecompress"]),
         .target(name: "SwiftletKVM", dependencies: ["SwiftletSys", "SwiftletMemory", "CSwiftlet"]),
         .target(name: "SwiftletDevices", dependencies: ["SwiftletSys", "CSwiftlet"]),
+        .target(name: "SwiftletVirtio", dependencies: ["SwiftletMemory", "SwiftletSys", "CSwiftlet"]),
         .target(
             name: "SwiftletVMM",
-            dependencies: ["SwiftletSys", "SwiftletMemory", "SwiftletX86", "SwiftletKVM", "SwiftletDevices", "CSwiftlet"]
+            dependencies: ["SwiftletSys", "SwiftletMemory", "SwiftletX86", "SwiftletKVM", "SwiftletDevices", "SwiftletVirtio", "CSwiftlet"]
         ),
         .executableTarget(
             name: "swiftlet",
@@ -46,6 +48,7 @@ let package = Package(
         ),
         .testTarget(name: "SwiftletX86Tests", dependencies: ["SwiftletX86", "SwiftletMemory"]),
         .testTarget(name: "SwiftletDevicesTests", dependencies: ["SwiftletDevices"]),
+        .testTarget(name: "SwiftletVirtioTests", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletSys"]),
         .testTarget(name: "SwiftletCLITests"),
         .testTarget(
             name: "SwiftletVMMTests",

@@ -18,9 +18,9 @@ int swl_pthread_setname(pthread_t thread, const char *name) { return pthread_set
 int swl_eventfd(unsigned int initval, int flags) { return eventfd(initval, flags); }
 int swl_eventfd_new(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
 int swl_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
-int swl_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data) {
-    struct epoll_event ev = { .events = events, .data.u64 = data };
-    return epoll_ctl(epfd, op, fd, &ev);
+int swl_epoll_add(int epfd, int fd, uint64_t data) {
+    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = data };
+    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
 }
 int swl_epoll_wait(int epfd, uint32_t *events, uint64_t *data, int max, int timeout_ms) {
     struct epoll_event evs[64];

@@ -53,6 +53,11 @@ public final class Vcpu: @unchecked Sendable {
         close(fd)
     }
 
+    /// Where the exit union starts in kvm_run (after apic_base), and the
+    /// data bytes of its `mmio` member (after the 8-byte phys_addr).
+    static let exitUnionOffset = MemoryLayout<kvm_run>.offset(of: \.apic_base)! + 8
+    static let mmioDataOffset = exitUnionOffset + 8
+
     private var run: UnsafeMutablePointer<kvm_run> { runArea.assumingMemoryBound(to: kvm_run.self) }
 
     /// Enters the guest until the next exit that userspace must handle.
@@ -77,10 +82,11 @@ public final class Vcpu: @unchecked Sendable {
             return .io(port: io.port, isWrite: io.direction == UInt8(KVM_EXIT_IO_OUT), data: data)
         case KVM_EXIT_MMIO:
             let len = Int(min(r.pointee.mmio.len, 8))
-            // SAFETY: mmio.data is an 8-byte array inside kvm_run.
-            let base = withUnsafeMutablePointer(to: &r.pointee.mmio.data) { UnsafeMutableRawPointer($0) }
-            return .mmio(address: r.pointee.mmio.phys_addr, isWrite: r.pointee.mmio.is_write != 0,
-                         data: UnsafeMutableRawBufferPointer(start: base, count: len))
+            // The exit union is imported as computed properties, so `&mmio.data`
+            // would point at a copy: address the data bytes inside kvm_run.
+            // SAFETY: the offset lies inside the kvm_run page KVM mapped for us.
+            let data = UnsafeMutableRawBufferPointer(start: runArea + Vcpu.mmioDataOffset, count: len)
+            return .mmio(address: r.pointee.mmio.phys_addr, isWrite: r.pointee.mmio.is_write != 0, data: data)
         case KVM_EXIT_SHUTDOWN:
             return .shutdown
         case KVM_EXIT_HLT:
@@ -107,9 +113,8 @@ public final class Vcpu: @unchecked Sendable {
     public func setImmediateExit(_ on: Bool) {
         // SAFETY: immediate_exit is a byte in the shared kvm_run page; an atomic
         // byte store keeps the kicker's write visible to the vCPU thread.
-        let p = UnsafeMutableRawPointer(mutating: withUnsafePointer(to: &run.pointee.immediate_exit) { $0 })
-        let atomicPtr = p.assumingMemoryBound(to: UInt8.self)
-        swl_atomic_store_u8(atomicPtr, on ? 1 : 0)
+        let p = runArea + MemoryLayout<kvm_run>.offset(of: \.immediate_exit)!
+        swl_atomic_store_u8(p.assumingMemoryBound(to: UInt8.self), on ? 1 : 0)
     }
 
     /// Forces the vCPU out of `KVM_RUN`: sets `immediate_exit`, then signals its thread.

@@ -83,7 +83,8 @@ public func writeFileAtomically(_ path: String, _ bytes: UnsafeRawBufferPointer)
 
 /// Creates `path` and its parents (like `mkdir -p`).
 public func makeDirectories(_ path: String, mode: mode_t = 0o755) throws(SystemError) {
-    var prefix = ""
+    // Keep a relative path relative: only an absolute one starts with "/".
+    var prefix = path.hasPrefix("/") ? "" : "."
     for component in path.split(separator: "/", omittingEmptySubsequences: true) {
         prefix += "/" + component
         if mkdir(prefix, mode) != 0 && Glibc.errno != EEXIST {

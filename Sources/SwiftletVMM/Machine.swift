@@ -5,6 +5,7 @@ import SwiftletDevices
 import SwiftletKVM
 import SwiftletMemory
 import SwiftletSys
+import SwiftletVirtio
 import SwiftletX86
 
 /// What a finished run reports.
@@ -38,6 +39,7 @@ public final class Machine: @unchecked Sendable {
     let serial: Serial8250
     let output: ConsoleOutput
     let context: MachineContext
+    let transports: [VirtioMMIOTransport]
     let bootTimerMicros = BootTimerRecord()
     /// The host has nested PVM KVM.
     public let isPVMHost: Bool
@@ -52,6 +54,19 @@ public final class Machine: @unchecked Sendable {
         }
         try config.validate(maxVcpus: max(1, kvm.maxVcpus))
         isPVMHost = HostKVM.isPVM
+
+        // Drive images are opened (and locked) first: bad input fails before any VM work.
+        var blockBackends: [BlockBackend] = []
+        for drive in config.drives {
+            do {
+                blockBackends.append(try BlockBackend(path: drive.path, readOnly: drive.readOnly, id: drive.id))
+            } catch {
+                throw .invalidConfig("drive \(drive.path): \(error)")
+            }
+        }
+        let virtioArguments = blockBackends.indices.map { i in
+            "virtio_mmio.device=4K@0x\(String(Devices.virtioWindow(i), radix: 16)):\(Devices.virtioGSI(i))"
+        }
 
         do {
             vm = try kvm.createVM()
@@ -86,7 +101,7 @@ public final class Machine: @unchecked Sendable {
         var slotsJoined = false
         defer { if !slotsJoined { _ = slots.wait() } }
         let boot = try BootLoader.load(config: config, memory: memory,
-                                       extraArguments: PVMQuirks.kernelArguments(isPVMHost: isPVMHost, template: template))
+                                       extraArguments: virtioArguments + PVMQuirks.kernelArguments(isPVMHost: isPVMHost, template: template))
         var vcpus: [Vcpu] = []
         do {
             let supported = try kvm.supportedCPUID()
@@ -127,6 +142,26 @@ public final class Machine: @unchecked Sendable {
         } catch {
             throw .bus(error)
         }
+        var transports: [VirtioMMIOTransport] = []
+        for (i, backend) in blockBackends.enumerated() {
+            let transport = try VirtioMMIOTransport(device: BlockModel(backend: backend), memory: memory)
+            let base = Devices.virtioWindow(i)
+            do {
+                try mmio.insert(transport, base: base, size: VirtioMMIOTransport.windowSize)
+            } catch {
+                throw .bus(error)
+            }
+            do {
+                for (q, notifier) in transport.notifiers.enumerated() {
+                    try vm.registerIOEventFD(notifier.fd, mmioAddress: base + VirtioMMIOTransport.Reg.queueNotify, length: 4, datamatch: UInt64(q))
+                }
+                try vm.registerIRQFD(transport.interrupt.fd, gsi: Devices.virtioGSI(i))
+            } catch {
+                throw .kvm(error)
+            }
+            transports.append(transport)
+        }
+        self.transports = transports
         context = MachineContext(pioBus: pio, mmioBus: mmio, memory: memory, emulationFixups: isPVMHost, latch: latch)
         resetFlag.target = context
     }
@@ -149,13 +184,27 @@ public final class Machine: @unchecked Sendable {
         if config.consoleInput {
             let latch = context.latch
             do {
-                console = try ConsoleInput(serial: serial) { latch.finish(.stopped("console escape (Ctrl-A x)")) }
+                console = try ConsoleInput(serial: serial, inputFD: config.consoleInputFD) { latch.finish(.stopped("console escape (Ctrl-A x)")) }
                 try console?.start()
             } catch {
                 throw .system(error)
             }
         }
         defer { console?.stop() }
+
+        let loop: EventLoop
+        do {
+            loop = try EventLoop()
+            for transport in transports {
+                for q in transport.notifiers.indices {
+                    try loop.add(transport.notifiers[q].fd) { transport.serve(queue: q) }
+                }
+            }
+            try loop.start()
+        } catch {
+            throw .system(error)
+        }
+        defer { loop.stop() }
 
         let runners = vcpus.map { VcpuRunner(vcpu: $0, context: context) }
         var threads: [pthread_t] = []
@@ -242,6 +291,15 @@ public enum Devices {
     public static let serialPort: UInt64 = 0x3f8
     public static let serialIRQ: UInt32 = 4
     public static let i8042Port: UInt64 = 0x60
+    /// virtio-mmio devices take GSIs from 5 up (below: the legacy ISA ones in use).
+    public static let firstVirtioGSI: UInt32 = 5
+
+    /// The MMIO window of virtio device `index`: 4 KiB each, after the boot timer.
+    public static func virtioWindow(_ index: Int) -> UInt64 {
+        Layout.firstVirtioMMIO + UInt64(index) * VirtioMMIOTransport.windowSize
+    }
+
+    public static func virtioGSI(_ index: Int) -> UInt32 { firstVirtioGSI + UInt32(index) }
 }
 
 /// The boot-timer value, written once by a vCPU thread.

@@ -22,6 +22,20 @@ public enum BootPayload: Sendable {
     case flat(code: [UInt8], loadAddress: UInt64, longMode: Bool)
 }
 
+/// A virtio-blk drive backed by a raw image file.
+public struct DriveConfig: Sendable, Equatable {
+    public var path: String
+    public var readOnly: Bool
+    /// The serial the guest reads with GET_ID (at most 20 bytes).
+    public var id: String?
+
+    public init(path: String, readOnly: Bool = false, id: String? = nil) {
+        self.path = path
+        self.readOnly = readOnly
+        self.id = id
+    }
+}
+
 /// Everything needed to build one machine.
 public struct MachineConfig: Sendable {
     /// What to boot.
@@ -29,12 +43,16 @@ public struct MachineConfig: Sendable {
     public var memoryMiB: Int = 128
     public var vcpuCount: Int = 1
     public var cpuTemplate: CPUTemplateChoice = .auto
+    /// virtio-blk drives, in order: the first is /dev/vda in the guest.
+    public var drives: [DriveConfig] = []
     /// Where the UART's output goes (-1: nowhere).
     public var consoleOutputFD: Int32 = 1
     /// Keep a copy of the console output (for tests).
     public var captureConsole = false
     /// Forward the host's stdin to the UART.
     public var consoleInput = false
+    /// Where console input comes from (stdin unless a test gives a pipe).
+    public var consoleInputFD: Int32 = 0
     /// Where decompressed kernels are cached; nil disables the cache.
     public var kernelCacheDirectory: String?
     /// How often the main thread checks whether every vCPU halted for good.
@@ -60,6 +78,9 @@ public struct MachineConfig: Sendable {
     /// The MP table describes at most this many CPUs (APIC ids 0-253; the IOAPIC takes the next).
     public static let maximumVcpus = 254
 
+    /// virtio-mmio devices get GSIs 5-23 (see `Devices.firstVirtioGSI`).
+    public static let maximumVirtioDevices = 16
+
     /// Checks the values a user can get wrong, with one clear line for each.
     public func validate(maxVcpus: Int) throws(VMMError) {
         guard memoryMiB >= MachineConfig.minimumMemoryMiB else {
@@ -68,6 +89,9 @@ public struct MachineConfig: Sendable {
         let hostMiB = Int(sysconf(Int32(_SC_PHYS_PAGES))) * Int(sysconf(Int32(_SC_PAGESIZE))) / (1 << 20)
         guard memoryMiB <= hostMiB else {
             throw .invalidConfig("guest memory of \(memoryMiB) MiB is more than the host's \(hostMiB) MiB")
+        }
+        guard drives.count <= MachineConfig.maximumVirtioDevices else {
+            throw .invalidConfig("too many drives (\(drives.count); at most \(MachineConfig.maximumVirtioDevices))")
         }
         let limit = min(maxVcpus, MachineConfig.maximumVcpus)
         guard vcpuCount >= 1 && vcpuCount <= limit else {
@@ -88,6 +112,11 @@ public enum BootDefaults {
         "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd",
         "tsc=reliable", "no_timer_check", "nomodule", "swiotlb=noforce",
     ]
+
+    /// The command line for booting from the first virtio-blk drive.
+    public static func rootDrive(readOnly: Bool, extra: [String] = []) -> String {
+        (base + ["root=/dev/vda", "rootfstype=ext4", readOnly ? "ro" : "rw"] + extra).joined(separator: " ")
+    }
 
     /// The command line for booting from an initramfs.
     public static func initramfs(extra: [String] = []) -> String {

@@ -17,8 +17,14 @@ struct Boot: ParsableCommand {
     @Option(help: "Kernel: a bzImage or an uncompressed ELF vmlinux. Default: the image built by `make kernel`.")
     var kernel: String?
 
-    @Option(help: "Initramfs to load (default: the one built by `make rootfs`).")
+    @Option(help: "Boot from this initramfs instead of a root drive.")
     var initrd: String?
+
+    @Option(help: ArgumentHelp("Root filesystem image, attached as /dev/vda and mounted as / (default: the read-only image built by `make rootfs`).", valueName: "path[,ro]"))
+    var rootfs: String?
+
+    @Option(name: .customLong("drive"), help: ArgumentHelp("A further virtio-blk drive (/dev/vdb, ...); repeatable.", valueName: "path[,ro][,id=NAME]"))
+    var drives: [String] = []
 
     @Option(help: "Replace the whole kernel command line.")
     var cmdline: String?
@@ -53,16 +59,30 @@ struct Boot: ParsableCommand {
         }
         if let t = timeout, !(t > 0) { throw ValidationError("--timeout must be positive") }
         guard cmdline == nil || append == nil else { throw ValidationError("use --cmdline or --append, not both") }
+        guard initrd == nil || rootfs == nil else { throw ValidationError("use --initrd or --rootfs, not both") }
+        for spec in drives + (rootfs.map { [$0] } ?? []) { _ = try DriveSpec.parse(spec) }
     }
 
     func run() throws {
         let kernelPath = kernel ?? Paths.defaultKernel
-        let initrdPath = initrd ?? Paths.defaultInitrd
         try requireReadable(kernelPath, what: "kernel", hint: kernel == nil ? " (run `make kernel` first)" : "")
-        try requireReadable(initrdPath, what: "initrd", hint: initrd == nil ? " (run `make rootfs` first)" : "")
+        var attached: [DriveConfig] = []
+        let line: String
+        let extra = append.map { [$0] } ?? []
+        if let initrd {
+            try requireReadable(initrd, what: "initrd", hint: "")
+            line = cmdline ?? BootDefaults.initramfs(extra: extra)
+        } else {
+            // The default image is the build's output: never let the guest change it.
+            let root = try rootfs.map { try DriveSpec.parse($0) } ?? DriveConfig(path: Paths.defaultRootfs, readOnly: true)
+            try requireReadable(root.path, what: "rootfs", hint: rootfs == nil ? " (run `make rootfs` first)" : "")
+            attached.append(root)
+            line = cmdline ?? BootDefaults.rootDrive(readOnly: root.readOnly, extra: extra)
+        }
+        for spec in drives { attached.append(try DriveSpec.parse(spec)) }
 
-        let line = cmdline ?? BootDefaults.initramfs(extra: append.map { [$0] } ?? [])
-        var config = MachineConfig(kernelPath: kernelPath, initrdPath: initrdPath, cmdline: line)
+        var config = MachineConfig(kernelPath: kernelPath, initrdPath: initrd, cmdline: line)
+        config.drives = attached
         config.memoryMiB = mem
         config.vcpuCount = cpus
         config.cpuTemplate = CPUTemplateChoice(rawValue: cpuTemplate) ?? .auto
@@ -107,5 +127,26 @@ func requireReadable(_ path: String, what: String, hint: String) throws {
     if access(path, R_OK) != 0 {
         let why = errno == ENOENT ? "not found" : String(cString: strerror(errno))
         throw ValidationError("\(what) \(path): \(why)\(hint)")
+    }
+}
+
+/// `path[,ro][,id=NAME]`, as `--drive` and `--rootfs` take it.
+enum DriveSpec {
+    static func parse(_ spec: String) throws -> DriveConfig {
+        let parts = spec.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard let path = parts.first, !path.isEmpty else { throw ValidationError("drive '\(spec)': no image path") }
+        var drive = DriveConfig(path: path)
+        for option in parts.dropFirst() {
+            if option == "ro" {
+                drive.readOnly = true
+            } else if option.hasPrefix("id=") {
+                let id = String(option.dropFirst(3))
+                guard !id.isEmpty, id.utf8.count <= 20 else { throw ValidationError("drive '\(spec)': id must be 1 to 20 bytes") }
+                drive.id = id
+            } else {
+                throw ValidationError("drive '\(spec)': unknown option '\(option)' (use ro or id=NAME)")
+            }
+        }
+        return drive
     }
 }

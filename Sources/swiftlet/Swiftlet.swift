@@ -75,5 +75,6 @@ enum Paths {
     }
     static var defaultKernel: String { cacheRoot + "/default/bzImage" }
     static var defaultInitrd: String { cacheRoot + "/default/initramfs.cpio" }
+    static var defaultRootfs: String { cacheRoot + "/default/rootfs.ext4" }
     static var kernelCache: String { cacheRoot + "/kernels" }
 }

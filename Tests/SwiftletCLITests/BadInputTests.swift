@@ -103,3 +103,24 @@ struct BadInputTests {
         return copy
     }
 }
+
+/// SIGTERM or SIGINT to `swiftlet boot` stops the VM: status 128+N, one line
+/// saying why, and no stray process left behind (the test waits for it).
+@Suite(.enabled(if: KVMGate.enabled && Images.present, KVMGate.skipMessage), .serialized)
+struct SignalTests {
+    @Test(arguments: [SIGTERM, SIGINT])
+    func signalStopsTheGuest(signal: Int32) throws {
+        let out = try CLI.tempFile("out"), err = try CLI.tempFile("err")
+        defer { unlink(out); unlink(err) }
+        let pid = try CLI.spawn([CLI.binary, "boot", "--timeout", "120"], stdout: out, stderr: err)
+        usleep(1_500_000) // well into the kernel's boot
+        kill(pid, signal)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let exited = (status & 0x7f) == 0
+        #expect(exited, "swiftlet died of a signal instead of handling it")
+        #expect((status >> 8) & 0xff == 128 + signal)
+        let stderr = CLI.readText(err)
+        #expect(stderr.contains("stopped: signal \(signal)"), "stderr: \(stderr)")
+    }
+}

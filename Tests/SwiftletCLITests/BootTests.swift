@@ -33,4 +33,15 @@ struct BootTests {
             #expect(r.stderr.contains("fixup-int3="))
         }
     }
+
+    @Test("ELF vmlinux with two vCPUs: the AP is started through the MP table, and both halt at power-off")
+    func bootsELFWithTwoCPUs() throws {
+        try #require(Images.present, "run `make images` first")
+        let r = try CLI.run(["boot", "--kernel", Images.vmlinux, "--cpus", "2", "--timeout", "900"])
+        #expect(r.stdout.contains("Processors: 2"))
+        #expect(r.stdout.contains("smp: Brought up 1 node, 2 CPUs"))
+        #expect(r.stdout.contains("swiftlet-init: powering off"))
+        #expect(r.stderr.contains("swiftlet: guest powered off"))
+        #expect(r.status == 0)
+    }
 }

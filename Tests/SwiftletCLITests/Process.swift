@@ -15,7 +15,7 @@ enum CLI {
     static var binary: String {
         var buf = [CChar](repeating: 0, count: 4096)
         let n = readlink("/proc/self/exe", &buf, buf.count - 1)
-        let exe = n > 0 ? String(cString: buf) : ""
+        let exe = n > 0 ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
         var dir = exe
         while let slash = dir.lastIndex(of: "/"), !dir.hasSuffix("/debug") && !dir.hasSuffix("/release") {
             dir = String(dir[..<slash])
@@ -60,7 +60,7 @@ enum CLI {
         let fd = mkstemp(&template)
         guard fd >= 0 else { throw SpawnError(errno: errno) }
         close(fd)
-        return String(cString: template)
+        return String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     static func readText(_ path: String) -> String {

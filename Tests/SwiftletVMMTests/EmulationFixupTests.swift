@@ -30,3 +30,13 @@ struct EmulationFixupTests {
         #expect(EmulationFixup.decode([0x66, 0x66, 0x66, 0x66, 0x66, 0xcc]) == nil) // too many prefixes
     }
 }
+
+/// The machine's own kernel arguments never land in init's argv.
+struct KernelCommandLineTests {
+    @Test func insertsBeforeInitArguments() {
+        #expect(KernelCommandLine.inserting(["a=1", "b"], into: "console=ttyS0 -- -c \"x -- y\"") == "console=ttyS0 a=1 b -- -c \"x -- y\"")
+        #expect(KernelCommandLine.inserting(["a=1"], into: "console=ttyS0") == "console=ttyS0 a=1")
+        #expect(KernelCommandLine.inserting([], into: "x -- y") == "x -- y")
+        #expect(KernelCommandLine.inserting(["a"], into: "") == "a")
+    }
+}

@@ -37,6 +37,26 @@ struct TinyGuestTests {
         #expect(report.firstRunMicros > 0)
     }
 
+    @Test("real mode: console input from the host reaches the guest's UART, which echoes it")
+    func consoleInputEcho() throws {
+        var fds: [Int32] = [0, 0]
+        try #require(pipe(&fds) == 0)
+        let text = Array("hello\n".utf8)
+        #expect(write(fds[1], text, text.count) == text.count)
+        close(fds[1])
+        defer { close(fds[0]) }
+        var config = MachineConfig(payload: .flat(code: Asm.real.echoLine + Asm.real.i8042Reset + Asm.hang, loadAddress: Self.realModeBase, longMode: false))
+        config.consoleOutputFD = -1
+        config.captureConsole = true
+        config.timeoutSeconds = 20
+        config.memoryMiB = 32
+        config.consoleInput = true
+        config.consoleInputFD = fds[0]
+        let report = try Machine(config: config).run()
+        #expect(String(decoding: report.console, as: UTF8.self) == "hello\n")
+        #expect(report.exit == .rebooted)
+    }
+
     @Test("long mode: the boot-timer write is recorded, and cli;hlt is a power-off")
     func bootTimerAndPowerOff() throws {
         let code = Asm.long.bootTimer + Asm.long.serial("ok\n") + Asm.long.haltForever
@@ -149,6 +169,12 @@ enum Asm {
         }
         /// mov al, 0xfe; out 0x64, al.
         static let i8042Reset: [UInt8] = [0xb0, 0xfe, 0xe6, 0x64]
+        /// Polls LSR for data, reads RBR and echoes it to THR, until a newline.
+        static let echoLine: [UInt8] = [
+            0xba, 0xfd, 0x03, 0xec, 0xa8, 0x01, 0x74, 0xf8, // wait: mov dx, 0x3fd; in al, dx; test al, 1; jz wait
+            0xba, 0xf8, 0x03, 0xec, 0xee,                   // mov dx, 0x3f8; in al, dx; out dx, al
+            0x3c, 0x0a, 0x75, 0xef,                         // cmp al, 10; jne wait
+        ]
     }
 
     enum long {

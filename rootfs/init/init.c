@@ -23,7 +23,7 @@
 #ifdef SWL_SYSCALL_INSN
 enum { NR_exit = 60, NR_write = 1, NR_open = 2, NR_close = 3, NR_getpid = 39, NR_mount = 165,
        NR_mmap = 9, NR_uname = 63, NR_execve = 59, NR_sync = 162, NR_reboot = 169,
-       NR_pause = 34, NR_fcntl = 72 };
+       NR_pause = 34, NR_fcntl = 72, NR_fork = 57, NR_wait4 = 61 };
 #define MMAP_OFF BOOT_TIMER_PHYS /* mmap: offset in bytes */
 typedef unsigned long uptr; /* argv/envp element type */
 static long sc(long n, long a, long b, long c, long d, long e, long f)
@@ -38,7 +38,7 @@ static long sc(long n, long a, long b, long c, long d, long e, long f)
 #else
 enum { NR_exit = 1, NR_write = 4, NR_open = 5, NR_close = 6, NR_getpid = 20, NR_mount = 21,
        NR_mmap = 192 /* mmap2 */, NR_uname = 122 /* newuname */, NR_execve = 11, NR_sync = 36,
-       NR_reboot = 88, NR_pause = 29, NR_fcntl = 55 };
+       NR_reboot = 88, NR_pause = 29, NR_fcntl = 55, NR_fork = 2, NR_wait4 = 114 };
 #define MMAP_OFF (BOOT_TIMER_PHYS >> 12) /* mmap2: offset in 4096-byte pages */
 typedef unsigned int uptr; /* compat execve wants arrays of 32-bit pointers */
 static long sc(long n, long a, long b, long c, long d, long e, long f)
@@ -60,7 +60,9 @@ static long sc(long n, long a, long b, long c, long d, long e, long f)
 static struct { char f[6][65]; } uts; /* new_utsname; f[2] = release */
 static char exec_path[256];
 static char env_buf[4096];
-static uptr exec_argv[2], exec_envp[64];
+static char arg_buf[4096];
+static uptr exec_argv[64], exec_envp[64];
+static int wait_status; /* static: the int $0x80 ABI takes only low pointers */
 
 static unsigned long slen(const char *s) { unsigned long n = 0; while (s[n]) n++; return n; }
 static void put(int fd, const char *s) { SC3(NR_write, fd, s, slen(s)); }
@@ -77,35 +79,91 @@ static char *stash(char *buf, unsigned long cap, unsigned long *pos, const char 
 	return d;
 }
 
-static void try_exec(char **envp)
+/* Value of `key` (e.g. "SWIFTLET_INIT_RUN=") in envp, or 0. */
+static const char *getenv_(char **envp, const char *key)
 {
-	const char *key = "SWIFTLET_INIT_EXEC=", *path = 0;
 	for (char **e = envp; *e; e++) {
 		unsigned long i = 0;
 		while (key[i] && (*e)[i] == key[i]) i++;
-		if (!key[i]) path = *e + i;
+		if (!key[i] && (*e)[i]) return *e + i;
 	}
-	if (!path || !*path) return;
-	/* argv/envp strings live on the (high) stack: copy them all into .bss first. */
+	return 0;
+}
+
+static void put_num(int fd, long v)
+{
+	char b[24], *p = b + sizeof b - 1;
+	unsigned long u = v < 0 ? -(unsigned long)v : (unsigned long)v;
+	*p = 0;
+	do { *--p = (char)('0' + u % 10); u /= 10; } while (u);
+	if (v < 0) *--p = '-';
+	put(fd, p);
+}
+
+/* Copies path, init's own arguments (argv[1..], what follows "--" on the kernel
+ * command line) and the environment into static storage as the new program's
+ * argv/envp. Returns 0 if something does not fit. */
+static int prepare_exec(const char *path, int argc, char **argv, char **envp)
+{
 	unsigned long pos = 0, n = 0;
-	if (!stash(exec_path, sizeof exec_path, &pos, path)) { put(2, "swiftlet-init: exec path too long\n"); return; }
+	if (!stash(exec_path, sizeof exec_path, &pos, path)) return 0;
+	exec_argv[n++] = (uptr)(unsigned long)exec_path;
 	pos = 0;
+	for (int i = 1; i < argc && n < 63; i++) {
+		char *c = stash(arg_buf, sizeof arg_buf, &pos, argv[i]);
+		if (!c) return 0;
+		exec_argv[n++] = (uptr)(unsigned long)c;
+	}
+	exec_argv[n] = 0;
+	pos = 0;
+	n = 0;
 	for (char **e = envp; *e && n < 63; e++) {
 		char *c = stash(env_buf, sizeof env_buf, &pos, *e);
 		if (c) exec_envp[n++] = (uptr)(unsigned long)c;
 	}
 	exec_envp[n] = 0;
-	exec_argv[0] = (uptr)(unsigned long)exec_path;
-	exec_argv[1] = 0;
-	put(1, "swiftlet-init: exec ");
+	return 1;
+}
+
+/* SWIFTLET_INIT_EXEC=path: become that program (it is then PID 1).
+ * SWIFTLET_INIT_RUN=path: run it as a child with init's arguments, reap every
+ * child until it exits, report its status, then go on to power off. */
+static void run_command(int argc, char **argv, char **envp)
+{
+	const char *path = getenv_(envp, "SWIFTLET_INIT_EXEC=");
+	int replace = path != 0;
+	if (!path) path = getenv_(envp, "SWIFTLET_INIT_RUN=");
+	if (!path) return;
+	if (!prepare_exec(path, argc, argv, envp)) { put(2, "swiftlet-init: command too long\n"); return; }
+	put(1, replace ? "swiftlet-init: exec " : "swiftlet-init: run ");
 	put(1, exec_path);
 	put(1, "\n");
-	SC3(NR_execve, exec_path, exec_argv, exec_envp);
-	put(2, "swiftlet-init: execve failed, continuing\n"); /* only returns on error */
+	if (replace) {
+		SC3(NR_execve, exec_path, exec_argv, exec_envp);
+		put(2, "swiftlet-init: execve failed, continuing\n"); /* only returns on error */
+		return;
+	}
+	long pid = SC1(NR_fork, 0);
+	if (pid == 0) {
+		SC3(NR_execve, exec_path, exec_argv, exec_envp);
+		put(2, "swiftlet-init: execve failed\n");
+		SC1(NR_exit, 127);
+	}
+	if (IS_ERR(pid)) { put(2, "swiftlet-init: fork failed\n"); return; }
+	for (;;) { /* as PID 1, every orphan is ours to reap too */
+		long r = sc(NR_wait4, -1, (long)&wait_status, 0, 0, 0, 0);
+		if (IS_ERR(r)) return;
+		if (r == pid) break;
+	}
+	put(1, "swiftlet-init: command exited with status ");
+	put_num(1, (wait_status & 0x7f) ? 128 + (wait_status & 0x7f) : (wait_status >> 8) & 0xff);
+	put(1, "\n");
 }
 
 __attribute__((noreturn, used)) void start_c(long *sp) /* called from _start */
 {
+	int argc = (int)sp[0];
+	char **argv = (char **)(sp + 1);
 	char **envp = (char **)(sp + 2 + sp[0]); /* sp: argc, argv[argc], NULL, envp[], NULL */
 
 	if (SC1(NR_getpid, 0) != 1) { /* never do mount/reboot anywhere but in the guest */
@@ -139,7 +197,7 @@ __attribute__((noreturn, used)) void start_c(long *sp) /* called from _start */
 		put(1, "\n");
 	}
 
-	try_exec(envp);
+	run_command(argc, argv, envp);
 
 	SC1(NR_sync, 0);
 	put(1, "swiftlet-init: powering off\n");

@@ -90,7 +90,8 @@ int swl_eventfd(unsigned int initval, int flags);
 /// A non-blocking, close-on-exec eventfd starting at 0.
 int swl_eventfd_new(void);
 int swl_epoll_create(void);
-int swl_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data);
+/// Adds `fd` for readability (EPOLLIN), tagged with `data`.
+int swl_epoll_add(int epfd, int fd, uint64_t data);
 /// Waits for one batch; fills parallel arrays of event masks and data words.
 int swl_epoll_wait(int epfd, uint32_t *events, uint64_t *data, int max, int timeout_ms);
 int swl_memfd_create(const char *name, unsigned int flags);

@@ -15,7 +15,7 @@ enum BootLoader {
     static func load(config: MachineConfig, memory: GuestMemory, extraArguments: [String]) throws(VMMError) -> Loaded {
         switch config.payload {
         case let .linux(kernelPath, initrdPath, cmdline):
-            let full = ([cmdline] + extraArguments).filter { !$0.isEmpty }.joined(separator: " ")
+            let full = KernelCommandLine.inserting(extraArguments, into: cmdline)
             return try loadLinux(kernelPath: kernelPath, initrdPath: initrdPath, cmdline: full, config: config, memory: memory)
         case let .flat(code, loadAddress, longMode):
             do {
@@ -64,5 +64,21 @@ enum BootLoader {
         } catch {
             throw .invalidConfig("\(error)")
         }
+    }
+}
+
+/// The kernel command line as Swiftlet composes it.
+enum KernelCommandLine {
+    /// Adds the machine's own arguments to `cmdline`, before a `--` word if
+    /// there is one: what follows `--` is init's argv, not the kernel's.
+    static func inserting(_ extra: [String], into cmdline: String) -> String {
+        guard !extra.isEmpty else { return cmdline }
+        let words = cmdline.split(separator: " ", omittingEmptySubsequences: false)
+        if let dashes = words.firstIndex(of: "--") {
+            let kernel = words[..<dashes].joined(separator: " ")
+            let initArgs = words[dashes...].joined(separator: " ")
+            return ([kernel] + extra + [initArgs]).filter { !$0.isEmpty }.joined(separator: " ")
+        }
+        return ([cmdline] + extra).filter { !$0.isEmpty }.joined(separator: " ")
     }
 }

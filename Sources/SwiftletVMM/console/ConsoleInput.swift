@@ -11,13 +11,15 @@ import SwiftletSys
 final class ConsoleInput: @unchecked Sendable {
     static let escapeKey: UInt8 = 0x01 // Ctrl-A
     private let serial: Serial8250
+    private let inputFD: Int32
     private let stopFD: Int32
     private let onEscape: @Sendable () -> Void
     private var savedTermios: termios?
     private var thread: pthread_t?
 
-    init(serial: Serial8250, onEscape: @escaping @Sendable () -> Void) throws(SystemError) {
+    init(serial: Serial8250, inputFD: Int32 = 0, onEscape: @escaping @Sendable () -> Void) throws(SystemError) {
         self.serial = serial
+        self.inputFD = inputFD
         self.onEscape = onEscape
         let fd = swl_eventfd_new()
         guard fd >= 0 else { throw .last("eventfd") }
@@ -28,14 +30,14 @@ final class ConsoleInput: @unchecked Sendable {
 
     /// Starts forwarding, if stdin is open at all.
     func start() throws(SystemError) {
-        guard fcntl(0, F_GETFD) >= 0 else { return }
-        if isatty(0) == 1 {
+        guard fcntl(inputFD, F_GETFD) >= 0 else { return }
+        if isatty(inputFD) == 1 {
             var t = termios()
-            if tcgetattr(0, &t) == 0 {
+            if tcgetattr(inputFD, &t) == 0 {
                 savedTermios = t
                 cfmakeraw(&t)
                 t.c_oflag |= tcflag_t(OPOST | ONLCR) // keep "\n" → "\r\n" for our own messages
-                tcsetattr(0, TCSANOW, &t)
+                tcsetattr(inputFD, TCSANOW, &t)
             }
         }
         thread = try spawnThread(name: "console-in") { [self] in pump() }
@@ -46,18 +48,18 @@ final class ConsoleInput: @unchecked Sendable {
         var one: UInt64 = 1
         _ = Glibc.write(stopFD, &one, 8)
         if let t = thread { pthread_join(t, nil); thread = nil }
-        if var t = savedTermios { tcsetattr(0, TCSANOW, &t); savedTermios = nil }
+        if var t = savedTermios { tcsetattr(inputFD, TCSANOW, &t); savedTermios = nil }
     }
 
     private func pump() {
-        var fds = [pollfd(fd: 0, events: Int16(POLLIN), revents: 0), pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
+        var fds = [pollfd(fd: inputFD, events: Int16(POLLIN), revents: 0), pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
         var buffer = [UInt8](repeating: 0, count: 256)
         var escapePending = false
         while true {
             let n = poll(&fds, 2, -1)
             if n < 0 && errno == EINTR { continue }
             if n < 0 || fds[1].revents != 0 { return }
-            let got = buffer.withUnsafeMutableBytes { Glibc.read(0, $0.baseAddress, $0.count) }
+            let got = buffer.withUnsafeMutableBytes { Glibc.read(inputFD, $0.baseAddress, $0.count) }
             if got < 0 && errno == EINTR { continue }
             if got <= 0 { return } // EOF or error: nothing more to forward.
             var bytes: [UInt8] = []

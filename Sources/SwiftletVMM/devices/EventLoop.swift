@@ -1,0 +1,105 @@
+import CSwiftlet
+import Glibc
+import Synchronization
+import SwiftletSys
+
+/// The device event loop: one epoll thread that serves all device I/O.
+///
+/// Queue notifications arrive as ioeventfds that KVM signals without leaving
+/// the kernel, so the common path costs the vCPU thread no exit to userspace.
+/// Handlers run on this thread only, one at a time.
+final class EventLoop: @unchecked Sendable {
+    private let epollFD: Int32
+    private let stopFD: Int32
+    private var handlers: [@Sendable () -> Void] = []
+    private var thread: pthread_t?
+
+    init() throws(SystemError) {
+        epollFD = swl_epoll_create()
+        guard epollFD >= 0 else { throw .last("epoll_create1") }
+        stopFD = swl_eventfd_new()
+        guard stopFD >= 0 else {
+            let e = SystemError.last("eventfd")
+            close(epollFD)
+            throw e
+        }
+        guard swl_epoll_add(epollFD, stopFD, UInt64.max) == 0 else {
+            let e = SystemError.last("epoll_ctl")
+            close(stopFD)
+            close(epollFD)
+            throw e
+        }
+    }
+
+    deinit {
+        stop()
+        close(stopFD)
+        close(epollFD)
+    }
+
+    /// Calls `handler` on the loop thread whenever `fd` is readable. Register
+    /// everything before `start`. The handler must drain the fd.
+    func add(_ fd: Int32, handler: @escaping @Sendable () -> Void) throws(SystemError) {
+        guard swl_epoll_add(epollFD, fd, UInt64(handlers.count)) == 0 else {
+            throw .last("epoll_ctl")
+        }
+        handlers.append(handler)
+    }
+
+    func start() throws(SystemError) {
+        let handlers = self.handlers
+        let epollFD = self.epollFD
+        thread = try spawnThread(name: "devices") {
+            var events = [UInt32](repeating: 0, count: 32)
+            var data = [UInt64](repeating: 0, count: 32)
+            while true {
+                let n = swl_epoll_wait(epollFD, &events, &data, 32, -1)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return
+                }
+                for i in 0..<Int(n) {
+                    if data[i] == UInt64.max { return }
+                    if let h = handlers[safe: Int(data[i])] { h() }
+                }
+            }
+        }
+    }
+
+    /// Stops the loop and joins its thread. Safe to call twice.
+    func stop() {
+        guard let t = thread else { return }
+        var one: UInt64 = 1
+        _ = Glibc.write(stopFD, &one, 8)
+        pthread_join(t, nil)
+        thread = nil
+    }
+}
+
+extension Array {
+    subscript(safe index: Int) -> Element? { indices.contains(index) ? self[index] : nil }
+}
+
+/// An eventfd owned by a device (ioeventfd or irqfd).
+final class EventFD: @unchecked Sendable {
+    let fd: Int32
+
+    init() throws(SystemError) {
+        fd = swl_eventfd_new()
+        guard fd >= 0 else { throw .last("eventfd") }
+    }
+
+    deinit { close(fd) }
+
+    func signal() {
+        var one: UInt64 = 1
+        _ = Glibc.write(fd, &one, 8)
+    }
+
+    /// Reads and clears the counter; false when it was zero.
+    @discardableResult
+    func drain() -> Bool {
+        var value: UInt64 = 0
+        return Glibc.read(fd, &value, 8) == 8
+    }
+}

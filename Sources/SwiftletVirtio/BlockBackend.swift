@@ -1,0 +1,124 @@
+import Glibc
+import SwiftletSys
+
+/// Why a disk image could not be opened.
+public enum BlockError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The image does not exist.
+    case notFound(String)
+    /// The image cannot be opened for writing (EACCES or EROFS) and the drive was not read-only.
+    case readOnlyImage(String)
+    /// Another drive or process holds a conflicting lock on the image.
+    case inUse(String)
+    /// The image's size is not a whole number of 512-byte sectors.
+    case badSize(String, size: Int64)
+    /// The path is neither a regular file nor a block device.
+    case notAnImage(String)
+    /// The drive's serial is longer than 20 bytes.
+    case invalidID(String)
+    /// Any other failure of the call named in the error.
+    case system(SystemError)
+
+    public var description: String {
+        switch self {
+        case let .notFound(path): return "disk image \(path) does not exist"
+        case let .readOnlyImage(path): return "disk image \(path) is read-only; add ,ro"
+        case let .inUse(path): return "disk image \(path) is already in use by another drive or process"
+        case let .badSize(path, size): return "disk image \(path) is \(size) bytes, not a multiple of 512"
+        case let .notAnImage(path): return "disk image \(path) is not a regular file or block device"
+        case let .invalidID(id): return "drive id \"\(id)\" is longer than 20 bytes"
+        case let .system(e): return "disk image: \(e)"
+        }
+    }
+}
+
+/// A raw disk image behind a virtio-blk device.
+///
+/// Requests are served with positioned I/O straight between the image and
+/// guest memory, so `handle` may run on several threads at once (one per queue).
+public final class BlockBackend: @unchecked Sendable {
+    /// The image path, for messages.
+    public let path: String
+    /// Capacity in 512-byte sectors.
+    public let sectors: UInt64
+    /// Whether the guest may only read.
+    public let readOnly: Bool
+    /// The GET_ID answer: 20 bytes, NUL-padded.
+    public let id: [UInt8]
+    /// The open image, holding its flock until the backend goes away.
+    let file: OwnedFD
+    /// `virtio_blk_config`, built once: nothing in it changes.
+    private let config: [UInt8]
+
+    /// Opens a raw image and locks it: exclusively when writable, shared when
+    /// read-only, so no image is attached writable twice.
+    /// `id` is the serial the guest sees (at most 20 bytes); by default it is
+    /// derived from the file's device and inode numbers.
+    public init(path: String, readOnly: Bool, id: String?) throws(BlockError) {
+        if let id, id.utf8.count > VirtioBlock.idLength { throw .invalidID(id) }
+        let file = try Self.open(path, readOnly: readOnly)
+        let fd = file.raw
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw .system(.last("fstat(\(path))")) }
+        let kind = st.st_mode & S_IFMT
+        guard kind == S_IFREG || kind == S_IFBLK else { throw .notAnImage(path) }
+        // lseek rather than st_size: it also sizes block devices.
+        let size = Int64(lseek(fd, 0, SEEK_END))
+        guard size >= 0 else { throw .system(.last("lseek(\(path))")) }
+        guard size % Int64(VirtioBlock.sectorSize) == 0 else { throw .badSize(path, size: size) }
+        let lock = (readOnly ? LOCK_SH : LOCK_EX) | LOCK_NB
+        do {
+            _ = try retryingEINTR("flock(\(path))") { flock(fd, lock) }
+        } catch {
+            if error.errno == EWOULDBLOCK { throw .inUse(path) }
+            throw .system(error)
+        }
+        var serial = Array((id ?? Self.defaultID(st)).utf8.prefix(VirtioBlock.idLength))
+        serial += [UInt8](repeating: 0, count: VirtioBlock.idLength - serial.count)
+
+        self.path = path
+        self.sectors = UInt64(size) / UInt64(VirtioBlock.sectorSize)
+        self.readOnly = readOnly
+        self.id = serial
+        self.file = file
+        self.config = VirtioBlock.configSpace(sectors: sectors, readOnly: readOnly)
+    }
+
+    /// Opens the image, telling a missing or read-only file apart from other failures.
+    private static func open(_ path: String, readOnly: Bool) throws(BlockError) -> OwnedFD {
+        do {
+            return try OwnedFD(opening: path, flags: readOnly ? O_RDONLY : O_RDWR)
+        } catch {
+            switch error.errno {
+            case ENOENT: throw .notFound(path)
+            case EACCES where !readOnly, EROFS where !readOnly: throw .readOnlyImage(path)
+            default: throw .system(error)
+            }
+        }
+    }
+
+    /// "<dev>-<inode>" in hex, keeping the (more distinctive) tail when longer than 20 bytes.
+    private static func defaultID(_ st: stat) -> String {
+        let text = String(UInt64(st.st_dev), radix: 16) + "-" + String(UInt64(st.st_ino), radix: 16)
+        return String(text.utf8.suffix(VirtioBlock.idLength))!
+    }
+
+    /// The features this device offers.
+    public var deviceFeatures: UInt64 {
+        var features = VirtioBlock.featureVersion1 | VirtioBlock.featureFlush | VirtioBlock.featureBlkSize
+            | VirtioBlock.featureSegMax | VirtioBlock.featureRingEventIdx | VirtioBlock.featureRingIndirectDesc
+        if readOnly {
+            features |= VirtioBlock.featureRO
+        } else {
+            features |= VirtioBlock.featureDiscard | VirtioBlock.featureWriteZeroes
+        }
+        return features
+    }
+
+    /// Reads `virtio_blk_config` bytes at `offset`; bytes past its end read as 0.
+    public func readConfig(offset: Int, into: UnsafeMutableRawBufferPointer) {
+        for i in 0..<into.count {
+            let (at, overflow) = offset.addingReportingOverflow(i)
+            into[i] = !overflow && at >= 0 && at < config.count ? config[at] : 0
+        }
+    }
+}

@@ -1,0 +1,103 @@
+import Glibc
+
+/// File I/O the block backend needs beyond what SwiftletSys offers:
+/// vectored transfers that survive EINTR and short counts, and `fallocate`.
+enum FileIO {
+    /// At most this many iovecs per call (the kernel's UIO_MAXIOV).
+    static let maxIOVecs = 1024
+
+    /// Reads (or writes) the whole of `buffers` at `offset`, retrying EINTR and
+    /// short transfers. Returns the errno on failure, or EIO when the file ends early.
+    static func transfer(_ fd: Int32, _ buffers: [UnsafeMutableRawBufferPointer], offset: Int64, write: Bool) -> Int32? {
+        withUnsafeTemporaryAllocation(of: iovec.self, capacity: buffers.count) { iovs in
+            var count = 0
+            for b in buffers where b.count > 0 {
+                iovs[count] = iovec(iov_base: b.baseAddress, iov_len: b.count)
+                count += 1
+            }
+            return transfer(fd, UnsafeMutableBufferPointer(rebasing: iovs[0..<count]), offset: offset, write: write)
+        }
+    }
+
+    /// Reads (or writes) the whole of `iovs` (no empty entries) at `offset` with
+    /// preadv (pwritev), or pread (pwrite) for a single buffer, the common case;
+    /// retries EINTR and short transfers, consuming `iovs`. Returns the errno on
+    /// failure, or EIO when the file ends early.
+    static func transfer(_ fd: Int32, _ iovs: UnsafeMutableBufferPointer<iovec>, offset: Int64, write: Bool) -> Int32? {
+        var first = 0
+        var position = offset
+        while first < iovs.count {
+            let batch = min(iovs.count - first, maxIOVecs)
+            // SAFETY: the iovecs point into checked slices of guest memory (or a
+            // caller's buffer) that outlive this call; `first + batch <= iovs.count`.
+            let v = iovs.baseAddress! + first
+            let n = batch == 1
+                ? (write ? pwrite(fd, v.pointee.iov_base, v.pointee.iov_len, off_t(position))
+                         : pread(fd, v.pointee.iov_base, v.pointee.iov_len, off_t(position)))
+                : (write ? pwritev(fd, v, Int32(batch), off_t(position)) : preadv(fd, v, Int32(batch), off_t(position)))
+            if n < 0 {
+                if errno == EINTR { continue }
+                return errno
+            }
+            // Nothing moved for a non-empty request: the file ended (it shrank under us).
+            if n == 0 { return EIO }
+            position += Int64(n)
+            // Step past what was transferred, trimming a partly done iovec.
+            var done = n
+            while done > 0 && first < iovs.count {
+                let length = iovs[first].iov_len
+                if done >= length {
+                    done -= length
+                    first += 1
+                } else {
+                    iovs[first].iov_base = iovs[first].iov_base! + done
+                    iovs[first].iov_len = length - done
+                    done = 0
+                }
+            }
+        }
+        return nil
+    }
+
+    /// `fallocate` mode bits (linux/falloc.h).
+    static let keepSize: Int32 = 0x01
+    static let punchHole: Int32 = 0x02
+    static let zeroRange: Int32 = 0x10
+
+    private typealias FallocateFunction = @convention(c) (Int32, Int32, Int64, Int64) -> Int32
+    /// Glibc's module map hides `fallocate` (a `_GNU_SOURCE` call), so it is
+    /// looked up once at run time. Stop-gap until CSwiftlet exports `swl_fallocate`.
+    private static let fallocateFunction: FallocateFunction? = {
+        guard let symbol = dlsym(nil, "fallocate64") ?? dlsym(nil, "fallocate") else { return nil }
+        // SAFETY: glibc's fallocate64 has exactly this C signature on 64-bit Linux.
+        return unsafeBitCast(symbol, to: FallocateFunction.self)
+    }()
+
+    /// `fallocate(fd, mode, offset, length)`, retrying EINTR. Returns the errno on failure.
+    static func fallocate(_ fd: Int32, mode: Int32, offset: Int64, length: Int64) -> Int32? {
+        guard let call = fallocateFunction else { return EOPNOTSUPP }
+        while true {
+            if call(fd, mode, offset, length) == 0 { return nil }
+            let e = errno
+            if e != EINTR { return e }
+        }
+    }
+
+    /// Writes `length` zero bytes at `offset`: the fallback when the file
+    /// system cannot punch holes or zero ranges.
+    static func writeZeros(_ fd: Int32, offset: Int64, length: Int64) -> Int32? {
+        let chunk = 1 << 16
+        let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+        defer { zeros.deallocate() }
+        zeros.initializeMemory(as: UInt8.self, repeating: 0)
+        var done: Int64 = 0
+        while done < length {
+            let n = Int(min(Int64(chunk), length - done))
+            if let e = transfer(fd, [UnsafeMutableRawBufferPointer(rebasing: zeros[0..<n])], offset: offset + done, write: true) {
+                return e
+            }
+            done += Int64(n)
+        }
+        return nil
+    }
+}

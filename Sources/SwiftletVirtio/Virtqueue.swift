@@ -1,0 +1,329 @@
+import Synchronization
+import SwiftletMemory
+
+/// Where a split virtqueue lives, as the driver wrote it through the transport.
+public struct VirtqueueConfig: Sendable, Equatable {
+    /// Number of descriptors (and ring entries).
+    public var size: UInt16
+    /// Guest-physical address of the descriptor table (16-byte aligned).
+    public var descTable: UInt64
+    /// Guest-physical address of the available (driver) ring (2-byte aligned).
+    public var availRing: UInt64
+    /// Guest-physical address of the used (device) ring (4-byte aligned).
+    public var usedRing: UInt64
+
+    public init(size: UInt16, descTable: UInt64, availRing: UInt64, usedRing: UInt64) {
+        self.size = size
+        self.descTable = descTable
+        self.availRing = availRing
+        self.usedRing = usedRing
+    }
+}
+
+/// The device side of a split virtqueue (virtio 1.x, section 2.7).
+///
+/// Everything read from guest memory is treated as hostile: ring indices,
+/// descriptor addresses, lengths, flags and links are validated before use,
+/// and a malformed chain is consumed and reported rather than wedging the queue.
+///
+/// Not thread-safe: one thread at a time pops and pushes. The driver runs
+/// concurrently on other CPUs; the index loads and stores are atomic with the
+/// barriers the spec asks for.
+public final class Virtqueue: @unchecked Sendable {
+    /// Descriptor flags (section 2.7.5).
+    enum DescFlag {
+        static let next: UInt16 = 1
+        static let write: UInt16 = 2
+        static let indirect: UInt16 = 4
+    }
+    /// VIRTQ_AVAIL_F_NO_INTERRUPT.
+    static let availNoInterrupt: UInt16 = 1
+    /// The largest queue size a split ring may have.
+    public static let maxQueueSize: UInt16 = 32768
+
+    /// The guest memory the rings and buffers live in.
+    public let memory: GuestMemory
+    /// The rings' location and size.
+    public let config: VirtqueueConfig
+    /// Whether VIRTIO_F_EVENT_IDX was negotiated.
+    public let eventIndex: Bool
+    /// Whether VIRTIO_F_INDIRECT_DESC was negotiated.
+    public let indirect: Bool
+
+    private let size: Int
+    private let mask: UInt16
+    /// The most entries an indirect table may hold.
+    private let maxIndirect: Int
+    // Host views of the three rings, bounds-checked once in `init`. GuestMemory's
+    // regions never move while it lives, and `memory` keeps it alive.
+    private let desc: UnsafeMutableRawPointer   // 16 * size bytes
+    private let avail: UnsafeMutableRawPointer  // 6 + 2 * size bytes
+    private let used: UnsafeMutableRawPointer   // 6 + 8 * size bytes
+
+    /// The next available-ring index the device will read.
+    public private(set) var nextAvail: UInt16
+    /// The next used-ring index the device will write.
+    public private(set) var nextUsed: UInt16
+    /// `nextUsed` at the last `needsInterrupt` call, and the pushes since.
+    private var signalledUsed: UInt16
+    private var pushedSinceSignal = 0
+    /// Set once the driver corrupts the available index; every later `pop` throws it.
+    private var broken: VirtqueueError?
+
+    /// Validates `config` against `memory`: the size is a power of two in
+    /// `1...maxSize`, each ring is aligned and lies inside one memory region.
+    ///
+    /// `nextAvail` and `nextUsed` start a queue mid-stream (snapshot restore,
+    /// tests); a freshly enabled queue starts both at 0.
+    /// `maxSize` is the size the device offers; indirect tables may hold up to
+    /// that many entries even when the driver chose a smaller ring, because
+    /// drivers size indirect tables from the device's `seg_max`.
+    public init(
+        memory: GuestMemory, config: VirtqueueConfig, maxSize: UInt16, eventIndex: Bool, indirect: Bool,
+        nextAvail: UInt16 = 0, nextUsed: UInt16 = 0
+    ) throws(VirtqueueError) {
+        let limit = min(maxSize, Self.maxQueueSize)
+        guard config.size > 0, config.size <= limit, config.size & (config.size - 1) == 0 else {
+            throw .invalidSize(config.size, max: limit)
+        }
+        let size = Int(config.size)
+        func ring(_ part: VirtqueuePart, _ address: UInt64, align: UInt64, length: Int) throws(VirtqueueError) -> UnsafeMutableRawPointer {
+            guard address % align == 0 else { throw .misaligned(part, address: address) }
+            guard let view = try? memory.slice(at: address, count: length) else {
+                throw .ringOutOfBounds(part, address: address, length: length)
+            }
+            return view.baseAddress!
+        }
+        // The spec sizes the rings including used_event / avail_event whether
+        // or not EVENT_IDX is negotiated.
+        desc = try ring(.descriptorTable, config.descTable, align: 16, length: 16 * size)
+        avail = try ring(.availRing, config.availRing, align: 2, length: 6 + 2 * size)
+        used = try ring(.usedRing, config.usedRing, align: 4, length: 6 + 8 * size)
+        self.memory = memory
+        self.config = config
+        self.eventIndex = eventIndex
+        self.indirect = indirect
+        self.size = size
+        self.mask = config.size - 1
+        self.maxIndirect = Int(max(limit, config.size))
+        self.nextAvail = nextAvail
+        self.nextUsed = nextUsed
+        self.signalledUsed = nextUsed
+    }
+
+    // MARK: - Ring fields
+
+    /// An aligned 16-bit ring field, for atomic access.
+    /// SAFETY: every caller passes an even offset inside its ring (checked in
+    /// `init`). The rings are at least 2-aligned in guest-physical terms, and
+    /// regions are page-aligned on both sides, so the host address is too:
+    /// aligned for `Atomic<UInt16>`, which has the layout of a `UInt16`.
+    @inline(__always)
+    private func field16(_ ring: UnsafeMutableRawPointer, _ offset: Int) -> UnsafeMutablePointer<Atomic<UInt16>> {
+        (ring + offset).assumingMemoryBound(to: Atomic<UInt16>.self)
+    }
+    private var availFlags: UnsafeMutablePointer<Atomic<UInt16>> { field16(avail, 0) }
+    private var availIdx: UnsafeMutablePointer<Atomic<UInt16>> { field16(avail, 2) }
+    private var usedEvent: UnsafeMutablePointer<Atomic<UInt16>> { field16(avail, 4 + 2 * size) }
+    private var usedIdx: UnsafeMutablePointer<Atomic<UInt16>> { field16(used, 2) }
+    private var availEvent: UnsafeMutablePointer<Atomic<UInt16>> { field16(used, 4 + 8 * size) }
+
+    /// One descriptor as read from a table: a private copy, so the guest
+    /// changing the table afterwards changes nothing we validated.
+    struct Descriptor {
+        var address: UInt64
+        var length: UInt32
+        var flags: UInt16
+        var next: UInt16
+
+        /// SAFETY: the caller guarantees `table` holds at least `16 * (index + 1)` bytes.
+        @inline(__always)
+        init(_ table: UnsafeRawPointer, index: Int) {
+            let p = table + 16 * index
+            address = UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
+            length = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+            flags = UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt16.self))
+            next = UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 14, as: UInt16.self))
+        }
+    }
+
+    // MARK: - Device operations
+
+    /// The next available chain, or nil when the ring is empty.
+    ///
+    /// A malformed chain throws `.malformedChain` after consuming its available
+    /// entry, so the queue moves on; when the error carries a head, the caller
+    /// should `pushUsed(head:length: 0)` so the driver gets it back.
+    /// An available index more than a queue size ahead throws `.availIndexJump`,
+    /// and keeps throwing: the driver must reset the queue.
+    public func pop() throws(VirtqueueError) -> DescriptorChain? {
+        if let broken { throw broken }
+        // Acquire: the ring entry and descriptors the driver wrote before
+        // publishing this index are visible to the reads below.
+        let availIndex = UInt16(littleEndian: availIdx.pointee.load(ordering: .acquiring))
+        let pending = availIndex &- nextAvail // wrapping: both are free-running 16-bit counters
+        if pending == 0 { return nil }
+        guard pending <= config.size else {
+            let error = VirtqueueError.availIndexJump(availIndex: availIndex, nextAvail: nextAvail, size: config.size)
+            broken = error
+            throw error
+        }
+        // SAFETY: the slot is masked below `size`, inside the avail ring's 6 + 2*size bytes.
+        let slot = Int(nextAvail & mask)
+        let head = UInt16(littleEndian: avail.loadUnaligned(fromByteOffset: 4 + 2 * slot, as: UInt16.self))
+        nextAvail &+= 1
+        return try chain(at: head)
+    }
+
+    /// Walks the chain starting at descriptor `head`.
+    private func chain(at head: UInt16) throws(VirtqueueError) -> DescriptorChain {
+        guard head < config.size else {
+            throw .malformedChain(head: nil, "head index \(head) is past the queue size \(size)")
+        }
+        var builder = ChainBuilder(head: head, memory: memory)
+        var index = Int(head)
+        var count = 0
+        while true {
+            // Bounding the walk by the table size also catches loops.
+            count += 1
+            guard count <= size else { throw builder.fail("longer than the queue size \(size) (a loop?)") }
+            // SAFETY: index < size, and the table holds 16 * size bytes.
+            let d = Descriptor(desc, index: index)
+            if d.flags & DescFlag.indirect != 0 {
+                guard indirect else { throw builder.fail("indirect descriptor without VIRTIO_F_INDIRECT_DESC") }
+                guard d.flags & DescFlag.next == 0 else { throw builder.fail("indirect descriptor with NEXT set") }
+                try walkIndirect(d, &builder)
+                break
+            }
+            try builder.append(d)
+            guard d.flags & DescFlag.next != 0 else { break }
+            guard d.next < config.size else { throw builder.fail("next index \(d.next) is past the queue size \(size)") }
+            index = Int(d.next)
+        }
+        return builder.finish()
+    }
+
+    /// Appends the chain held in the indirect table that `d` points at.
+    private func walkIndirect(_ d: Descriptor, _ builder: inout ChainBuilder) throws(VirtqueueError) {
+        guard d.length > 0, d.length % 16 == 0 else {
+            throw builder.fail("indirect table length \(d.length) is not a non-zero multiple of 16")
+        }
+        let entries = Int(d.length / 16)
+        guard entries <= maxIndirect else {
+            throw builder.fail("indirect table of \(entries) entries exceeds \(maxIndirect)")
+        }
+        guard let table = try? memory.slice(at: d.address, count: Int(d.length)) else {
+            throw builder.fail("indirect table at 0x\(String(d.address, radix: 16)) (\(d.length) bytes) is outside guest memory")
+        }
+        var index = 0
+        var count = 0
+        while true {
+            count += 1
+            guard count <= entries else { throw builder.fail("indirect chain longer than its table (a loop?)") }
+            // SAFETY: index < entries, and the checked slice holds 16 * entries bytes.
+            let e = Descriptor(UnsafeRawPointer(table.baseAddress!), index: index)
+            guard e.flags & DescFlag.indirect == 0 else { throw builder.fail("nested indirect descriptor") }
+            try builder.append(e)
+            guard e.flags & DescFlag.next != 0 else { break }
+            guard Int(e.next) < entries else {
+                throw builder.fail("indirect next index \(e.next) is past the table's \(entries) entries")
+            }
+            index = Int(e.next)
+        }
+    }
+
+    /// Puts `head` on the used ring with `length` bytes written into its chain,
+    /// then publishes the new used index with release ordering, so the driver
+    /// sees the element (and the data written into the buffers) first.
+    public func pushUsed(head: UInt16, length: UInt32) throws(VirtqueueError) {
+        guard head < config.size else { throw .invalidUsedHead(head, size: config.size) }
+        // SAFETY: the slot is masked below `size`, so the 8-byte element lies
+        // inside the used ring's 6 + 8*size bytes.
+        let element = 4 + 8 * Int(nextUsed & mask)
+        used.storeBytes(of: UInt32(head).littleEndian, toByteOffset: element, as: UInt32.self)
+        used.storeBytes(of: length.littleEndian, toByteOffset: element + 4, as: UInt32.self)
+        nextUsed &+= 1
+        usedIdx.pointee.store(nextUsed.littleEndian, ordering: .releasing)
+        pushedSinceSignal += 1
+    }
+
+    /// Whether the driver wants an interrupt for the used entries pushed since
+    /// the last call: never when none were pushed; with EVENT_IDX, when the used
+    /// index passed `used_event`; otherwise unless the driver set NO_INTERRUPT.
+    /// Call once after a batch of `pushUsed`.
+    public func needsInterrupt() -> Bool {
+        guard pushedSinceSignal > 0 else { return false }
+        let old = signalledUsed
+        let new = nextUsed
+        let pushed = pushedSinceSignal
+        signalledUsed = new
+        pushedSinceSignal = 0
+        // Full fence: the used index store must be visible before we read the
+        // driver's suppression state, or we could miss a driver that just
+        // re-enabled interrupts after seeing the old index.
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        if eventIndex {
+            // 2^16 pushes wrap the window; the driver has surely asked by then.
+            if pushed >= 1 << 16 { return true }
+            let event = UInt16(littleEndian: usedEvent.pointee.load(ordering: .relaxed))
+            // "used_event is in [old, new)", in wrapping 16-bit arithmetic.
+            return new &- event &- 1 < new &- old
+        }
+        return UInt16(littleEndian: availFlags.pointee.load(ordering: .relaxed)) & Self.availNoInterrupt == 0
+    }
+
+    /// Before going idle: with EVENT_IDX, publishes `avail_event` = `nextAvail`
+    /// so the driver notifies on its next buffer. Returns true when buffers
+    /// arrived meanwhile, in which case the caller must `pop()` again instead
+    /// of waiting for a notification that may never come.
+    public func enableNotification() -> Bool {
+        if broken != nil { return false }
+        if eventIndex {
+            availEvent.pointee.store(nextAvail.littleEndian, ordering: .relaxed)
+        }
+        // Full fence: publish avail_event before re-reading avail.idx, pairing
+        // with the driver's fence between writing avail.idx and reading avail_event.
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        return UInt16(littleEndian: availIdx.pointee.load(ordering: .acquiring)) != nextAvail
+    }
+}
+
+/// Collects a chain's buffers while enforcing the per-buffer rules.
+struct ChainBuilder {
+    let head: UInt16
+    let memory: GuestMemory
+    var readable: [GuestBuffer] = []
+    var writable: [GuestBuffer] = []
+    var total: UInt64 = 0
+
+    init(head: UInt16, memory: GuestMemory) {
+        self.head = head
+        self.memory = memory
+        // Typical chains (header, data, status) fit without regrowing.
+        readable.reserveCapacity(4)
+        writable.reserveCapacity(4)
+    }
+
+    func fail(_ why: String) -> VirtqueueError { .malformedChain(head: head, why) }
+
+    mutating func append(_ d: Virtqueue.Descriptor) throws(VirtqueueError) {
+        // Empty buffers are legal and their address is never used, so only
+        // non-empty ones must lie inside guest memory.
+        if d.length > 0 && !memory.contains(d.address, count: Int(d.length)) {
+            throw fail("buffer at 0x\(String(d.address, radix: 16)) (\(d.length) bytes) is outside guest memory")
+        }
+        total += UInt64(d.length) // at most 2^17 buffers of < 2^32 bytes: no overflow
+        guard total <= UInt64(UInt32.max) else { throw fail("chain is longer than 4 GiB") }
+        let buffer = GuestBuffer(address: d.address, length: d.length)
+        if d.flags & Virtqueue.DescFlag.write != 0 {
+            writable.append(buffer)
+        } else {
+            guard writable.isEmpty else { throw fail("device-readable buffer after a device-writable one") }
+            readable.append(buffer)
+        }
+    }
+
+    func finish() -> DescriptorChain {
+        DescriptorChain(head: head, readable: readable, writable: writable)
+    }
+}
