@@ -49,6 +49,7 @@ demo: deps images release
 test: deps images release
 	swift build --build-tests
 	swift test --skip-build
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-60} Tests/Fuzz/run.sh
 
 ## The VMM start-up benchmark (see benchmarks/README.md).
 bench: deps images release

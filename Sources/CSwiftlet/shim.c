@@ -30,6 +30,8 @@ int swl_epoll_wait(int epfd, uint32_t *events, uint64_t *data, int max, int time
     return n;
 }
 int swl_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
+#include <fcntl.h>
+int swl_fallocate(int fd, int mode, int64_t offset, int64_t len) { return fallocate(fd, mode, offset, len); }
 
 int swl_sigrtmin(void) { return SIGRTMIN; }
 static void swl_empty_handler(int signo) { (void)signo; }

@@ -110,7 +110,7 @@ public enum BootDefaults {
     public static let base = [
         "console=ttyS0", "reboot=k,panic_warm", "panic=-1", "8250.nr_uarts=1",
         "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd",
-        "tsc=reliable", "no_timer_check", "nomodule", "swiotlb=noforce",
+        "tsc=reliable", "no_timer_check", "swiotlb=noforce",
     ]
 
     /// The command line for booting from the first virtio-blk drive.

@@ -5,7 +5,7 @@ import SwiftletSys
 public enum BlockError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The image does not exist.
     case notFound(String)
-    /// The image cannot be opened for writing (EACCES or EROFS) and the drive was not read-only.
+    /// The image cannot be opened for writing (EACCES, EROFS, or EPERM for an immutable file) and the drive was not read-only.
     case readOnlyImage(String)
     /// Another drive or process holds a conflicting lock on the image.
     case inUse(String)
@@ -90,7 +90,7 @@ public final class BlockBackend: @unchecked Sendable {
         } catch {
             switch error.errno {
             case ENOENT: throw .notFound(path)
-            case EACCES where !readOnly, EROFS where !readOnly: throw .readOnlyImage(path)
+            case EACCES where !readOnly, EROFS where !readOnly, EPERM where !readOnly: throw .readOnlyImage(path)
             default: throw .system(error)
             }
         }

@@ -1,3 +1,4 @@
+import CSwiftlet
 import Glibc
 
 /// File I/O the block backend needs beyond what SwiftletSys offers:
@@ -64,20 +65,10 @@ enum FileIO {
     static let punchHole: Int32 = 0x02
     static let zeroRange: Int32 = 0x10
 
-    private typealias FallocateFunction = @convention(c) (Int32, Int32, Int64, Int64) -> Int32
-    /// Glibc's module map hides `fallocate` (a `_GNU_SOURCE` call), so it is
-    /// looked up once at run time. Stop-gap until CSwiftlet exports `swl_fallocate`.
-    private static let fallocateFunction: FallocateFunction? = {
-        guard let symbol = dlsym(nil, "fallocate64") ?? dlsym(nil, "fallocate") else { return nil }
-        // SAFETY: glibc's fallocate64 has exactly this C signature on 64-bit Linux.
-        return unsafeBitCast(symbol, to: FallocateFunction.self)
-    }()
-
     /// `fallocate(fd, mode, offset, length)`, retrying EINTR. Returns the errno on failure.
     static func fallocate(_ fd: Int32, mode: Int32, offset: Int64, length: Int64) -> Int32? {
-        guard let call = fallocateFunction else { return EOPNOTSUPP }
         while true {
-            if call(fd, mode, offset, length) == 0 { return nil }
+            if swl_fallocate(fd, mode, offset, length) == 0 { return nil }
             let e = errno
             if e != EINTR { return e }
         }

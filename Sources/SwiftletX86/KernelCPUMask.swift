@@ -36,14 +36,17 @@ public enum KernelCPUMask {
     /// `clearcpuid=` takes at most 127 characters in Linux 6.1 (a 128-byte buffer).
     public static let clearcpuidLimit = 127
 
-    /// Kernel arguments that hide `features` from a Linux guest: `noxsave`
-    /// (which also clears everything that depends on XSAVE: the AVX family,
-    /// PKU, MPX) and `clearcpuid=` with the remaining capability numbers.
+    /// Kernel arguments that hide `features` from a Linux guest: one
+    /// `clearcpuid=` with their capability numbers, XSAVE first (clearing it
+    /// also clears everything that depends on it through the kernel's
+    /// cpuid_deps table: the AVX family, PKU, MPX). `noxsave` would do the
+    /// same for XSAVE, but the kernel passes such bare words on to init as
+    /// arguments, so Swiftlet does not use it.
     public static func kernelArguments(hiding features: [CPUIDFeatureBit] = CPUID.pvmSafeClears) -> [String] {
         var args: [String] = []
         var numbers: [Int] = []
         for f in features {
-            if f.name == "XSAVE" { args.append("noxsave"); continue }
+            if f.name == "XSAVE" { if let n = capabilityNumber(f) { numbers.insert(n, at: 0) }; continue }
             // noxsave takes these along through the kernel's cpuid_deps table.
             if f.why.hasPrefix("AVX family") || ["OSXSAVE", "PKU", "OSPKE", "MPX"].contains(f.name) { continue }
             // The command line has room for about 20 numbers: leave out what

@@ -40,7 +40,7 @@ struct BlockTests {
         let root = try copy(Self.rootfs), data = try zeroImage(bytes: 8 << 20), scratch = try zeroImage(bytes: 4 << 20)
         defer { unlink(root); unlink(data); unlink(scratch) }
         let script = [
-            "echo swiftlet-blk > /written.txt", "sync",
+            "mount -t sysfs sys /sys", "echo swiftlet-blk > /written.txt", "sync",
             "echo ro=$(cat /sys/block/vda/ro)$(cat /sys/block/vdb/ro)$(cat /sys/block/vdc/ro)",
             "echo serial=$(cat /sys/block/vdb/serial)",
             "echo junk > /dev/vdb; echo vdb-write-status=$?",
@@ -49,7 +49,7 @@ struct BlockTests {
         ].joined(separator: "; ")
         let r = try CLI.run([
             "boot", "--rootfs", root, "--drive", "\(data),ro,id=data0", "--drive", scratch, "--timeout", "900",
-            "--stats", "--append", "SWIFTLET_INIT_RUN=/bin/sh -- -c \"\(script)\"",
+            "--stats", "--append", "SWIFTLET_INIT_RUN=\"\(script)\"",
         ])
         #expect(r.status == 0, "stderr: \(r.stderr)")
         #expect(r.stdout.contains("EXT4-fs (vda): mounted filesystem"))

@@ -100,17 +100,16 @@ static void put_num(int fd, long v)
 	put(fd, p);
 }
 
-/* Copies path, init's own arguments (argv[1..], what follows "--" on the kernel
- * command line) and the environment into static storage as the new program's
- * argv/envp. Returns 0 if something does not fit. */
-static int prepare_exec(const char *path, int argc, char **argv, char **envp)
+/* Copies the program's argv (path, then `args`) and init's environment into
+ * static storage. Returns 0 if something does not fit. */
+static int prepare_exec(const char *path, const char *const *args, char **envp)
 {
 	unsigned long pos = 0, n = 0;
 	if (!stash(exec_path, sizeof exec_path, &pos, path)) return 0;
 	exec_argv[n++] = (uptr)(unsigned long)exec_path;
 	pos = 0;
-	for (int i = 1; i < argc && n < 63; i++) {
-		char *c = stash(arg_buf, sizeof arg_buf, &pos, argv[i]);
+	for (int i = 0; args[i] && n < 63; i++) {
+		char *c = stash(arg_buf, sizeof arg_buf, &pos, args[i]);
 		if (!c) return 0;
 		exec_argv[n++] = (uptr)(unsigned long)c;
 	}
@@ -126,17 +125,25 @@ static int prepare_exec(const char *path, int argc, char **argv, char **envp)
 }
 
 /* SWIFTLET_INIT_EXEC=path: become that program (it is then PID 1).
- * SWIFTLET_INIT_RUN=path: run it as a child with init's arguments, reap every
- * child until it exits, report its status, then go on to power off. */
-static void run_command(int argc, char **argv, char **envp)
+ * SWIFTLET_INIT_RUN="shell command": run `/bin/sh -c` on it as a child, reap
+ * every child until it exits, report its status, then go on to power off.
+ * (Init's own arguments are no use for this: the kernel also passes every
+ * bare word it does not know, such as `ro`, to init as arguments.) */
+static void run_command(char **envp)
 {
 	const char *path = getenv_(envp, "SWIFTLET_INIT_EXEC=");
+	const char *command = getenv_(envp, "SWIFTLET_INIT_RUN=");
+	const char *none[] = { 0 };
+	const char *shell[] = { "-c", command, 0 };
 	int replace = path != 0;
-	if (!path) path = getenv_(envp, "SWIFTLET_INIT_RUN=");
-	if (!path) return;
-	if (!prepare_exec(path, argc, argv, envp)) { put(2, "swiftlet-init: command too long\n"); return; }
+	if (!replace && !command) return;
+	if (!prepare_exec(replace ? path : "/bin/sh", replace ? none : shell, envp)) {
+		put(2, "swiftlet-init: command too long\n");
+		return;
+	}
 	put(1, replace ? "swiftlet-init: exec " : "swiftlet-init: run ");
-	put(1, exec_path);
+	/* The copies: with int $0x80 only low (static) addresses may be passed. */
+	put(1, replace ? exec_path : (const char *)(unsigned long)exec_argv[2]);
 	put(1, "\n");
 	if (replace) {
 		SC3(NR_execve, exec_path, exec_argv, exec_envp);
@@ -162,8 +169,6 @@ static void run_command(int argc, char **argv, char **envp)
 
 __attribute__((noreturn, used)) void start_c(long *sp) /* called from _start */
 {
-	int argc = (int)sp[0];
-	char **argv = (char **)(sp + 1);
 	char **envp = (char **)(sp + 2 + sp[0]); /* sp: argc, argv[argc], NULL, envp[], NULL */
 
 	if (SC1(NR_getpid, 0) != 1) { /* never do mount/reboot anywhere but in the guest */
@@ -197,7 +202,7 @@ __attribute__((noreturn, used)) void start_c(long *sp) /* called from _start */
 		put(1, "\n");
 	}
 
-	run_command(argc, argv, envp);
+	run_command(envp);
 
 	SC1(NR_sync, 0);
 	put(1, "swiftlet-init: powering off\n");

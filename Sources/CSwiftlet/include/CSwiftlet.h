@@ -95,6 +95,8 @@ int swl_epoll_add(int epfd, int fd, uint64_t data);
 /// Waits for one batch; fills parallel arrays of event masks and data words.
 int swl_epoll_wait(int epfd, uint32_t *events, uint64_t *data, int max, int timeout_ms);
 int swl_memfd_create(const char *name, unsigned int flags);
+/// fallocate(2), hidden from Swift's Glibc module.
+int swl_fallocate(int fd, int mode, int64_t offset, int64_t len);
 
 // ---- signals ------------------------------------------------------------------
 /// The real-time signal used to kick vCPU threads out of KVM_RUN.
