@@ -52,7 +52,7 @@ let package = Package(
         .testTarget(name: "SwiftletCLITests"),
         .testTarget(
             name: "SwiftletVMMTests",
-            dependencies: ["SwiftletVMM", "SwiftletKVM", "SwiftletMemory", "SwiftletX86", "SwiftletSys", "CSwiftlet"],
+            dependencies: ["SwiftletVMM", "SwiftletKVM", "SwiftletMemory", "SwiftletX86", "SwiftletSys", "SwiftletVirtio", "CSwiftlet"],
             exclude: ["Guests/syscall-cpl.S"]
         ),
     ]

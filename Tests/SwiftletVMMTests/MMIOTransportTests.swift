@@ -1,0 +1,183 @@
+import SwiftletMemory
+import SwiftletVirtio
+import Synchronization
+import Testing
+@testable import SwiftletVMM
+
+/// A device model that records what the transport asks of it.
+final class FakeDevice: VirtioDeviceModel, @unchecked Sendable {
+    let served = Atomic<Int>(0)
+    let resets = Atomic<Int>(0)
+    var failServe = false
+    var deviceID: UInt32 { 2 }
+    var deviceFeatures: UInt64 { (1 << 9) | VirtioMMIOTransport.featureEventIndex }
+    var queueMaxSizes: [UInt16] { [8] }
+    func readConfig(offset: Int, into: UnsafeMutableRawBufferPointer) {
+        for i in into.indices { into[i] = UInt8(truncatingIfNeeded: offset + i) }
+    }
+    func writeConfig(offset: Int, from: UnsafeRawBufferPointer) {}
+    func serve(queue: Virtqueue, index: Int, memory: GuestMemory) throws(VirtqueueError) -> Bool {
+        if failServe { throw .availIndexJump(availIndex: 100, nextAvail: 0, size: 8) }
+        served.add(1, ordering: .relaxed)
+        return true
+    }
+    func reset() { resets.add(1, ordering: .relaxed) }
+}
+
+/// The virtio-mmio register protocol, driven as a guest driver would.
+struct MMIOTransportTests {
+    typealias Reg = VirtioMMIOTransport.Reg
+    typealias Status = VirtioMMIOTransport.Status
+
+    func make() throws -> (VirtioMMIOTransport, FakeDevice, GuestMemory) {
+        let memory = try GuestMemory(size: 1 << 20)
+        let device = FakeDevice()
+        return (try VirtioMMIOTransport(device: device, memory: memory), device, memory)
+    }
+
+    func read(_ t: VirtioMMIOTransport, _ offset: UInt64) -> UInt32 {
+        var v: UInt32 = 0xdead_beef
+        withUnsafeMutableBytes(of: &v) { t.read(offset: offset, data: $0) }
+        return v
+    }
+
+    func write(_ t: VirtioMMIOTransport, _ offset: UInt64, _ value: UInt32) {
+        var v = value
+        withUnsafeBytes(of: &v) { t.write(offset: offset, data: $0) }
+    }
+
+    /// Acknowledge, negotiate `features`, set up queue 0 at valid addresses, DRIVER_OK.
+    func bringUp(_ t: VirtioMMIOTransport, features: UInt64 = VirtioMMIOTransport.featureVersion1) {
+        write(t, Reg.status, Status.acknowledge | Status.driver)
+        write(t, Reg.driverFeaturesSel, 0)
+        write(t, Reg.driverFeatures, UInt32(truncatingIfNeeded: features))
+        write(t, Reg.driverFeaturesSel, 1)
+        write(t, Reg.driverFeatures, UInt32(truncatingIfNeeded: features >> 32))
+        write(t, Reg.status, Status.acknowledge | Status.driver | Status.featuresOK)
+        write(t, Reg.queueSel, 0)
+        write(t, Reg.queueNum, 8)
+        write(t, Reg.queueDescLow, 0x1000)
+        write(t, Reg.queueDriverLow, 0x2000)
+        write(t, Reg.queueDeviceLow, 0x3000)
+        write(t, Reg.queueReady, 1)
+        write(t, Reg.status, Status.acknowledge | Status.driver | Status.featuresOK | Status.driverOK)
+    }
+
+    @Test func identityAndFeatures() throws {
+        let (t, _, _) = try make()
+        #expect(read(t, Reg.magic) == 0x7472_6976)
+        #expect(read(t, Reg.version) == 2)
+        #expect(read(t, Reg.deviceID) == 2)
+        write(t, Reg.deviceFeaturesSel, 1)
+        #expect(read(t, Reg.deviceFeatures) == 1) // VERSION_1 is bit 32
+        write(t, Reg.deviceFeaturesSel, 7)
+        #expect(read(t, Reg.deviceFeatures) == 0)
+        #expect(read(t, Reg.queueNumMax) == 8)
+        write(t, Reg.queueSel, 3)
+        #expect(read(t, Reg.queueNumMax) == 0) // no such queue
+    }
+
+    @Test func unalignedOrNarrowRegisterAccessIsIgnored() throws {
+        let (t, _, _) = try make()
+        var b: UInt8 = 0xff
+        withUnsafeMutableBytes(of: &b) { t.read(offset: Reg.magic, data: $0) }
+        #expect(b == 0)
+        var v: UInt32 = 0xff
+        withUnsafeMutableBytes(of: &v) { t.read(offset: Reg.magic + 2, data: $0) }
+        #expect(v == 0)
+        // Config space takes any width.
+        var c: UInt16 = 0
+        withUnsafeMutableBytes(of: &c) { t.read(offset: Reg.config + 4, data: $0) }
+        #expect(c == 0x0504)
+    }
+
+    @Test func featuresOKIsRefusedWithoutVersion1OrWithUnofferedBits() throws {
+        let (t, _, _) = try make()
+        write(t, Reg.status, Status.acknowledge | Status.driver)
+        write(t, Reg.driverFeatures, 1 << 9) // no VERSION_1: a legacy driver
+        write(t, Reg.status, Status.acknowledge | Status.driver | Status.featuresOK)
+        #expect(read(t, Reg.status) & Status.featuresOK == 0)
+        write(t, Reg.status, 0)
+        write(t, Reg.status, Status.acknowledge | Status.driver)
+        write(t, Reg.driverFeaturesSel, 1)
+        write(t, Reg.driverFeatures, 1 | (1 << 3)) // VERSION_1 plus bit 35, never offered
+        write(t, Reg.status, Status.acknowledge | Status.driver | Status.featuresOK)
+        #expect(read(t, Reg.status) & Status.featuresOK == 0)
+    }
+
+    @Test func notificationServesAndRaisesTheInterrupt() throws {
+        let (t, device, _) = try make()
+        bringUp(t)
+        #expect(read(t, Reg.status) & Status.driverOK != 0)
+        #expect(read(t, Reg.queueReady) == 1)
+        t.serve(queue: 0)
+        #expect(device.served.load(ordering: .relaxed) == 1)
+        #expect(read(t, Reg.interruptStatus) == 1)
+        #expect(t.interrupt.drain())
+        write(t, Reg.interruptACK, 1)
+        #expect(read(t, Reg.interruptStatus) == 0)
+    }
+
+    @Test func queueSetupIsFrozenOnceReady() throws {
+        let (t, device, _) = try make()
+        bringUp(t)
+        write(t, Reg.queueDescLow, 0xdead_0000) // ignored: the queue is live
+        write(t, Reg.queueNum, 4)
+        t.serve(queue: 0)
+        #expect(device.served.load(ordering: .relaxed) == 1)
+        #expect(read(t, Reg.status) & Status.needsReset == 0)
+    }
+
+    @Test func badQueueAddressesMarkNeedsReset() throws {
+        let (t, device, _) = try make()
+        write(t, Reg.status, Status.acknowledge | Status.driver)
+        write(t, Reg.driverFeaturesSel, 1)
+        write(t, Reg.driverFeatures, 1)
+        write(t, Reg.status, Status.acknowledge | Status.driver | Status.featuresOK)
+        write(t, Reg.queueNum, 8)
+        write(t, Reg.queueDescLow, 0xffff_f000) // outside the 1 MiB of guest memory
+        write(t, Reg.queueDescHigh, 0x7fff)
+        write(t, Reg.queueReady, 1)
+        #expect(read(t, Reg.queueReady) == 0)
+        #expect(read(t, Reg.status) & Status.needsReset != 0)
+        t.serve(queue: 0)
+        #expect(device.served.load(ordering: .relaxed) == 0)
+    }
+
+    @Test func aQueueThatBreaksMidUseMarksNeedsResetAndStopsService() throws {
+        let (t, device, _) = try make()
+        bringUp(t)
+        device.failServe = true
+        t.serve(queue: 0)
+        #expect(read(t, Reg.status) & Status.needsReset != 0)
+        #expect(read(t, Reg.interruptStatus) & VirtioMMIOTransport.interruptConfigChange != 0)
+        device.failServe = false
+        t.serve(queue: 0)
+        #expect(device.served.load(ordering: .relaxed) == 0)
+    }
+
+    @Test func resetInTheMiddleOfUseStartsOver() throws {
+        let (t, device, _) = try make()
+        bringUp(t)
+        t.serve(queue: 0)
+        write(t, Reg.status, 0)
+        #expect(device.resets.load(ordering: .relaxed) == 1)
+        #expect(read(t, Reg.status) == 0)
+        #expect(read(t, Reg.queueReady) == 0)
+        #expect(read(t, Reg.interruptStatus) == 0)
+        t.serve(queue: 0) // nothing is live any more
+        #expect(device.served.load(ordering: .relaxed) == 1)
+        bringUp(t) // and the driver can bring it up again
+        t.serve(queue: 0)
+        #expect(device.served.load(ordering: .relaxed) == 2)
+    }
+
+    @Test func notifyOfAnUnknownQueueIsHarmless() throws {
+        let (t, _, _) = try make()
+        bringUp(t)
+        write(t, Reg.queueNotify, 5)
+        write(t, Reg.queueNotify, 0xffff_ffff)
+        write(t, 0xffc, 1) // unknown register
+        #expect(read(t, Reg.status) & Status.needsReset == 0)
+    }
+}
