@@ -149,6 +149,10 @@ public final class Vcpu: @unchecked Sendable {
     public func setLAPIC(_ lapic: kvm_lapic_state) throws(KVMError) { try set(SWL_KVM_SET_LAPIC, "KVM_SET_LAPIC", lapic) }
     public func getEvents() throws(KVMError) -> kvm_vcpu_events { try get(SWL_KVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS", kvm_vcpu_events()) }
     public func setEvents(_ events: kvm_vcpu_events) throws(KVMError) { try set(SWL_KVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS", events) }
+    /// The XSAVE image; its first 512 bytes are the FXSAVE layout (MXCSR at 24).
+    public func getXSAVE() throws(KVMError) -> kvm_xsave { try get(SWL_KVM_GET_XSAVE, "KVM_GET_XSAVE", kvm_xsave()) }
+    public func setXSAVE(_ xsave: kvm_xsave) throws(KVMError) { try set(SWL_KVM_SET_XSAVE, "KVM_SET_XSAVE", xsave) }
+
     public func getMPState() throws(KVMError) -> UInt32 {
         try get(SWL_KVM_GET_MP_STATE, "KVM_GET_MP_STATE", kvm_mp_state()).mp_state
     }

@@ -40,3 +40,34 @@ struct KernelCommandLineTests {
         #expect(KernelCommandLine.inserting(["a"], into: "") == "a")
     }
 }
+
+/// Memory operands of LDMXCSR/STMXCSR, decoded and resolved.
+struct MXCSRDecodeTests {
+    let regs: [UInt64] = (0..<16).map { UInt64($0) * 0x100 } // rax=0, rcx=0x100, ..., r15=0xf00
+
+    @Test func baseIndexScaleDisplacement() throws {
+        // ldmxcsr 0x4(%rax,%rbx,1): 0f ae 54 18 04 — the bytes seen failing in kernel_fpu_begin.
+        let f = try #require(EmulationFixup.decode([0x0f, 0xae, 0x54, 0x18, 0x04]))
+        guard case let .mxcsr(store, op, length) = f else { Issue.record("\(f)"); return }
+        #expect(!store && length == 5)
+        #expect(op.linearAddress(registers: regs, nextRIP: 0, fsBase: 0, gsBase: 0) == 0x304)
+        // ldmxcsr 0x4(%rsp): 0f ae 54 24 04 (RSP base, no index).
+        guard case let .mxcsr(_, op2, 5) = try #require(EmulationFixup.decode([0x0f, 0xae, 0x54, 0x24, 0x04])) else { Issue.record(); return }
+        #expect(op2.linearAddress(registers: regs, nextRIP: 0, fsBase: 0, gsBase: 0) == 0x404)
+    }
+
+    @Test func ripRelativeREXAndSegment() throws {
+        // stmxcsr 0x10(%rip): 0f ae 1d 10 00 00 00
+        guard case let .mxcsr(true, op, 7) = try #require(EmulationFixup.decode([0x0f, 0xae, 0x1d, 0x10, 0, 0, 0])) else { Issue.record(); return }
+        #expect(op.linearAddress(registers: regs, nextRIP: 0x1000, fsBase: 0, gsBase: 0) == 0x1010)
+        // %gs:ldmxcsr -8(%r12): 65 41 0f ae 54 24 f8
+        guard case let .mxcsr(false, op2, 7) = try #require(EmulationFixup.decode([0x65, 0x41, 0x0f, 0xae, 0x54, 0x24, 0xf8])) else { Issue.record(); return }
+        #expect(op2.linearAddress(registers: regs, nextRIP: 0, fsBase: 0, gsBase: 0x10000) == 0x10000 + 0xc00 - 8)
+    }
+
+    @Test func otherGroup15FormsAndTruncationAreRefused() {
+        #expect(EmulationFixup.decode([0x0f, 0xae, 0x28]) == nil) // xrstor
+        #expect(EmulationFixup.decode([0x0f, 0xae, 0x54, 0x24]) == nil) // disp8 missing
+        #expect(EmulationFixup.decode([0x0f, 0xae, 0x15, 0, 0]) == nil) // disp32 cut short
+    }
+}

@@ -97,6 +97,26 @@ struct TinyGuestTests {
         #expect(report.exit == .poweredOff)
     }
 
+    @Test("long mode: LDMXCSR and STMXCSR with memory operands complete (by the VMM on nested PVM)")
+    func mxcsrWithMemoryOperand() throws {
+        let code: [UInt8] = [
+            0x48, 0xc7, 0xc0, 0x00, 0x10, 0x10, 0x00,   // mov rax, 0x101000
+            0xc7, 0x40, 0x04, 0x80, 0x1f, 0x00, 0x00,   // mov dword [rax+4], 0x1f80 (the default, as kernel_fpu_begin loads)
+            0x0f, 0xae, 0x54, 0x18, 0x04,               // ldmxcsr [rax+rbx+4]
+            0x0f, 0xae, 0x58, 0x08,                     // stmxcsr [rax+8]
+            0x8b, 0x40, 0x08,                           // mov eax, [rax+8]
+            0x66, 0xba, 0xf8, 0x03,                     // mov dx, 0x3f8
+            0xee, 0xc1, 0xe8, 0x08, 0xee,               // out low two bytes of MXCSR
+        ]
+        let report = try run(code + Asm.long.haltForever, longMode: true)
+        #expect(report.console == [0x80, 0x1f])
+        #expect(report.exit == .poweredOff)
+        if HostKVM.isPVM {
+            #expect(report.exits.emulationFixups[.ldmxcsr] == 1)
+            #expect(report.exits.emulationFixups[.stmxcsr] == 1)
+        }
+    }
+
     @Test("a guest that spins is stopped by the timeout")
     func timeout() throws {
         let report = try run(Asm.hang, longMode: false, timeout: 0.3)

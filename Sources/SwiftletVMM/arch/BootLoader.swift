@@ -36,7 +36,7 @@ enum BootLoader {
     }
 
     static func loadLinux(kernelPath: String, initrdPath: String?, cmdline: String, config: MachineConfig, memory: GuestMemory) throws(VMMError) -> Loaded {
-        do {
+        do throws(X86BootError) {
             let cache = KernelCache(directory: config.kernelCacheDirectory ?? "")
             let (source, header) = try cache.vmlinuxSource(forImageAt: kernelPath)
             let kernel: LoadedKernel
@@ -57,12 +57,8 @@ enum BootLoader {
             _ = try PageTables.write(into: memory)
             try MPTable.write(into: memory, cpuCount: config.vcpuCount)
             return Loaded(entry: kernel.entry, longMode: true)
-        } catch let e as VMMError {
-            throw e
-        } catch let e as X86BootError {
-            throw .boot(e)
         } catch {
-            throw .invalidConfig("\(error)")
+            throw .boot(error)
         }
     }
 }

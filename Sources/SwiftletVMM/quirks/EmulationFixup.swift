@@ -17,6 +17,12 @@
 /// | CLAC / STAC | `0F 01 CA` / `0F 01 CB` | clear / set RFLAGS.AC |
 /// | LFENCE / MFENCE / SFENCE | `0F AE E8-FF` | ordering only: the vCPU is stopped, so already ordered |
 /// | WBINVD / INVD | `0F 09` / `0F 08` | guest memory is coherent host memory: nothing to write back |
+/// | LDMXCSR / STMXCSR | `0F AE /2`, `0F AE /3` | a 4-byte load or store of MXCSR, seen failing in `kernel_fpu_begin`: the operand is decoded and translated through the guest's page tables; a reserved bit gets #GP. A load is completed only when it leaves MXCSR unchanged, because on nested PVM the VMM cannot set guest FPU state |
+///
+/// The x87 fix-ups (FNCLEX, FNINIT, EMMS) write the FPU state with
+/// `KVM_SET_FPU`; on nested PVM that was measured not to reach the guest for
+/// MXCSR, so there they amount to skipping the instruction, which is exact
+/// when no x87 exception flags are set (the case seen in Linux).
 public enum EmulationFixup: Equatable, Sendable {
     /// The instruction's effect is nothing at all here: skip it.
     case skip(Instruction, length: Int)
@@ -28,10 +34,12 @@ public enum EmulationFixup: Equatable, Sendable {
     case fpu(Instruction, length: Int)
     /// Clear (CLAC) or set (STAC) RFLAGS.AC.
     case alignmentCheck(set: Bool, length: Int)
+    /// LDMXCSR (`store == false`) or STMXCSR with its memory operand.
+    case mxcsr(store: Bool, operand: MemoryOperand, length: Int)
 
     /// The instructions Swiftlet completes, for statistics and messages.
     public enum Instruction: String, Sendable, CaseIterable {
-        case int3, fwait, fnclex, fninit, emms, clac, stac, fence, wbinvd
+        case int3, fwait, fnclex, fninit, emms, clac, stac, fence, wbinvd, ldmxcsr, stmxcsr
     }
 
     /// Which instruction this fixup completes.
@@ -41,15 +49,22 @@ public enum EmulationFixup: Equatable, Sendable {
         case .breakpoint: return .int3
         case .fwait: return .fwait
         case let .alignmentCheck(set, _): return set ? .stac : .clac
+        case let .mxcsr(store, _, _): return store ? .stmxcsr : .ldmxcsr
         }
     }
 
     /// Decodes the instruction at the start of `bytes`, or nil if Swiftlet
     /// does not handle it. Only prefixes that cannot change these
-    /// instructions' meaning (operand size, REX) are skipped.
+    /// instructions' meaning (operand size, REX, FS/GS) are skipped.
     public static func decode(_ bytes: [UInt8]) -> EmulationFixup? {
         var i = 0
-        while i < bytes.count && i < 4 && (bytes[i] == 0x66 || (bytes[i] & 0xf0) == 0x40) { i += 1 }
+        var rex: UInt8 = 0
+        var segment: UInt8?
+        while i < bytes.count && i < 4 {
+            let b = bytes[i]
+            if b == 0x66 { rex = 0 } else if b == 0x64 || b == 0x65 { segment = b; rex = 0 } else if b & 0xf0 == 0x40 { rex = b } else { break }
+            i += 1
+        }
         func at(_ k: Int) -> UInt8? { i + k < bytes.count ? bytes[i + k] : nil }
         guard let op = at(0) else { return nil }
         switch op {
@@ -72,8 +87,12 @@ public enum EmulationFixup: Equatable, Sendable {
                 default: return nil
                 }
             case 0xae:
-                guard let modrm = at(2), modrm >= 0xe8 else { return nil }
-                return .skip(.fence, length: i + 3)
+                guard let modrm = at(2) else { return nil }
+                if modrm >= 0xe8 { return .skip(.fence, length: i + 3) }
+                guard let (operand, reg, used) = MemoryOperand.decode(bytes, at: i + 2, rex: rex), reg & 7 == 2 || reg & 7 == 3 else { return nil }
+                var op = operand
+                op.segmentPrefix = segment
+                return .mxcsr(store: reg & 7 == 3, operand: op, length: i + 2 + used)
             default: return nil
             }
         default: return nil

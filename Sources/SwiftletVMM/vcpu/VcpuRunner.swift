@@ -245,16 +245,57 @@ final class VcpuRunner: @unchecked Sendable {
             if set { regs.rflags |= 1 << 18 } else { regs.rflags &= ~(1 << 18) }
             regs.rip &+= UInt64(length)
             try vcpu.setRegs(regs)
+        case let .mxcsr(store, operand, length):
+            let sregs = try vcpu.getSregs()
+            let gprs = [regs.rax, regs.rcx, regs.rdx, regs.rbx, regs.rsp, regs.rbp, regs.rsi, regs.rdi,
+                        regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15]
+            let linear = operand.linearAddress(registers: gprs, nextRIP: regs.rip &+ UInt64(length),
+                                               fsBase: sregs.fs.base, gsBase: sregs.gs.base)
+            let mode = PageWalk.Mode(cr0: sregs.cr0, cr3: sregs.cr3, cr4: sregs.cr4, efer: sregs.efer)
+            // The 4 bytes may straddle a page: translate each one.
+            let physical = (0..<4).compactMap { PageWalk.translate(linear &+ UInt64($0), mode: mode, memory: context.memory) }
+            guard physical.count == 4 else { throw .system(SystemError("MXCSR operand 0x\(String(linear, radix: 16)) is not mapped", errno: EFAULT)) }
+            // MXCSR is read from the XSAVE image: KVM_GET_FPU reports 0 for it on
+            // nested PVM. Nor does KVM_SET_FPU/KVM_SET_XSAVE change the guest's
+            // MXCSR there (measured), so a load is completed only when it
+            // would leave MXCSR as it is: the kernel_fpu_begin() case, which
+            // loads the default 0x1f80. Any other value stays fatal.
+            let current = withUnsafeBytes(of: try vcpu.getXSAVE().region) { $0.load(fromByteOffset: 24, as: UInt32.self) }
+            if store {
+                for (k, p) in physical.enumerated() {
+                    do { try context.memory.store(UInt8(truncatingIfNeeded: current >> (8 * UInt32(k))), at: p) } catch {
+                        throw .system(SystemError("MXCSR store outside guest memory", errno: EFAULT))
+                    }
+                }
+            } else {
+                var value: UInt32 = 0
+                for (k, p) in physical.enumerated() {
+                    guard let b = try? context.memory.load(UInt8.self, at: p) else {
+                        throw .system(SystemError("MXCSR load outside guest memory", errno: EFAULT))
+                    }
+                    value |= UInt32(b) << (8 * UInt32(k))
+                }
+                // Reserved MXCSR bits set: #GP(0), as the CPU would.
+                if value & 0xffff_0000 != 0 {
+                    try inject(vector: 13, errorCode: 0)
+                    return
+                }
+                guard value == current else {
+                    throw .system(SystemError("LDMXCSR of 0x\(String(value, radix: 16)) would change MXCSR (0x\(String(current, radix: 16))), which the VMM cannot do here", errno: ENOTSUP))
+                }
+            }
+            regs.rip &+= UInt64(length)
+            try vcpu.setRegs(regs)
         }
     }
 
-    /// Queues exception `vector` (without an error code) for delivery on the next entry.
-    func inject(vector: UInt8) throws(KVMError) {
+    /// Queues exception `vector` for delivery on the next entry.
+    func inject(vector: UInt8, errorCode: UInt32? = nil) throws(KVMError) {
         var events = try vcpu.getEvents()
         events.exception.injected = 1
         events.exception.nr = vector
-        events.exception.has_error_code = 0
-        events.exception.error_code = 0
+        events.exception.has_error_code = errorCode == nil ? 0 : 1
+        events.exception.error_code = errorCode ?? 0
         events.flags = 0
         try vcpu.setEvents(events)
     }
