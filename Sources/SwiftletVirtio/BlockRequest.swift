@@ -17,9 +17,17 @@ extension BlockBackend {
         guard chain.writableLength >= 1 else { return 0 }
         let statusOffset = chain.writableLength - 1
         let (status, written) = execute(chain, memory: memory, dataLength: statusOffset)
-        var byte = status
-        let stored: Bool = withUnsafeBytes(of: &byte) { raw in
-            (try? chain.write(to: memory, offset: statusOffset, from: raw)) != nil
+        let stored: Bool
+        if let last = chain.lastWritableByte(in: memory) {
+            // SAFETY: `last` is a bounds-checked one-byte slice of guest memory.
+            // Why: skips the general scatter walk and its copy for the common layout.
+            last.storeBytes(of: status, as: UInt8.self)
+            stored = true
+        } else {
+            var byte = status
+            stored = withUnsafeBytes(of: &byte) { raw in
+                (try? chain.write(to: memory, offset: statusOffset, from: raw)) != nil
+            }
         }
         // `written` excludes the status byte. A popped chain is under 4 GiB; one
         // built by hand might not be, so clamp rather than trap.
@@ -52,11 +60,7 @@ extension BlockBackend {
             return (VirtioBlock.statusOK, 0)
 
         case VirtioBlock.requestGetID:
-            let count = min(VirtioBlock.idLength, dataLength)
-            let done: Bool = id.withUnsafeBytes { raw in
-                (try? chain.write(to: memory, offset: 0, from: UnsafeRawBufferPointer(rebasing: raw[0..<count]))) != nil
-            }
-            return done ? (VirtioBlock.statusOK, count) : ioError
+            return getID(chain, memory: memory, dataLength: dataLength)
 
         case VirtioBlock.requestDiscard, VirtioBlock.requestWriteZeroes:
             guard !readOnly else { return ioError }
@@ -67,12 +71,23 @@ extension BlockBackend {
         }
     }
 
+    /// GET_ID: the serial, cut to the data part. Out of line, like
+    /// `discardOrZero`: rare requests stay out of the hot IN/OUT path.
+    @inline(never)
+    private func getID(_ chain: DescriptorChain, memory: GuestMemory, dataLength: Int) -> (UInt8, Int) {
+        let count = min(VirtioBlock.idLength, dataLength)
+        let done: Bool = id.withUnsafeBytes { raw in
+            (try? chain.write(to: memory, offset: 0, from: UnsafeRawBufferPointer(rebasing: raw[0..<count]))) != nil
+        }
+        return done ? (VirtioBlock.statusOK, count) : (VirtioBlock.statusIOError, 0)
+    }
+
     /// Moves `count` bytes at `at` in the chain's writable (IN: file to guest)
     /// or readable (OUT: guest to file) part, straight between the file and
     /// checked host views of guest memory. False on any failure.
     private func transfer(_ chain: DescriptorChain, memory: GuestMemory, writable: Bool, at: Int, count: Int, fileOffset: Int64) -> Bool {
         // One iovec per guest buffer at most; on the stack for typical chains.
-        let capacity = writable ? chain.writable.count : chain.readable.count
+        let capacity = writable ? chain.writableCount : chain.readableCount
         let fd = file.raw
         return withUnsafeTemporaryAllocation(of: iovec.self, capacity: capacity) { iovs in
             var used = 0
@@ -97,10 +112,19 @@ extension BlockBackend {
         var type: UInt32
         var sector: UInt64
 
-        init(_ chain: DescriptorChain, memory: GuestMemory) throws(VirtqueueError) {
+        /// `borrowing`: an initializer takes its arguments owned by default,
+        /// which cost a retain and release of `memory` (and a chain copy) per request.
+        init(_ chain: borrowing DescriptorChain, memory: borrowing GuestMemory) throws(VirtqueueError) {
             var raw = (UInt64(0), UInt64(0))
-            try withUnsafeMutableBytes(of: &raw) { bytes throws(VirtqueueError) in
-                try chain.read(from: memory, offset: 0, into: bytes)
+            if let view = chain.leadingReadableView(in: memory, count: VirtioBlock.headerSize) {
+                // SAFETY: `view` is a bounds-checked 16-byte slice of guest memory.
+                // Why: the header nearly always sits in the first buffer; two loads
+                // beat the general scatter walk and a `memcpy` call.
+                raw = (view.loadUnaligned(as: UInt64.self), view.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+            } else {
+                try withUnsafeMutableBytes(of: &raw) { bytes throws(VirtqueueError) in
+                    try chain.read(from: memory, offset: 0, into: bytes)
+                }
             }
             type = UInt32(truncatingIfNeeded: UInt64(littleEndian: raw.0)) // low half; the high half is `reserved`
             sector = UInt64(littleEndian: raw.1)
@@ -124,6 +148,7 @@ extension BlockBackend {
     }
 
     /// DISCARD or WRITE_ZEROES: validates every segment, then applies them.
+    @inline(never)
     private func discardOrZero(_ chain: DescriptorChain, memory: GuestMemory, zero: Bool) -> UInt8 {
         let length = chain.readableLength - VirtioBlock.headerSize
         let size = VirtioBlock.segmentSize

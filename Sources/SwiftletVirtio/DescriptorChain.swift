@@ -10,9 +10,63 @@ public struct GuestBuffer: Sendable, Equatable {
     /// Length in bytes.
     public let length: UInt32
 
+    @inlinable
     public init(address: UInt64, length: UInt32) {
         self.address = address
         self.length = length
+    }
+}
+
+/// The buffers of one chain, readable ones first: the first `inlineCapacity`
+/// held inline, any further ones in a heap array.
+///
+/// Why: a chain used to own two `[GuestBuffer]` arrays, and their allocation,
+/// reference counting and release were the largest user-mode cost of a small
+/// request. Typical chains (header, a few data buffers, status) now live
+/// entirely inside the `DescriptorChain` value, with no allocation and no
+/// reference counting (`spill` stays nil).
+struct ChainBuffers: Sendable {
+    /// Buffers held without allocating. A small block request is header, data
+    /// and status (4 leaves room for data split across a page boundary); 4
+    /// also keeps the chain small enough to pass in registers rather than
+    /// through `memcpy` (8 measurably did not).
+    static let inlineCapacity = 4
+
+    private var inline: InlineArray<4, GuestBuffer> // `inlineCapacity` elements
+    /// The buffers past `inlineCapacity`, in order; nil while none.
+    private var spill: [GuestBuffer]?
+    /// The number of buffers.
+    private(set) var count: Int
+
+    @inline(__always)
+    init() {
+        inline = InlineArray(repeating: GuestBuffer(address: 0, length: 0))
+        spill = nil
+        count = 0
+    }
+
+    @inline(__always)
+    mutating func append(_ buffer: GuestBuffer) {
+        if count < Self.inlineCapacity {
+            inline[count] = buffer // InlineArray's subscript is bounds-checked as well
+        } else if spill == nil {
+            // Room for a long scatter list without regrowing from one element.
+            var more: [GuestBuffer] = []
+            more.reserveCapacity(Self.inlineCapacity * 4)
+            more.append(buffer)
+            spill = more
+        } else {
+            spill!.append(buffer)
+        }
+        count += 1
+    }
+
+    /// The buffer at `index`, which must be below `count` (checked: the inline
+    /// and spill subscripts trap past their ends).
+    @inline(__always)
+    subscript(index: Int) -> GuestBuffer {
+        precondition(index >= 0 && index < count, "chain buffer index out of range")
+        return index < Self.inlineCapacity ? inline[index] : spill![index - Self.inlineCapacity]
     }
 }
 
@@ -25,25 +79,46 @@ public struct GuestBuffer: Sendable, Equatable {
 public struct DescriptorChain: Sendable {
     /// The head descriptor index, to hand back with `Virtqueue.pushUsed`.
     public let head: UInt16
-    /// Device-readable (driver to device) buffers, in chain order.
-    public let readable: [GuestBuffer]
-    /// Device-writable (device to driver) buffers, in chain order.
-    public let writable: [GuestBuffer]
     /// Total bytes of the readable buffers.
     public let readableLength: Int
     /// Total bytes of the writable buffers.
     public let writableLength: Int
+    /// How many of `buffers` (the first ones) are readable.
+    public let readableCount: Int
+    /// Every buffer, readable then writable.
+    let buffers: ChainBuffers
+
+    /// How many buffers are writable.
+    public var writableCount: Int { buffers.count - readableCount }
+
+    /// Device-readable (driver to device) buffers, in chain order.
+    /// Builds an array: for inspection, not for the I/O path.
+    public var readable: [GuestBuffer] { (0..<readableCount).map { buffers[$0] } }
+    /// Device-writable (device to driver) buffers, in chain order.
+    /// Builds an array: for inspection, not for the I/O path.
+    public var writable: [GuestBuffer] { (readableCount..<buffers.count).map { buffers[$0] } }
 
     /// A chain of the given buffers. `Virtqueue.pop()` builds these after
     /// validating them; a chain built here is still bounds-checked on every access.
     public init(head: UInt16, readable: [GuestBuffer], writable: [GuestBuffer]) {
+        var buffers = ChainBuffers()
+        for b in readable { buffers.append(b) }
+        for b in writable { buffers.append(b) }
+        // Each length is below 2^32, and an array holds fewer than 2^31 elements
+        // of 12+ bytes in a 64-bit address space, so these sums cannot overflow a 64-bit Int.
+        self.init(head: head, buffers: buffers, readableCount: readable.count,
+                  readableLength: readable.reduce(0) { $0 + Int($1.length) },
+                  writableLength: writable.reduce(0) { $0 + Int($1.length) })
+    }
+
+    /// A chain whose totals the caller has already summed (`Virtqueue.pop`).
+    @inline(__always)
+    init(head: UInt16, buffers: ChainBuffers, readableCount: Int, readableLength: Int, writableLength: Int) {
         self.head = head
-        self.readable = readable
-        self.writable = writable
-        // Each length is below 2^32 and a chain holds at most 2^16 + 2^16 buffers,
-        // so these sums cannot overflow a 64-bit Int.
-        self.readableLength = readable.reduce(0) { $0 + Int($1.length) }
-        self.writableLength = writable.reduce(0) { $0 + Int($1.length) }
+        self.buffers = buffers
+        self.readableCount = readableCount
+        self.readableLength = readableLength
+        self.writableLength = writableLength
     }
 
     /// Copies `into.count` readable bytes starting at `offset` (counted across
@@ -76,18 +151,44 @@ public struct DescriptorChain: Sendable {
     /// Each view is bounds-checked against guest memory and stays valid while `memory` lives.
     public func hostBuffers(in memory: GuestMemory, writable: Bool, offset: Int, count: Int) throws(VirtqueueError) -> [UnsafeMutableRawBufferPointer] {
         var views: [UnsafeMutableRawBufferPointer] = []
-        views.reserveCapacity(writable ? self.writable.count : readable.count)
+        views.reserveCapacity(writable ? writableCount : readableCount)
         try forEachSegment(in: memory, deviceWritable: writable, offset: offset, count: count) { views.append($0) }
         return views
     }
 
+    /// Fast path for a request header: the checked host view of the first
+    /// `count` readable bytes when the first buffer holds them all, else nil
+    /// (then use `read`, which also reports why it fails).
+    @inline(__always)
+    func leadingReadableView(in memory: GuestMemory, count: Int) -> UnsafeMutableRawBufferPointer? {
+        guard readableCount > 0, count >= 0 else { return nil }
+        let first = buffers[0]
+        guard Int(first.length) >= count else { return nil }
+        return try? memory.slice(at: first.address, count: count)
+    }
+
+    /// Fast path for a status byte: the checked host address of the last
+    /// writable byte when the last buffer is non-empty, else nil (then use
+    /// `write`, which skips trailing empty buffers).
+    @inline(__always)
+    func lastWritableByte(in memory: GuestMemory) -> UnsafeMutableRawPointer? {
+        guard writableCount > 0 else { return nil }
+        let last = buffers[buffers.count - 1]
+        guard last.length > 0 else { return nil }
+        // length - 1 < 2^32, so the sum overflows only for a hostile address: checked.
+        let (address, overflow) = last.address.addingReportingOverflow(UInt64(last.length - 1))
+        guard !overflow else { return nil }
+        return (try? memory.slice(at: address, count: 1))?.baseAddress
+    }
+
     /// Calls `body` with the checked host view of each non-empty piece of the
     /// byte range `[offset, offset+count)` of one part, in order.
+    @inline(__always)
     func forEachSegment(
         in memory: GuestMemory, deviceWritable: Bool, offset: Int, count: Int,
         _ body: (UnsafeMutableRawBufferPointer) -> Void
     ) throws(VirtqueueError) {
-        let buffers = deviceWritable ? writable : readable
+        let range = deviceWritable ? readableCount..<buffers.count : 0..<readableCount
         let total = deviceWritable ? writableLength : readableLength
         // Ordered so that no subtraction can go negative and no sum can overflow.
         guard offset >= 0, count >= 0, offset <= total, count <= total - offset else {
@@ -95,8 +196,9 @@ public struct DescriptorChain: Sendable {
         }
         var skip = offset
         var left = count
-        for buffer in buffers {
+        for i in range {
             if left == 0 { break }
+            let buffer = buffers[i]
             let length = Int(buffer.length)
             if skip >= length {
                 skip -= length // also passes over empty buffers without touching their address

@@ -60,13 +60,21 @@ public final class Virtqueue: @unchecked Sendable {
     private let avail: UnsafeMutableRawPointer  // 6 + 2 * size bytes
     private let used: UnsafeMutableRawPointer   // 6 + 8 * size bytes
 
+    // The ring counters are plain integers touched on every request. Class
+    // properties get a dynamic exclusivity check (a runtime call) per access;
+    // these opt out: the queue is single-threaded by contract, no accessor
+    // hands out an `inout` reference to them, and a conflicting access to a
+    // trivial integer could not corrupt memory anyway.
     /// The next available-ring index the device will read.
-    public private(set) var nextAvail: UInt16
+    @exclusivity(unchecked) public private(set) var nextAvail: UInt16
     /// The next used-ring index the device will write.
-    public private(set) var nextUsed: UInt16
+    @exclusivity(unchecked) public private(set) var nextUsed: UInt16
     /// `nextUsed` at the last `needsInterrupt` call, and the pushes since.
-    private var signalledUsed: UInt16
-    private var pushedSinceSignal = 0
+    @exclusivity(unchecked) private var signalledUsed: UInt16
+    @exclusivity(unchecked) private var pushedSinceSignal = 0
+    /// Whether `broken` is set: checked on every `pop` without touching the
+    /// (reference-counted, exclusivity-checked) error itself.
+    @exclusivity(unchecked) private var isBroken = false
     /// Set once the driver corrupts the available index; every later `pop` throws it.
     private var broken: VirtqueueError?
 
@@ -157,7 +165,7 @@ public final class Virtqueue: @unchecked Sendable {
     /// An available index more than a queue size ahead throws `.availIndexJump`,
     /// and keeps throwing: the driver must reset the queue.
     public func pop() throws(VirtqueueError) -> DescriptorChain? {
-        if let broken { throw broken }
+        if isBroken, let broken { throw broken }
         // Acquire: the ring entry and descriptors the driver wrote before
         // publishing this index are visible to the reads below.
         let availIndex = UInt16(littleEndian: availIdx.pointee.load(ordering: .acquiring))
@@ -166,6 +174,7 @@ public final class Virtqueue: @unchecked Sendable {
         guard pending <= config.size else {
             let error = VirtqueueError.availIndexJump(availIndex: availIndex, nextAvail: nextAvail, size: config.size)
             broken = error
+            isBroken = true
             throw error
         }
         // SAFETY: the slot is masked below `size`, inside the avail ring's 6 + 2*size bytes.
@@ -180,7 +189,7 @@ public final class Virtqueue: @unchecked Sendable {
         guard head < config.size else {
             throw .malformedChain(head: nil, "head index \(head) is past the queue size \(size)")
         }
-        var builder = ChainBuilder(head: head, memory: memory)
+        var builder = ChainBuilder(head: head)
         var index = Int(head)
         var count = 0
         while true {
@@ -195,7 +204,7 @@ public final class Virtqueue: @unchecked Sendable {
                 try walkIndirect(d, &builder)
                 break
             }
-            try builder.append(d)
+            try builder.append(d, memory: memory)
             guard d.flags & DescFlag.next != 0 else { break }
             guard d.next < config.size else { throw builder.fail("next index \(d.next) is past the queue size \(size)") }
             index = Int(d.next)
@@ -223,7 +232,7 @@ public final class Virtqueue: @unchecked Sendable {
             // SAFETY: index < entries, and the checked slice holds 16 * entries bytes.
             let e = Descriptor(UnsafeRawPointer(table.baseAddress!), index: index)
             guard e.flags & DescFlag.indirect == 0 else { throw builder.fail("nested indirect descriptor") }
-            try builder.append(e)
+            try builder.append(e, memory: memory)
             guard e.flags & DescFlag.next != 0 else { break }
             guard Int(e.next) < entries else {
                 throw builder.fail("indirect next index \(e.next) is past the table's \(entries) entries")
@@ -277,7 +286,7 @@ public final class Virtqueue: @unchecked Sendable {
     /// arrived meanwhile, in which case the caller must `pop()` again instead
     /// of waiting for a notification that may never come.
     public func enableNotification() -> Bool {
-        if broken != nil { return false }
+        if isBroken { return false }
         if eventIndex {
             availEvent.pointee.store(nextAvail.littleEndian, ordering: .relaxed)
         }
@@ -289,41 +298,49 @@ public final class Virtqueue: @unchecked Sendable {
 }
 
 /// Collects a chain's buffers while enforcing the per-buffer rules.
+///
+/// Builds the chain's inline buffer storage directly, and borrows the guest
+/// memory per call rather than holding it, so a typical chain costs no
+/// allocation and no reference counting.
 struct ChainBuilder {
     let head: UInt16
-    let memory: GuestMemory
-    var readable: [GuestBuffer] = []
-    var writable: [GuestBuffer] = []
-    var total: UInt64 = 0
+    var buffers = ChainBuffers()
+    var readableCount = 0
+    var readableLength: UInt64 = 0
+    var writableLength: UInt64 = 0
 
-    init(head: UInt16, memory: GuestMemory) {
+    @inline(__always)
+    init(head: UInt16) {
         self.head = head
-        self.memory = memory
-        // Typical chains (header, data, status) fit without regrowing.
-        readable.reserveCapacity(4)
-        writable.reserveCapacity(4)
     }
 
     func fail(_ why: String) -> VirtqueueError { .malformedChain(head: head, why) }
 
-    mutating func append(_ d: Virtqueue.Descriptor) throws(VirtqueueError) {
+    @inline(__always)
+    mutating func append(_ d: Virtqueue.Descriptor, memory: GuestMemory) throws(VirtqueueError) {
         // Empty buffers are legal and their address is never used, so only
         // non-empty ones must lie inside guest memory.
-        if d.length > 0 && !memory.contains(d.address, count: Int(d.length)) {
+        if d.length > 0 && (try? memory.slice(at: d.address, count: Int(d.length))) == nil {
             throw fail("buffer at 0x\(String(d.address, radix: 16)) (\(d.length) bytes) is outside guest memory")
         }
-        total += UInt64(d.length) // at most 2^17 buffers of < 2^32 bytes: no overflow
-        guard total <= UInt64(UInt32.max) else { throw fail("chain is longer than 4 GiB") }
-        let buffer = GuestBuffer(address: d.address, length: d.length)
-        if d.flags & Virtqueue.DescFlag.write != 0 {
-            writable.append(buffer)
-        } else {
-            guard writable.isEmpty else { throw fail("device-readable buffer after a device-writable one") }
-            readable.append(buffer)
+        // At most 2^17 buffers of < 2^32 bytes: no sum can overflow.
+        guard readableLength + writableLength + UInt64(d.length) <= UInt64(UInt32.max) else {
+            throw fail("chain is longer than 4 GiB")
         }
+        if d.flags & Virtqueue.DescFlag.write != 0 {
+            writableLength += UInt64(d.length)
+        } else {
+            guard readableCount == buffers.count else { throw fail("device-readable buffer after a device-writable one") }
+            readableLength += UInt64(d.length)
+            readableCount += 1
+        }
+        buffers.append(GuestBuffer(address: d.address, length: d.length))
     }
 
+    @inline(__always)
     func finish() -> DescriptorChain {
-        DescriptorChain(head: head, readable: readable, writable: writable)
+        // Both totals are at most UInt32.max (checked in `append`).
+        DescriptorChain(head: head, buffers: buffers, readableCount: readableCount,
+                        readableLength: Int(readableLength), writableLength: Int(writableLength))
     }
 }

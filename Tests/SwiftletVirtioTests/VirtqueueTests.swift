@@ -144,6 +144,64 @@ struct VirtqueueChainTests {
         #expect(try chain.hostBuffers(in: d.memory, writable: true, offset: 0, count: 4).count == 1)
     }
 
+    /// Chains past the inline buffer capacity (4) spill into an array: the
+    /// parts, lengths and byte ranges must read the same either side of the seam.
+    @Test(arguments: [(readable: 1, writable: 1), (3, 1), (4, 0), (0, 5), (3, 3), (5, 4), (9, 7)])
+    func longChainsKeepOrderAcrossTheInlineSeam(readable: Int, writable: Int) throws {
+        let d = try TestDriver()
+        let q = try d.queue()
+        // Buffer i holds 3 bytes (i, i, i); lengths 3 make reads straddle buffers.
+        var bufs: [Buf] = []
+        for i in 0..<readable { bufs.append(Buf(address: try d.put([UInt8](repeating: UInt8(i), count: 3)), length: 3, writable: false)) }
+        for _ in 0..<writable { bufs.append(Buf(address: d.alloc(3), length: 3, writable: true)) }
+        let head = try d.chain(bufs)
+        try d.publish(head)
+        let chain = try #require(try q.pop())
+        let expectedReadable = bufs.prefix(readable).map { GuestBuffer(address: $0.address, length: $0.length) }
+        let expectedWritable = bufs.suffix(writable).map { GuestBuffer(address: $0.address, length: $0.length) }
+        #expect(chain.readable == expectedReadable && chain.writable == expectedWritable)
+        #expect(chain.readableCount == readable && chain.writableCount == writable)
+        #expect(chain.readableLength == 3 * readable && chain.writableLength == 3 * writable)
+        // The same buffers through the public initializer.
+        let built = DescriptorChain(head: head, readable: expectedReadable, writable: expectedWritable)
+        #expect(built.readable == expectedReadable && built.writable == expectedWritable)
+        #expect(built.readableLength == chain.readableLength && built.writableLength == chain.writableLength)
+        for c in [chain, built] {
+            var all = [UInt8](repeating: 0xff, count: 3 * readable)
+            try all.withUnsafeMutableBytes { try c.read(from: d.memory, offset: 0, into: $0) }
+            #expect(all == (0..<readable).flatMap { [UInt8](repeating: UInt8($0), count: 3) })
+            if readable > 1 {
+                var middle = [UInt8](repeating: 0, count: 3 * readable - 2)
+                try middle.withUnsafeMutableBytes { try c.read(from: d.memory, offset: 1, into: $0) }
+                #expect(middle == Array(all[1..<(all.count - 1)]))
+            }
+            let pattern = (0..<(3 * writable)).map { UInt8(truncatingIfNeeded: $0 &+ 100) }
+            try pattern.withUnsafeBytes { try c.write(to: d.memory, offset: 0, from: $0) }
+            for (i, b) in bufs.suffix(writable).enumerated() {
+                #expect(try d.memory.read(at: b.address, count: 3) == Array(pattern[(3 * i)..<(3 * i + 3)]))
+            }
+            #expect(try c.hostBuffers(in: d.memory, writable: true, offset: 0, count: 3 * writable).count == writable)
+            #expect(throws: VirtqueueError.outOfRange(offset: 1, count: 3 * writable, length: 3 * writable)) {
+                try c.hostBuffers(in: d.memory, writable: true, offset: 1, count: 3 * writable)
+            }
+        }
+    }
+
+    /// A readable buffer after a writable one is malformed wherever it falls,
+    /// inline or past the inline capacity.
+    @Test(arguments: [1, 3, 4, 6])
+    func readableAfterWritableIsMalformedAtAnyPosition(writableFirst: Int) throws {
+        let d = try TestDriver()
+        let q = try d.queue()
+        let b = d.alloc(8)
+        var bufs = [Buf(address: b, length: 8, writable: false)]
+        bufs += Array(repeating: Buf(address: b, length: 8, writable: true), count: writableFirst)
+        bufs.append(Buf(address: b, length: 8, writable: false))
+        let head = try d.chain(bufs)
+        try d.publish(head)
+        #expect(expectMalformed(q) == .some(head))
+    }
+
     @Test func chainOfExactlyTheQueueSizeIsAccepted() throws {
         let d = try TestDriver(size: 4)
         let q = try d.queue()
