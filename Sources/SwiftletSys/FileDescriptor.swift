@@ -63,6 +63,22 @@ public func readFile(_ path: String) throws(SystemError) -> [UInt8] {
     return bytes
 }
 
+/// Reads `path` until EOF, for files whose size `fstat` does not know
+/// (such as those under /proc).
+public func readToEnd(_ path: String) throws(SystemError) -> [UInt8] {
+    let fd = try OwnedFD(opening: path, flags: O_RDONLY)
+    var out: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let raw = fd.raw
+        let n = try chunk.withUnsafeMutableBytes { buf in
+            Result { () throws(SystemError) in try retryingEINTR("read(\(path))") { read(raw, buf.baseAddress, buf.count) } }
+        }.get()
+        if n == 0 { return out }
+        out += chunk[0..<n]
+    }
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same
 /// directory, renamed into place, so readers never see a partial file.
 public func writeFileAtomically(_ path: String, _ bytes: UnsafeRawBufferPointer) throws(SystemError) {

@@ -1,4 +1,5 @@
 import Glibc
+import SwiftletSys
 
 extension Machine {
     /// The VMM's own resident memory: the process RSS minus the resident
@@ -17,7 +18,7 @@ extension Machine {
         let ranges = memory.regions.map { (UInt(bitPattern: $0.host), UInt(bitPattern: $0.host) + UInt($0.size)) }
         var guestKiB = 0, totalKiB = 0, anonKiB = 0
         var inGuest = false
-        for line in Self.readProcFile("/proc/self/smaps").split(separator: UInt8(ascii: "\n")) {
+        for line in ((try? readToEnd("/proc/self/smaps")) ?? []).split(separator: UInt8(ascii: "\n")) {
             if let dash = line.firstIndex(of: UInt8(ascii: "-")), line.first.map({ Self.isHexDigit($0) }) == true,
                let space = line.firstIndex(of: UInt8(ascii: " ")), dash < space,
                let start = UInt(String(decoding: line[..<dash], as: UTF8.self), radix: 16),
@@ -41,19 +42,5 @@ extension Machine {
 
     private static func isHexDigit(_ c: UInt8) -> Bool {
         (c >= UInt8(ascii: "0") && c <= UInt8(ascii: "9")) || (c >= UInt8(ascii: "a") && c <= UInt8(ascii: "f"))
-    }
-
-    static func readProcFile(_ path: String) -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return [] }
-        defer { close(fd) }
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n <= 0 { break }
-            out += buf[0..<n]
-        }
-        return out
     }
 }
