@@ -97,9 +97,8 @@ public final class Machine: @unchecked Sendable {
         case .host: template = .host
         case .pvmSafe: template = .pvmSafe
         }
-        // Whatever fails below, the helper thread must be joined first.
-        var slotsJoined = false
-        defer { if !slotsJoined { _ = slots.wait() } }
+        // Whatever fails below, the helper thread is joined first (wait() is idempotent).
+        defer { _ = slots.wait() }
         let boot = try BootLoader.load(config: config, memory: memory,
                                        extraArguments: virtioArguments + PVMQuirks.kernelArguments(isPVMHost: isPVMHost, template: template))
         var vcpus: [Vcpu] = []
@@ -121,7 +120,6 @@ public final class Machine: @unchecked Sendable {
             throw .kvm(error)
         }
         self.vcpus = vcpus
-        slotsJoined = true
         if let e = slots.wait() { throw .kvm(e) }
 
         // Devices.
@@ -133,11 +131,11 @@ public final class Machine: @unchecked Sendable {
         serial = Serial8250(output: { output.put($0) }, raiseInterrupt: { try? vm.pulseIRQ(Devices.serialIRQ) })
         var pio = Bus()
         var mmio = Bus()
-        let resetFlag = ResetFlag()
+        let resetRequest = ResetRequest()
         let record = bootTimerMicros
         do {
             try pio.insert(serial, base: Devices.serialPort, size: 8)
-            try pio.insert(I8042 { resetFlag.set() }, base: Devices.i8042Port, size: 5)
+            try pio.insert(I8042 { resetRequest.set() }, base: Devices.i8042Port, size: 5)
             try mmio.insert(BootTimer { wall, _ in record.set(wall) }, base: Layout.bootTimer, size: 0x1000)
         } catch {
             throw .bus(error)
@@ -162,8 +160,7 @@ public final class Machine: @unchecked Sendable {
             transports.append(transport)
         }
         self.transports = transports
-        context = MachineContext(pioBus: pio, mmioBus: mmio, memory: memory, emulationFixups: isPVMHost, latch: latch)
-        resetFlag.target = context
+        context = MachineContext(pioBus: pio, mmioBus: mmio, memory: memory, emulationFixups: isPVMHost, latch: latch, resetRequest: resetRequest)
     }
 
     /// Runs the machine until it ends, and reports how.
@@ -245,7 +242,7 @@ public final class Machine: @unchecked Sendable {
         let latch = context.latch
         let kick = swl_sigrtmin()
         let deadline = config.timeoutSeconds.map { Clock.monotonicNanos() + UInt64($0 * 1e9) }
-        var fds = [pollfd(fd: latch.eventfd, events: Int16(POLLIN), revents: 0)]
+        var fds = [pollfd(fd: latch.event.fd, events: Int16(POLLIN), revents: 0)]
         if signalFD >= 0 { fds.append(pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0)) }
         var probe: UInt64 = 0
         var deadRounds = 0
@@ -309,10 +306,12 @@ final class BootTimerRecord: @unchecked Sendable {
     var value: UInt64? { let v = stored.load(ordering: .relaxed); return v == 0 ? nil : v }
 }
 
-/// Lets the i8042 (built before the context) raise the reset flag in it.
-final class ResetFlag: @unchecked Sendable {
-    nonisolated(unsafe) var target: MachineContext?
-    func set() { target?.resetRequested.store(true, ordering: .releasing) }
+/// Set by the i8042 when the guest pulses reset; the vCPU that wrote the
+/// command classifies it (see `VcpuRunner.classifyReset`).
+final class ResetRequest: Sendable {
+    private let flag = Atomic<Bool>(false)
+    func set() { flag.store(true, ordering: .releasing) }
+    var isSet: Bool { flag.load(ordering: .acquiring) }
 }
 
 /// Registers guest memory with KVM on a helper thread (see `Machine.init`).

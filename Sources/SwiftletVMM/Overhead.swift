@@ -2,18 +2,14 @@ import Glibc
 import SwiftletSys
 
 extension Machine {
-    /// The VMM's own resident memory: the process RSS minus the resident
-    /// pages of guest memory.
+    /// The VMM's resident memory outside guest memory, in bytes: all of it
+    /// (`rss`, including shared code pages of the binary and libraries) and
+    /// the anonymous part alone (`anonymous`: heap, stacks, data).
     ///
     /// Guest memory is several mappings (anonymous RAM, and the kernel and
     /// initrd files mapped over it), so its resident size is summed from the
     /// `Rss:` of every /proc/self/smaps entry inside a guest region. (mincore
     /// would count file pages that are only in the page cache.)
-    public func hostOverheadBytes() -> Int { hostOverhead().rss }
-
-    /// The VMM's resident memory outside guest memory: all of it (`rss`,
-    /// including shared code pages of the binary and libraries) and the
-    /// anonymous part alone (`anonymous`: heap, stacks, data), in bytes.
     public func hostOverhead() -> (rss: Int, anonymous: Int) {
         let ranges = memory.regions.map { (UInt(bitPattern: $0.host), UInt(bitPattern: $0.host) + UInt($0.size)) }
         var guestKiB = 0, totalKiB = 0, anonKiB = 0

@@ -12,7 +12,7 @@ final class ConsoleInput: @unchecked Sendable {
     static let escapeKey: UInt8 = 0x01 // Ctrl-A
     private let serial: Serial8250
     private let inputFD: Int32
-    private let stopFD: Int32
+    private let stopEvent: EventFD
     private let onEscape: @Sendable () -> Void
     private var savedTermios: termios?
     private var thread: pthread_t?
@@ -21,12 +21,8 @@ final class ConsoleInput: @unchecked Sendable {
         self.serial = serial
         self.inputFD = inputFD
         self.onEscape = onEscape
-        let fd = swl_eventfd_new()
-        guard fd >= 0 else { throw .last("eventfd") }
-        stopFD = fd
+        stopEvent = try EventFD()
     }
-
-    deinit { close(stopFD) }
 
     /// Starts forwarding, if stdin is open at all.
     func start() throws(SystemError) {
@@ -45,14 +41,13 @@ final class ConsoleInput: @unchecked Sendable {
 
     /// Stops forwarding and restores the terminal.
     func stop() {
-        var one: UInt64 = 1
-        _ = Glibc.write(stopFD, &one, 8)
+        stopEvent.signal()
         if let t = thread { pthread_join(t, nil); thread = nil }
         if var t = savedTermios { tcsetattr(inputFD, TCSANOW, &t); savedTermios = nil }
     }
 
     private func pump() {
-        var fds = [pollfd(fd: inputFD, events: Int16(POLLIN), revents: 0), pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
+        var fds = [pollfd(fd: inputFD, events: Int16(POLLIN), revents: 0), pollfd(fd: stopEvent.fd, events: Int16(POLLIN), revents: 0)]
         var buffer = [UInt8](repeating: 0, count: 256)
         var escapePending = false
         while true {
@@ -80,7 +75,7 @@ final class ConsoleInput: @unchecked Sendable {
                 sent += serial.enqueueInput(bytes[sent...])
                 if sent < bytes.count {
                     // The FIFO is full: wait for the guest to drain it, or for stop.
-                    var stopOnly = [pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
+                    var stopOnly = [pollfd(fd: stopEvent.fd, events: Int16(POLLIN), revents: 0)]
                     if poll(&stopOnly, 1, 2) > 0 { return }
                 }
             }

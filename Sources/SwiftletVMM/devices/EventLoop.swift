@@ -10,22 +10,21 @@ import SwiftletSys
 /// Handlers run on this thread only, one at a time.
 final class EventLoop: @unchecked Sendable {
     private let epollFD: Int32
-    private let stopFD: Int32
+    private let stopEvent: EventFD
     private var handlers: [@Sendable () -> Void] = []
     private var thread: pthread_t?
 
     init() throws(SystemError) {
         epollFD = swl_epoll_create()
         guard epollFD >= 0 else { throw .last("epoll_create1") }
-        stopFD = swl_eventfd_new()
-        guard stopFD >= 0 else {
-            let e = SystemError.last("eventfd")
+        do {
+            stopEvent = try EventFD()
+        } catch {
             close(epollFD)
-            throw e
+            throw error
         }
-        guard swl_epoll_add(epollFD, stopFD, UInt64.max) == 0 else {
+        guard swl_epoll_add(epollFD, stopEvent.fd, UInt64.max) == 0 else {
             let e = SystemError.last("epoll_ctl")
-            close(stopFD)
             close(epollFD)
             throw e
         }
@@ -33,7 +32,6 @@ final class EventLoop: @unchecked Sendable {
 
     deinit {
         stop()
-        close(stopFD)
         close(epollFD)
     }
 
@@ -69,8 +67,7 @@ final class EventLoop: @unchecked Sendable {
     /// Stops the loop and joins its thread. Safe to call twice.
     func stop() {
         guard let t = thread else { return }
-        var one: UInt64 = 1
-        _ = Glibc.write(stopFD, &one, 8)
+        stopEvent.signal()
         pthread_join(t, nil)
         thread = nil
     }
@@ -78,28 +75,4 @@ final class EventLoop: @unchecked Sendable {
 
 extension Array {
     subscript(safe index: Int) -> Element? { indices.contains(index) ? self[index] : nil }
-}
-
-/// An eventfd owned by a device (ioeventfd or irqfd).
-final class EventFD: @unchecked Sendable {
-    let fd: Int32
-
-    init() throws(SystemError) {
-        fd = swl_eventfd_new()
-        guard fd >= 0 else { throw .last("eventfd") }
-    }
-
-    deinit { close(fd) }
-
-    func signal() {
-        var one: UInt64 = 1
-        _ = Glibc.write(fd, &one, 8)
-    }
-
-    /// Reads and clears the counter; false when it was zero.
-    @discardableResult
-    func drain() -> Bool {
-        var value: UInt64 = 0
-        return Glibc.read(fd, &value, 8) == 8
-    }
 }

@@ -14,14 +14,15 @@ final class MachineContext: Sendable {
     /// Complete the instructions PVM's emulator fails on (nested PVM hosts only).
     let emulationFixups: Bool
     let latch: ExitLatch
-    /// Set by the i8042 when the guest pulses reset; the writing vCPU classifies it.
-    let resetRequested = Atomic<Bool>(false)
+    /// Set by the i8042 when the guest pulses reset.
+    let resetRequest: ResetRequest
     /// Microseconds since process start of the first KVM_RUN, and of the first exit.
     let firstRunMicros = Atomic<UInt64>(0)
     let firstExitMicros = Atomic<UInt64>(0)
     let firstRunCPUMicros = Atomic<UInt64>(0)
 
-    init(pioBus: Bus, mmioBus: Bus, memory: GuestMemory, emulationFixups: Bool, latch: ExitLatch) {
+    init(pioBus: Bus, mmioBus: Bus, memory: GuestMemory, emulationFixups: Bool, latch: ExitLatch, resetRequest: ResetRequest) {
+        self.resetRequest = resetRequest
         self.pioBus = pioBus
         self.mmioBus = mmioBus
         self.memory = memory
@@ -33,15 +34,12 @@ final class MachineContext: Sendable {
 /// Records the first reason the machine ended, and wakes the waiting thread.
 final class ExitLatch: Sendable {
     private let exit = Mutex<MachineExit?>(nil)
-    /// An eventfd the main thread polls; written once the machine ends.
-    let eventfd: Int32
+    /// The main thread polls it; signalled once the machine ends.
+    let event: EventFD
 
     init() throws(SystemError) {
-        let fd = swl_eventfd_new()
-        guard fd >= 0 else { throw .last("eventfd") }
-        eventfd = fd
+        event = try EventFD()
     }
-    deinit { close(eventfd) }
 
     /// Records `reason` unless the machine already ended. Returns true if it was first.
     @discardableResult
@@ -51,10 +49,7 @@ final class ExitLatch: Sendable {
             e = reason
             return true
         }
-        if first {
-            var one: UInt64 = 1
-            _ = Glibc.write(eventfd, &one, 8)
-        }
+        if first { event.signal() }
         return first
     }
 
@@ -115,7 +110,7 @@ final class VcpuRunner: @unchecked Sendable {
             stats.io += 1
             if isWrite {
                 context.pioBus.write(UInt64(port), UnsafeRawBufferPointer(data))
-                if context.resetRequested.load(ordering: .acquiring) { return classifyReset() }
+                if context.resetRequest.isSet { return classifyReset() }
             } else {
                 context.pioBus.read(UInt64(port), data)
             }

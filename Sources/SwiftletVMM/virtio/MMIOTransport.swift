@@ -82,13 +82,13 @@ final class VirtioMMIOTransport: BusDevice, @unchecked Sendable {
     init(device: any VirtioDeviceModel, memory: GuestMemory) throws(VMMError) {
         self.device = device
         self.memory = memory
-        do {
+        do throws(SystemError) {
             interrupt = try EventFD()
-            notifiers = try device.queueMaxSizes.map { _ throws(SystemErrorBox) in try EventFD.make() }
-        } catch let e as SystemErrorBox {
-            throw .system(e.error)
+            var notifiers: [EventFD] = []
+            for _ in device.queueMaxSizes { notifiers.append(try EventFD()) }
+            self.notifiers = notifiers
         } catch {
-            throw .invalidConfig("\(error)")
+            throw .system(error)
         }
         state = Mutex(State(queues: device.queueMaxSizes.map { QueueSetup(size: $0) }))
     }
@@ -251,14 +251,5 @@ final class VirtioMMIOTransport: BusDevice, @unchecked Sendable {
             interruptStatus.bitwiseOr(Self.interruptUsedBuffer, ordering: .acquiringAndReleasing)
             interrupt.signal()
         }
-    }
-}
-
-/// Lets a typed-throws closure carry a SystemError out of `map`.
-struct SystemErrorBox: Error { let error: SystemError }
-
-extension EventFD {
-    static func make() throws(SystemErrorBox) -> EventFD {
-        do { return try EventFD() } catch { throw SystemErrorBox(error: error) }
     }
 }
