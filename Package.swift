@@ -13,6 +13,7 @@ import PackageDescription
 /// - `SwiftletDevices`: the legacy devices (8250 UART, i8042, boot timer) and the I/O buses.
 /// - `SwiftletVirtio`: split virtqueues and the virtio devices' request handling (block).
 /// - `SwiftletVMM`: assembles a machine and runs it.
+/// - `SwiftletSandbox`: `swiftlet run`: the guest agent's protocol and one command in a throwaway VM.
 /// - `swiftlet`: the command-line tool.
 let package = Package(
     name: "Swiftlet",
@@ -39,10 +40,11 @@ let package = Package(
             name: "SwiftletVMM",
             dependencies: ["SwiftletSys", "SwiftletMemory", "SwiftletX86", "SwiftletKVM", "SwiftletDevices", "SwiftletVirtio", "CSwiftlet"]
         ),
+        .target(name: "SwiftletSandbox", dependencies: ["SwiftletVMM", "SwiftletSys", "CSwiftlet"]),
         .executableTarget(
             name: "swiftlet",
             dependencies: [
-                "SwiftletVMM", "SwiftletSys",
+                "SwiftletVMM", "SwiftletSandbox", "SwiftletSys",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -50,6 +52,7 @@ let package = Package(
         .testTarget(name: "SwiftletDevicesTests", dependencies: ["SwiftletDevices"]),
         .testTarget(name: "SwiftletVirtioTests", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletSys"]),
         .testTarget(name: "SwiftletCLITests"),
+        .testTarget(name: "SwiftletSandboxTests", dependencies: ["SwiftletSandbox", "SwiftletSys"]),
         .testTarget(
             name: "SwiftletVMMTests",
             dependencies: ["SwiftletVMM", "SwiftletKVM", "SwiftletMemory", "SwiftletX86", "SwiftletSys", "SwiftletVirtio", "CSwiftlet"],

@@ -85,3 +85,6 @@ int swl_signalfd_read(int fd) {
 void swl_test_cpuid(uint32_t *eax, uint32_t *ebx, uint32_t *ecx, uint32_t *edx) {
     __cpuid_count(*eax, 0, *eax, *ebx, *ecx, *edx);
 }
+
+#include <sys/socket.h>
+int swl_accept_nonblocking(int fd) { return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }

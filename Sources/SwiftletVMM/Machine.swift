@@ -125,7 +125,7 @@ public final class Machine: @unchecked Sendable {
         // Devices.
         let latch: ExitLatch
         do { latch = try ExitLatch() } catch { throw .system(error) }
-        let output = ConsoleOutput(fd: config.consoleOutputFD, capture: config.captureConsole)
+        let output = ConsoleOutput(fd: config.consoleOutputFD, capture: config.captureConsole, captureLimit: config.captureConsoleLimit)
         self.output = output
         let vm = self.vm
         serial = Serial8250(output: { output.put($0) }, raiseInterrupt: { try? vm.pulseIRQ(Devices.serialIRQ) })
@@ -233,6 +233,12 @@ public final class Machine: @unchecked Sendable {
             exits: stats,
             console: output.captured
         )
+    }
+
+    /// Ends the machine from any thread: `run` returns `.stopped(reason)`
+    /// unless the machine already ended some other way.
+    public func stop(_ reason: String) {
+        context.latch.finish(.stopped(reason))
     }
 
     /// Waits for the latch, a termination signal, the timeout, or every vCPU

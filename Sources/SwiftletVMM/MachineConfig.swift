@@ -49,6 +49,8 @@ public struct MachineConfig: Sendable {
     public var consoleOutputFD: Int32 = 1
     /// Keep a copy of the console output (for tests).
     public var captureConsole = false
+    /// Keep only the last this many bytes of the captured console.
+    public var captureConsoleLimit = Int.max
     /// Forward the host's stdin to the UART.
     public var consoleInput = false
     /// Where console input comes from (stdin unless a test gives a pipe).

@@ -21,12 +21,15 @@ struct Swiftlet: ParsableCommand {
             Glibc.exit(exit.rawValue)
         } catch {
             let code = exitCode(for: error)
+            // `run` exits with the command's own status, so its own failures take 125.
+            let isRun = CommandLine.arguments.dropFirst().first == "run"
             if code == .success {
                 // --help and --version print their text and succeed.
                 Swiftlet.exit(withError: error)
             }
             let message = Swiftlet.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
             printError(message)
+            if isRun { Glibc.exit(ExitStatus.runFailure) }
             Glibc.exit(code == .validationFailure ? ExitStatus.usage : code.rawValue)
         }
     }
@@ -42,6 +45,8 @@ enum ExitStatus {
     static let guestCrash: Int32 = 2
     /// The `--timeout` ran out.
     static let timeout: Int32 = 124
+    /// `swiftlet run` could not run the command (bad input, no agent in the image).
+    static let runFailure: Int32 = 125
 }
 
 /// Prints `swiftlet: error: MESSAGE` as one line on stderr.

@@ -129,4 +129,7 @@ uint64_t swl_process_cpu_ns(void);
 static inline void swl_atomic_store_u8(uint8_t *p, uint8_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline uint8_t swl_atomic_load_u8(const uint8_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 
+/// accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC) (a _GNU_SOURCE call).
+int swl_accept_nonblocking(int fd);
+
 #endif

@@ -1,24 +1,31 @@
 import Glibc
 import Synchronization
 
-/// Where the guest's UART output goes: a host file descriptor, or a
-/// capturing buffer (tests). Writes are unbuffered so the console is live.
+/// Where the guest's UART output goes: a host file descriptor, and a
+/// capturing buffer (tests, and the sandbox's diagnostics) that keeps at
+/// most the last `captureLimit` bytes. Writes are unbuffered so the console is live.
 final class ConsoleOutput: Sendable {
     let fd: Int32
     let capture: Mutex<[UInt8]>?
+    let captureLimit: Int
 
-    init(fd: Int32, capture: Bool) {
+    init(fd: Int32, capture: Bool, captureLimit: Int = .max) {
         self.fd = fd
         self.capture = capture ? Mutex([]) : nil
+        self.captureLimit = max(1, captureLimit)
     }
 
     func put(_ byte: UInt8) {
-        capture?.withLock { $0.append(byte) }
+        capture?.withLock {
+            $0.append(byte)
+            // Trim in batches: the tail is what matters, and trimming every byte would be quadratic.
+            if $0.count >= 2 * captureLimit { $0.removeFirst($0.count - captureLimit) }
+        }
         if fd >= 0 {
             var b = byte
             while Glibc.write(fd, &b, 1) < 0 && errno == EINTR {}
         }
     }
 
-    var captured: [UInt8] { capture?.withLock { $0 } ?? [] }
+    var captured: [UInt8] { capture?.withLock { Array($0.suffix(captureLimit)) } ?? [] }
 }

@@ -7,7 +7,7 @@ import SwiftletSys
 /// vCPUs must never run on the Swift concurrency pool: a thread blocked in
 /// `KVM_RUN` would starve it. The closure is `@Sendable` because a closure
 /// formed in main-actor code traps when a foreign thread runs it.
-func spawnThread(name: String, _ body: @escaping @Sendable () -> Void) throws(SystemError) -> pthread_t {
+public func spawnThread(name: String, _ body: @escaping @Sendable () -> Void) throws(SystemError) -> pthread_t {
     final class Box: @unchecked Sendable {
         let body: @Sendable () -> Void
         init(_ body: @escaping @Sendable () -> Void) { self.body = body }

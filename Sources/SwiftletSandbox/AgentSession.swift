@@ -1,0 +1,355 @@
+import CSwiftlet
+import Glibc
+import Synchronization
+import SwiftletSys
+
+/// How a session ended.
+public enum SessionOutcome: Sendable {
+    /// The job ran and ended this way.
+    case finished(JobStatus)
+    /// The job ran past its time limit and was abandoned.
+    case timedOut
+    /// A termination signal stopped the run before the job reported an exit.
+    case interrupted(signal: Int32)
+    /// The machine ended, or the session was stopped, before the job finished.
+    case abandoned
+    /// The agent failed or broke the protocol.
+    case failed(SandboxError)
+}
+
+/// Host-clock timestamps of a session (CLOCK_MONOTONIC ns), 0 when not reached.
+public struct SessionTimeline: Sendable {
+    public var agentConnected: UInt64 = 0
+    public var jobStarted: UInt64 = 0
+    public var firstOutput: UInt64 = 0
+    public var jobExited: UInt64 = 0
+    /// The agent's own start and connect times, on the guest's clock.
+    public var guestAgentStart: UInt64 = 0
+    public var guestAgentConnected: UInt64 = 0
+    /// The job's fork and end, on the guest's clock.
+    public var guestJobStart: UInt64 = 0
+    public var guestJobEnd: UInt64 = 0
+}
+
+/// The host end of one agent connection: sends the job, pumps stdin to the
+/// guest and the guest's stdout and stderr to host descriptors, and reports
+/// the exit.
+///
+/// Runs on its own pthread, polling: the listener (until the agent
+/// connects), the connection, stdin, a termination signalfd and a stop
+/// eventfd. The connection is non-blocking with an output queue, so a guest
+/// that stops reading stdin never stops this side from draining its output.
+public final class AgentSession: @unchecked Sendable {
+    public struct Options: Sendable {
+        /// Listening socket the agent's connection arrives on (borrowed).
+        public var listener: Int32
+        /// Where the job's stdin comes from, when attached.
+        public var stdinFD: Int32 = 0
+        public var stdoutFD: Int32 = 1
+        public var stderrFD: Int32 = 2
+        /// A signalfd for SIGINT/SIGTERM/SIGHUP, or -1.
+        public var signalFD: Int32 = -1
+        /// The job's time limit, counted from its start.
+        public var timeoutSeconds: Double?
+        /// How long the agent may take to connect.
+        public var connectTimeoutSeconds: Double?
+        /// How long a job may take to die after a forwarded signal before it is abandoned.
+        public var signalGraceSeconds: Double = 2
+
+        public init(listener: Int32) { self.listener = listener }
+    }
+
+    let job: AgentJob
+    let options: Options
+    /// Called once, on the session thread, when the outcome is known.
+    let onOutcome: @Sendable (SessionOutcome) -> Void
+    private let stopFD: Int32
+    private var thread: pthread_t?
+    private let state = Mutex<(outcome: SessionOutcome?, timeline: SessionTimeline)>((nil, SessionTimeline()))
+
+    public init(job: AgentJob, options: Options, onOutcome: @escaping @Sendable (SessionOutcome) -> Void) throws(SandboxError) {
+        try job.validate()
+        self.job = job
+        self.options = options
+        self.onOutcome = onOutcome
+        stopFD = swl_eventfd_new()
+        guard stopFD >= 0 else { throw .system(.last("eventfd")) }
+    }
+
+    deinit {
+        stop()
+        close(stopFD)
+    }
+
+    /// The outcome, once known.
+    public var outcome: SessionOutcome? { state.withLock { $0.outcome } }
+    public var timeline: SessionTimeline { state.withLock { $0.timeline } }
+
+    public func start() throws(SandboxError) {
+        do {
+            thread = try spawnThread(name: "agent") { [self] in loop() }
+        } catch {
+            throw .system(error)
+        }
+    }
+
+    /// Asks the session to end (after draining what the agent already sent) and joins it.
+    public func stop() {
+        guard let t = thread else { return }
+        var one: UInt64 = 1
+        _ = write(stopFD, &one, 8)
+        pthread_join(t, nil)
+        thread = nil
+    }
+
+    // MARK: The loop (session thread)
+
+    private func finish(_ o: SessionOutcome) {
+        let first = state.withLock { s -> Bool in
+            if s.outcome != nil { return false }
+            s.outcome = o
+            return true
+        }
+        if first { onOutcome(o) }
+    }
+
+    private func mark(_ update: (inout SessionTimeline) -> Void) {
+        state.withLock { update(&$0.timeline) }
+    }
+
+    private func loop() {
+        // The agent's connection, once accepted; closed when the loop ends.
+        var connection: Int32?
+        defer { if let c = connection { close(c) } }
+        var reader = AgentFrameReader()
+        var outgoing: [UInt8] = []
+        var outgoingSent = 0
+        var stdinOpen = job.stdinAttached
+        var stdoutOpen = true, stderrOpen = true
+        var jobStarted = false
+        var deadline: UInt64?
+        var graceDeadline: UInt64?
+        var connectDeadline = options.connectTimeoutSeconds.map { Clock.monotonicNanos() + UInt64($0 * 1e9) }
+        var pendingSignal: Int32 = 0
+        var chunk = [UInt8](repeating: 0, count: AgentProtocol.maxChunk)
+
+        /// Reads the connection dry. Returns false at EOF or on an error.
+        func receive() -> Bool {
+            guard let c = connection else { return false }
+            while true {
+                let n = chunk.withUnsafeMutableBytes { recv(c, $0.baseAddress, $0.count, 0) }
+                if n > 0 {
+                    chunk.withUnsafeBytes { reader.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                    if !dispatch() { return false }
+                    continue
+                }
+                if n == 0 { return false }
+                if errno == EINTR { continue }
+                return errno == EAGAIN
+            }
+        }
+
+        /// Handles decoded messages. Returns false when the session is over.
+        func dispatch() -> Bool {
+            while true {
+                let message: AgentMessage?
+                do {
+                    message = try reader.next()
+                } catch {
+                    finish(.failed(error))
+                    return false
+                }
+                guard let m = message else { return true }
+                switch m {
+                case let .hello(version, started, connected):
+                    guard version == AgentProtocol.version else {
+                        finish(.failed(.protocolViolation("agent speaks version \(version), this host \(AgentProtocol.version)")))
+                        return false
+                    }
+                    mark { $0.guestAgentStart = started; $0.guestAgentConnected = connected }
+                    connectDeadline = nil
+                case let .stdout(bytes):
+                    if !bytes.isEmpty { noteOutput(); stdoutOpen = emit(bytes, to: options.stdoutFD, open: stdoutOpen) }
+                case let .stderr(bytes):
+                    if !bytes.isEmpty { noteOutput(); stderrOpen = emit(bytes, to: options.stderrFD, open: stderrOpen) }
+                case let .started(_, nanos):
+                    jobStarted = true
+                    let now = Clock.monotonicNanos()
+                    mark { $0.jobStarted = now; $0.guestJobStart = nanos }
+                    if let t = options.timeoutSeconds { deadline = now + UInt64(t * 1e9) }
+                case let .exit(status, nanos):
+                    let now = Clock.monotonicNanos()
+                    mark { $0.jobExited = now; $0.guestJobEnd = nanos }
+                    finish(.finished(status))
+                    return false
+                case let .error(text):
+                    finish(.failed(.agentFailed(text)))
+                    return false
+                case .unknown:
+                    continue
+                }
+            }
+        }
+
+        func noteOutput() {
+            let now = Clock.monotonicNanos()
+            mark { if $0.firstOutput == 0 { $0.firstOutput = now } }
+        }
+
+        func queue(_ frame: [UInt8]) {
+            if outgoingSent == outgoing.count {
+                outgoing.removeAll(keepingCapacity: true)
+                outgoingSent = 0
+            }
+            outgoing += frame
+        }
+
+        func signalFrame(_ signo: Int32) -> [UInt8] {
+            var p: [UInt8] = []
+            AgentProtocol.appendLE(UInt32(signo), to: &p)
+            var f: [UInt8] = []
+            AgentProtocol.appendFrame(.signal, p, to: &f)
+            return f
+        }
+
+        /// Sends what is queued without blocking. Returns false when the connection broke.
+        func flush() -> Bool {
+            guard let c = connection else { return true }
+            while outgoingSent < outgoing.count {
+                let n = outgoing.withUnsafeBytes {
+                    send(c, $0.baseAddress! + outgoingSent, $0.count - outgoingSent, Int32(MSG_NOSIGNAL))
+                }
+                if n > 0 { outgoingSent += n; continue }
+                if n < 0 && errno == EINTR { continue }
+                return n < 0 && errno == EAGAIN
+            }
+            return true
+        }
+
+        func readStdin() {
+            let n = chunk.withUnsafeMutableBytes { read(options.stdinFD, $0.baseAddress, $0.count) }
+            if n < 0 && (errno == EINTR || errno == EAGAIN) { return }
+            var f: [UInt8] = []
+            // EOF, or an error that ends stdin all the same: an empty STDIN frame.
+            AgentProtocol.appendFrame(.stdin, n > 0 ? chunk[0..<n] : [], to: &f)
+            if n <= 0 { stdinOpen = false }
+            queue(f)
+        }
+
+        func onSignal() {
+            let signo = swl_signalfd_read(options.signalFD)
+            guard signo > 0 else { return }
+            // Before the job runs, or at the second signal: stop at once.
+            // Otherwise the job gets the signal and a grace period to exit on its own.
+            if !jobStarted || graceDeadline != nil {
+                finish(.interrupted(signal: signo))
+                return
+            }
+            graceDeadline = Clock.monotonicNanos() + UInt64(options.signalGraceSeconds * 1e9)
+            pendingSignal = signo
+            queue(signalFrame(signo))
+            _ = flush()
+        }
+
+        while outcome == nil {
+            var fds = [pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
+            let sigIndex = fds.count
+            if options.signalFD >= 0 { fds.append(pollfd(fd: options.signalFD, events: Int16(POLLIN), revents: 0)) }
+            let connIndex = fds.count
+            if let c = connection {
+                let wantOut = outgoingSent < outgoing.count
+                fds.append(pollfd(fd: c, events: Int16(POLLIN) | (wantOut ? Int16(POLLOUT) : 0), revents: 0))
+            } else {
+                fds.append(pollfd(fd: options.listener, events: Int16(POLLIN), revents: 0))
+            }
+            let stdinIndex = fds.count
+            // Read stdin only while the queue to the guest is short: the guest's pace sets ours.
+            if stdinOpen && connection != nil && outgoing.count - outgoingSent < AgentProtocol.maxChunk * 4 {
+                fds.append(pollfd(fd: options.stdinFD, events: Int16(POLLIN), revents: 0))
+            }
+
+            var wait: Int32 = -1
+            let now = Clock.monotonicNanos()
+            for d in [deadline, graceDeadline, connectDeadline].compactMap({ $0 }) {
+                if now >= d { break }
+                let ms = Int32(min((d - now) / 1_000_000 + 1, 60_000))
+                wait = wait < 0 ? ms : min(wait, ms)
+            }
+            if let d = graceDeadline, now >= d { finish(.interrupted(signal: pendingSignal)); break }
+            if let d = deadline, now >= d { finish(.timedOut); break }
+            if let d = connectDeadline, now >= d {
+                finish(.failed(.agentMissing("the guest agent did not connect within \(Int(options.connectTimeoutSeconds ?? 0)) s")))
+                break
+            }
+
+            let n = poll(&fds, nfds_t(fds.count), wait)
+            if n < 0 {
+                if errno == EINTR { continue }
+                finish(.failed(.system(.last("poll"))))
+                break
+            }
+            if fds[0].revents != 0 {
+                // The machine ended: take what the agent already sent, then stop.
+                if connection != nil { _ = receive() }
+                finish(.abandoned)
+                break
+            }
+            if options.signalFD >= 0 && fds[sigIndex].revents != 0 { onSignal() }
+            if outcome != nil { break }
+
+            let ev = fds[connIndex].revents
+            if connection == nil {
+                if ev != 0 {
+                    do {
+                        if let c = try UnixSocket.accept(options.listener) {
+                            connection = c.release()
+                            let t = Clock.monotonicNanos()
+                            mark { $0.agentConnected = t }
+                            queue(AgentProtocol.jobFrame(job))
+                            _ = flush()
+                        }
+                    } catch {
+                        finish(.failed(.system(error)))
+                    }
+                }
+                continue
+            }
+            if ev & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
+                if !receive() {
+                    if outcome == nil {
+                        finish(.failed(.agentLost("the guest agent disconnected before the command finished")))
+                    }
+                    break
+                }
+            }
+            if ev & Int16(POLLOUT) != 0 && !flush() {
+                finish(.failed(.agentLost("the guest agent disconnected before the command finished")))
+                break
+            }
+            if fds.count > stdinIndex && fds[stdinIndex].revents != 0 {
+                readStdin()
+                _ = flush()
+            }
+        }
+    }
+
+    /// Writes job output to a host descriptor, blocking as a pipe would.
+    /// Returns false once the reader went away (EPIPE): later output is dropped.
+    private func emit(_ bytes: [UInt8], to fd: Int32, open: Bool) -> Bool {
+        guard open else { return false }
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, $0.count - done) }
+            if n > 0 { done += n; continue }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 && errno == EAGAIN {
+                // A non-blocking descriptor inherited from the caller: wait until it drains.
+                var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                _ = poll(&p, 1, -1)
+                continue
+            }
+            return false
+        }
+        return true
+    }
+}

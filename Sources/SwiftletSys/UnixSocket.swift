@@ -1,0 +1,76 @@
+import CSwiftlet
+import Glibc
+
+/// Unix stream sockets, non-blocking and close-on-exec.
+///
+/// A path that starts with `@` names a Linux abstract socket: it lives in no
+/// filesystem and vanishes with the last descriptor, so a process that dies
+/// by SIGKILL leaves nothing behind.
+public enum UnixSocket {
+    /// The longest path `sockaddr_un` holds.
+    public static let maxPathLength = MemoryLayout.size(ofValue: sockaddr_un().sun_path) - 1
+
+    /// Builds the address for `path` and calls `body` with it and its length.
+    public static func withAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) throws(SystemError) -> R {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        var bytes = Array(path.utf8)
+        let abstract = bytes.first == UInt8(ascii: "@")
+        if abstract { bytes[0] = 0 }
+        guard !bytes.isEmpty, bytes.count <= maxPathLength else { throw SystemError("socket path \(path)", errno: ENAMETOOLONG) }
+        withUnsafeMutableBytes(of: &addr.sun_path) { dst in
+            for (i, b) in bytes.enumerated() { dst[i] = b }
+        }
+        // Abstract names are exactly their bytes long; paths end at their NUL.
+        let length = MemoryLayout<sa_family_t>.size + bytes.count + (abstract ? 0 : 1)
+        return withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(length)) }
+        }
+    }
+
+    /// A new, unconnected socket.
+    public static func make() throws(SystemError) -> OwnedFD {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw .last("socket(AF_UNIX)") }
+        return OwnedFD(taking: fd)
+    }
+
+    /// A socket listening at `path`. A filesystem path must not exist yet.
+    public static func listen(at path: String, backlog: Int32 = 64) throws(SystemError) -> OwnedFD {
+        let s = try make()
+        let rc = try withAddress(path) { bind(s.raw, $0, $1) }
+        guard rc == 0 else { throw .last("bind(\(path))") }
+        guard Glibc.listen(s.raw, backlog) == 0 else {
+            let e = SystemError.last("listen(\(path))")
+            if !path.hasPrefix("@") { unlink(path) }
+            throw e
+        }
+        return s
+    }
+
+    /// Connects without blocking. Unix sockets connect at once or fail
+    /// (ECONNREFUSED, ENOENT; EAGAIN when the listener's backlog is full).
+    public static func connect(to path: String) throws(SystemError) -> OwnedFD {
+        let s = try make()
+        let rc = try withAddress(path) { addr, len in
+            var r: Int32
+            repeat { r = Glibc.connect(s.raw, addr, len) } while r != 0 && errno == EINTR
+            return r
+        }
+        guard rc == 0 else { throw .last("connect(\(path))") }
+        return s
+    }
+
+    /// Accepts one pending connection, non-blocking and close-on-exec; nil when none is pending.
+    public static func accept(_ listener: Int32) throws(SystemError) -> OwnedFD? {
+        while true {
+            let fd = swl_accept_nonblocking(listener)
+            if fd >= 0 { return OwnedFD(taking: fd) }
+            switch errno {
+            case EINTR, ECONNABORTED: continue
+            case EAGAIN: return nil
+            default: throw .last("accept4")
+            }
+        }
+    }
+}
