@@ -15,6 +15,11 @@ public enum BlockError: Error, Equatable, Sendable, CustomStringConvertible {
     case notAnImage(String)
     /// The drive's serial is longer than 20 bytes.
     case invalidID(String)
+    /// The drive was asked to be both read-only and ephemeral (ephemeral
+    /// drives are writable; their writes are dropped at the end).
+    case readOnlyEphemeral(String)
+    /// The overlay of an ephemeral drive could not be created.
+    case overlay(String, SystemError)
     /// Any other failure of the call named in the error.
     case system(SystemError)
 
@@ -26,15 +31,20 @@ public enum BlockError: Error, Equatable, Sendable, CustomStringConvertible {
         case let .badSize(path, size): return "disk image \(path) is \(size) bytes, not a multiple of 512"
         case let .notAnImage(path): return "disk image \(path) is not a regular file or block device"
         case let .invalidID(id): return "drive id \"\(id)\" is longer than 20 bytes"
+        case let .readOnlyEphemeral(path): return "disk image \(path): ro and ephemeral exclude each other (an ephemeral drive is writable, its writes dropped at exit)"
+        case let .overlay(path, e): return "disk image \(path): cannot create the ephemeral overlay: \(e)"
         case let .system(e): return "disk image: \(e)"
         }
     }
 }
 
-/// A raw disk image behind a virtio-blk device.
+/// A disk image behind a virtio-blk device: a raw image, or an ephemeral
+/// drive (a read-only base under a per-run copy-on-write overlay).
 ///
-/// Requests are served with positioned I/O straight between the image and
-/// guest memory, so `handle` may run on several threads at once (one per queue).
+/// Requests are served with positioned I/O straight between the files and
+/// guest memory. The VMM calls `handle` on its device event loop thread; a
+/// raw drive may also be served from several threads at once (one per
+/// queue), and an ephemeral one serializes its requests on a mutex.
 public final class BlockBackend: @unchecked Sendable {
     /// The image path, for messages.
     public let path: String
@@ -42,20 +52,34 @@ public final class BlockBackend: @unchecked Sendable {
     public let sectors: UInt64
     /// Whether the guest may only read.
     public let readOnly: Bool
+    /// Whether the guest's writes go to a per-run overlay, leaving the image unchanged.
+    public let ephemeral: Bool
     /// The GET_ID answer: 20 bytes, NUL-padded.
     public let id: [UInt8]
-    /// The open image, holding its flock until the backend goes away.
-    let file: OwnedFD
+    /// Where the bytes live; holds the image open, and its flock, until the backend goes away.
+    let store: BlockStore
     /// `virtio_blk_config`, built once: nothing in it changes.
     private let config: [UInt8]
 
     /// Opens a raw image and locks it: exclusively when writable, shared when
     /// read-only, so no image is attached writable twice.
+    ///
+    /// An `ephemeral` drive is writable, but its image is only the base: it is
+    /// opened read-only and locked shared (so any number of runs share it and
+    /// nobody attaches it writable meanwhile), and the guest's writes go to an
+    /// unlinked overlay created in `overlayDirectory` (default `$TMPDIR`, else
+    /// /tmp; a memfd where that cannot hold one) that vanishes with the
+    /// backend or the process, however it ends. It cannot be `readOnly` too.
+    ///
     /// `id` is the serial the guest sees (at most 20 bytes); by default it is
-    /// derived from the file's device and inode numbers.
-    public init(path: String, readOnly: Bool, id: String?) throws(BlockError) {
+    /// derived from the image's (the base's) device and inode numbers.
+    public init(path: String, readOnly: Bool, ephemeral: Bool = false, id: String?,
+                overlayDirectory: String? = nil) throws(BlockError) {
         if let id, id.utf8.count > VirtioBlock.idLength { throw .invalidID(id) }
-        let file = try Self.open(path, readOnly: readOnly)
+        guard !(readOnly && ephemeral) else { throw .readOnlyEphemeral(path) }
+        // The image itself is only read when the drive is read-only or ephemeral.
+        let shared = readOnly || ephemeral
+        let file = try Self.open(path, readOnly: shared)
         let fd = file.raw
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw .system(.last("fstat(\(path))")) }
@@ -65,7 +89,7 @@ public final class BlockBackend: @unchecked Sendable {
         let size = Int64(lseek(fd, 0, SEEK_END))
         guard size >= 0 else { throw .system(.last("lseek(\(path))")) }
         guard size % Int64(VirtioBlock.sectorSize) == 0 else { throw .badSize(path, size: size) }
-        let lock = (readOnly ? LOCK_SH : LOCK_EX) | LOCK_NB
+        let lock = (shared ? LOCK_SH : LOCK_EX) | LOCK_NB
         do {
             _ = try retryingEINTR("flock(\(path))") { flock(fd, lock) }
         } catch {
@@ -75,11 +99,16 @@ public final class BlockBackend: @unchecked Sendable {
         var serial = Array((id ?? Self.defaultID(st)).utf8.prefix(VirtioBlock.idLength))
         serial += [UInt8](repeating: 0, count: VirtioBlock.idLength - serial.count)
 
+        if ephemeral {
+            store = .copyOnWrite(try CopyOnWriteStore(base: file, size: size, directory: overlayDirectory, path: path))
+        } else {
+            store = .raw(file)
+        }
         self.path = path
         self.sectors = UInt64(size) / UInt64(VirtioBlock.sectorSize)
         self.readOnly = readOnly
+        self.ephemeral = ephemeral
         self.id = serial
-        self.file = file
         self.config = VirtioBlock.configSpace(sectors: sectors, readOnly: readOnly)
     }
 
@@ -93,6 +122,14 @@ public final class BlockBackend: @unchecked Sendable {
             case EACCES where !readOnly, EROFS where !readOnly, EPERM where !readOnly: throw .readOnlyImage(path)
             default: throw .system(error)
             }
+        }
+    }
+
+    /// The overlay's descriptor when the drive is ephemeral (for tests).
+    var overlayFD: Int32? {
+        switch store {
+        case .raw: return nil
+        case .copyOnWrite(let cow): return cow.overlay.raw
         }
     }
 

@@ -55,8 +55,7 @@ extension BlockBackend {
             return (VirtioBlock.statusOK, 0)
 
         case VirtioBlock.requestFlush:
-            let fd = file.raw
-            guard (try? retryingFsync(fd)) != nil else { return ioError }
+            guard store.flush() == nil else { return ioError }
             return (VirtioBlock.statusOK, 0)
 
         case VirtioBlock.requestGetID:
@@ -82,13 +81,12 @@ extension BlockBackend {
         return done ? (VirtioBlock.statusOK, count) : (VirtioBlock.statusIOError, 0)
     }
 
-    /// Moves `count` bytes at `at` in the chain's writable (IN: file to guest)
-    /// or readable (OUT: guest to file) part, straight between the file and
-    /// checked host views of guest memory. False on any failure.
+    /// Moves `count` bytes at `at` in the chain's writable (IN: disk to guest)
+    /// or readable (OUT: guest to disk) part, straight between the store's
+    /// files and checked host views of guest memory. False on any failure.
     private func transfer(_ chain: DescriptorChain, memory: GuestMemory, writable: Bool, at: Int, count: Int, fileOffset: Int64) -> Bool {
         // One iovec per guest buffer at most; on the stack for typical chains.
         let capacity = writable ? chain.writableCount : chain.readableCount
-        let fd = file.raw
         return withUnsafeTemporaryAllocation(of: iovec.self, capacity: capacity) { iovs in
             var used = 0
             do {
@@ -102,8 +100,8 @@ extension BlockBackend {
             } catch {
                 return false
             }
-            // IN reads the file into guest memory: the device writes the guest's writable part.
-            return FileIO.transfer(fd, UnsafeMutableBufferPointer(rebasing: iovs[0..<used]), offset: fileOffset, write: !writable) == nil
+            // IN reads the disk into guest memory: the device writes the guest's writable part.
+            return store.transfer(UnsafeMutableBufferPointer(rebasing: iovs[0..<used]), offset: fileOffset, write: !writable) == nil
         }
     }
 
@@ -175,33 +173,11 @@ extension BlockBackend {
             else { return VirtioBlock.statusIOError }
             ranges.append((offset, Int64(count) * Int64(VirtioBlock.sectorSize), unmap))
         }
-        let fd = file.raw
         for r in ranges where r.length > 0 {
-            let punch = FileIO.punchHole | FileIO.keepSize
-            if !zero {
-                // Discard is a hint: a file system that cannot punch holes keeps the data.
-                switch FileIO.fallocate(fd, mode: punch, offset: r.offset, length: r.length) {
-                case nil, EOPNOTSUPP?: continue
-                default: return VirtioBlock.statusIOError
-                }
-            }
-            // Write zeroes: punch (when unmapping is allowed) or zero the range,
-            // falling back to the other and then to writing zeros.
-            let zeroRange = FileIO.zeroRange | FileIO.keepSize
-            var failure = FileIO.fallocate(fd, mode: r.unmap ? punch : zeroRange, offset: r.offset, length: r.length)
-            if failure != nil {
-                failure = FileIO.fallocate(fd, mode: r.unmap ? zeroRange : punch, offset: r.offset, length: r.length)
-            }
-            if failure != nil {
-                failure = FileIO.writeZeros(fd, offset: r.offset, length: r.length)
-            }
+            let failure = zero ? store.writeZeroes(offset: r.offset, length: r.length, unmap: r.unmap)
+                               : store.discard(offset: r.offset, length: r.length)
             if failure != nil { return VirtioBlock.statusIOError }
         }
         return VirtioBlock.statusOK
     }
-}
-
-/// fdatasync, retrying EINTR.
-private func retryingFsync(_ fd: Int32) throws(SystemError) {
-    _ = try retryingEINTR("fdatasync") { fdatasync(fd) }
 }

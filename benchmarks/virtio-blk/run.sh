@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the in-process virtio-blk benchmark (release, swiftc over the module
 # sources; no Package.swift target) and runs it.
-#   benchmarks/virtio-blk/run.sh [image-directory (default /tmp)] [repetitions (default 3)] [workload filter, e.g. "4K seq read"]
+#   benchmarks/virtio-blk/run.sh [image-directory (default /tmp)] [repetitions (default 3)] [workload filter, e.g. "4K seq read"] [ephemeral]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${BENCH_BUILD:-$root/.build-bench}"
