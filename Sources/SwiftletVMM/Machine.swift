@@ -40,6 +40,8 @@ public final class Machine: @unchecked Sendable {
     let output: ConsoleOutput
     let context: MachineContext
     let transports: [VirtioMMIOTransport]
+    /// The vsock device, when configured (its transport is the last of `transports`).
+    let vsock: VsockModel?
     let bootTimerMicros = BootTimerRecord()
     /// The host has nested PVM KVM.
     public let isPVMHost: Bool
@@ -59,12 +61,23 @@ public final class Machine: @unchecked Sendable {
         var blockBackends: [BlockBackend] = []
         for drive in config.drives {
             do {
-                blockBackends.append(try BlockBackend(path: drive.path, readOnly: drive.readOnly, id: drive.id))
+                blockBackends.append(try BlockBackend(path: drive.path, readOnly: drive.readOnly, ephemeral: drive.ephemeral, id: drive.id))
             } catch {
                 throw .invalidConfig("drive \(drive.path): \(error)")
             }
         }
-        let virtioArguments = blockBackends.indices.map { i in
+        // The vsock listener is bound now too, so a path in use fails early.
+        var vsock: VsockModel?
+        if let v = config.vsock {
+            do {
+                vsock = VsockModel(muxer: try VsockMuxer(guestCID: v.guestCID, udsPath: v.udsPath))
+            } catch {
+                throw .invalidConfig("\(error)")
+            }
+        }
+        self.vsock = vsock
+        let virtioCount = blockBackends.count + (vsock == nil ? 0 : 1)
+        let virtioArguments = (0..<virtioCount).map { i in
             "virtio_mmio.device=4K@0x\(String(Devices.virtioWindow(i), radix: 16)):\(Devices.virtioGSI(i))"
         }
 
@@ -141,8 +154,10 @@ public final class Machine: @unchecked Sendable {
             throw .bus(error)
         }
         var transports: [VirtioMMIOTransport] = []
-        for (i, backend) in blockBackends.enumerated() {
-            let transport = try VirtioMMIOTransport(device: BlockModel(backend: backend), memory: memory)
+        let models: [any VirtioDeviceModel] = blockBackends.map { BlockModel(backend: $0) } + (vsock.map { [$0] } ?? [])
+        for (i, model) in models.enumerated() {
+            let transport = try VirtioMMIOTransport(device: model, memory: memory)
+            if model === vsock { vsock?.transport = transport }
             let base = Devices.virtioWindow(i)
             do {
                 try mmio.insert(transport, base: base, size: VirtioMMIOTransport.windowSize)
@@ -162,6 +177,10 @@ public final class Machine: @unchecked Sendable {
         self.transports = transports
         context = MachineContext(pioBus: pio, mmioBus: mmio, memory: memory, emulationFixups: isPVMHost, latch: latch, resetRequest: resetRequest)
     }
+
+    /// Closes the vsock listener and removes its socket file at once, rather
+    /// than whenever the last reference to the device goes.
+    deinit { vsock?.muxer.close() }
 
     /// Runs the machine until it ends, and reports how.
     public func run() throws(VMMError) -> RunReport {
@@ -197,6 +216,7 @@ public final class Machine: @unchecked Sendable {
                     try loop.add(transport.notifiers[q].fd) { transport.serve(queue: q) }
                 }
             }
+            if let vsock { try loop.add(vsock.muxer.pollFD) { vsock.handlePollEvents() } }
             try loop.start()
         } catch {
             throw .system(error)

@@ -26,13 +26,33 @@ public enum BootPayload: Sendable {
 public struct DriveConfig: Sendable, Equatable {
     public var path: String
     public var readOnly: Bool
+    /// The guest may write, but its writes go to a per-run overlay that
+    /// vanishes with the VM: the image is only read (and shared with other
+    /// runs). Implies writable: `readOnly` and `ephemeral` together are an error.
+    public var ephemeral: Bool
     /// The serial the guest reads with GET_ID (at most 20 bytes).
     public var id: String?
 
-    public init(path: String, readOnly: Bool = false, id: String? = nil) {
+    public init(path: String, readOnly: Bool = false, ephemeral: Bool = false, id: String? = nil) {
         self.path = path
         self.readOnly = readOnly
+        self.ephemeral = ephemeral
         self.id = id
+    }
+}
+
+/// A virtio-vsock device with Firecracker's hybrid vsock host side: host
+/// clients connect to `udsPath` and send `CONNECT <port>\n`; guest
+/// connections to CID 2 port P go to the Unix socket `<udsPath>_<P>`.
+public struct VsockConfig: Sendable, Equatable {
+    /// The guest's CID: 3 to 4294967294 (0, 1, 2 and 0xffffffff are reserved).
+    public var guestCID: UInt32
+    /// Where the listener is bound; removed again when the machine goes away.
+    public var udsPath: String
+
+    public init(guestCID: UInt32 = 3, udsPath: String) {
+        self.guestCID = guestCID
+        self.udsPath = udsPath
     }
 }
 
@@ -45,6 +65,8 @@ public struct MachineConfig: Sendable {
     public var cpuTemplate: CPUTemplateChoice = .auto
     /// virtio-blk drives, in order: the first is /dev/vda in the guest.
     public var drives: [DriveConfig] = []
+    /// A virtio-vsock device, after the drives.
+    public var vsock: VsockConfig?
     /// Where the UART's output goes (-1: nowhere).
     public var consoleOutputFD: Int32 = 1
     /// Keep a copy of the console output (for tests).
@@ -92,8 +114,15 @@ public struct MachineConfig: Sendable {
         guard memoryMiB <= hostMiB else {
             throw .invalidConfig("guest memory of \(memoryMiB) MiB is more than the host's \(hostMiB) MiB")
         }
-        guard drives.count <= MachineConfig.maximumVirtioDevices else {
-            throw .invalidConfig("too many drives (\(drives.count); at most \(MachineConfig.maximumVirtioDevices))")
+        guard drives.count + (vsock == nil ? 0 : 1) <= MachineConfig.maximumVirtioDevices else {
+            let plus = vsock == nil ? "" : " and a vsock device"
+            throw .invalidConfig("too many drives (\(drives.count)\(plus); at most \(MachineConfig.maximumVirtioDevices) virtio devices)")
+        }
+        if let vsock, !(vsock.guestCID > 2 && vsock.guestCID != UInt32.max) {
+            throw .invalidConfig("invalid vsock guest CID \(vsock.guestCID) (0, 1, 2 and 4294967295 are reserved)")
+        }
+        for drive in drives where drive.readOnly && drive.ephemeral {
+            throw .invalidConfig("drive \(drive.path): ro and ephemeral exclude each other (an ephemeral drive is writable, its writes dropped at exit)")
         }
         let limit = min(maxVcpus, MachineConfig.maximumVcpus)
         guard vcpuCount >= 1 && vcpuCount <= limit else {

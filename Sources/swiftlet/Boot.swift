@@ -20,10 +20,10 @@ struct Boot: ParsableCommand {
     @Option(help: "Boot from this initramfs instead of a root drive.")
     var initrd: String?
 
-    @Option(help: ArgumentHelp("Root filesystem image, attached as /dev/vda and mounted as / (default: the read-only image built by `make rootfs`).", valueName: "path[,ro]"))
+    @Option(help: ArgumentHelp("Root filesystem image, attached as /dev/vda and mounted as / (default: the read-only image built by `make rootfs`).", valueName: "path[,ro|,ephemeral]"))
     var rootfs: String?
 
-    @Option(name: .customLong("drive"), help: ArgumentHelp("A further virtio-blk drive (/dev/vdb, ...); repeatable.", valueName: "path[,ro][,id=NAME]"))
+    @Option(name: .customLong("drive"), help: ArgumentHelp("A further virtio-blk drive (/dev/vdb, ...); repeatable.", valueName: "path[,ro|,ephemeral][,id=NAME]"))
     var drives: [String] = []
 
     @Option(help: "Replace the whole kernel command line.")
@@ -53,6 +53,12 @@ struct Boot: ParsableCommand {
     @Option(help: "The KVM device node.")
     var kvmDevice: String = "/dev/kvm"
 
+    @Option(name: .customLong("vsock-uds"), help: ArgumentHelp("Add a virtio-vsock device (Firecracker's hybrid vsock): host clients connect here and send `CONNECT <port>\\n`; guest connections to CID 2 port P go to <path>_P.", valueName: "path"))
+    var vsockUDS: String?
+
+    @Option(name: .customLong("vsock-cid"), help: ArgumentHelp("The guest's vsock CID (default 3; 3 to 4294967294). Needs --vsock-uds.", valueName: "cid"))
+    var vsockCID: UInt32?
+
     func validate() throws {
         guard CPUTemplateChoice(rawValue: cpuTemplate) != nil else {
             throw ValidationError("invalid --cpu-template '\(cpuTemplate)' (use auto, host or pvm-safe)")
@@ -61,6 +67,13 @@ struct Boot: ParsableCommand {
         guard cmdline == nil || append == nil else { throw ValidationError("use --cmdline or --append, not both") }
         guard initrd == nil || rootfs == nil else { throw ValidationError("use --initrd or --rootfs, not both") }
         for spec in drives + (rootfs.map { [$0] } ?? []) { _ = try DriveSpec.parse(spec) }
+        if let cid = vsockCID {
+            guard vsockUDS != nil else { throw ValidationError("--vsock-cid needs --vsock-uds") }
+            guard cid > 2 && cid != UInt32.max else {
+                throw ValidationError("invalid --vsock-cid \(cid) (0, 1, 2 and 4294967295 are reserved)")
+            }
+        }
+        if let path = vsockUDS, path.isEmpty { throw ValidationError("--vsock-uds needs a path") }
     }
 
     func run() throws {
@@ -91,6 +104,7 @@ struct Boot: ParsableCommand {
         config.timeoutSeconds = timeout
         config.handleTerminationSignals = true
         config.kvmPath = kvmDevice
+        if let path = vsockUDS { config.vsock = VsockConfig(guestCID: vsockCID ?? 3, udsPath: path) }
 
         let machine = try Machine(config: config)
         let report = try machine.run()
@@ -130,7 +144,8 @@ func requireReadable(_ path: String, what: String, hint: String) throws {
     }
 }
 
-/// `path[,ro][,id=NAME]`, as `--drive` and `--rootfs` take it.
+/// `path[,ro|,ephemeral][,id=NAME]`, as `--drive` and `--rootfs` take it.
+/// `ephemeral`: the guest writes to a throwaway overlay; the image never changes.
 enum DriveSpec {
     static func parse(_ spec: String) throws -> DriveConfig {
         let parts = spec.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
@@ -139,13 +154,18 @@ enum DriveSpec {
         for option in parts.dropFirst() {
             if option == "ro" {
                 drive.readOnly = true
+            } else if option == "ephemeral" {
+                drive.ephemeral = true
             } else if option.hasPrefix("id=") {
                 let id = String(option.dropFirst(3))
                 guard !id.isEmpty, id.utf8.count <= 20 else { throw ValidationError("drive '\(spec)': id must be 1 to 20 bytes") }
                 drive.id = id
             } else {
-                throw ValidationError("drive '\(spec)': unknown option '\(option)' (use ro or id=NAME)")
+                throw ValidationError("drive '\(spec)': unknown option '\(option)' (use ro, ephemeral or id=NAME)")
             }
+        }
+        if drive.readOnly && drive.ephemeral {
+            throw ValidationError("drive '\(spec)': ro and ephemeral exclude each other (an ephemeral drive is writable, its writes dropped at exit)")
         }
         return drive
     }

@@ -132,4 +132,22 @@ static inline uint8_t swl_atomic_load_u8(const uint8_t *p) { return __atomic_loa
 /// accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC) (a _GNU_SOURCE call).
 int swl_accept_nonblocking(int fd);
 
+// ---- epoll with an explicit interest mask (the virtio-vsock muxer) ------------
+// Linux ABI values, so the header needs no <sys/epoll.h>.
+static const uint32_t SWL_EPOLLIN = 0x001;
+static const uint32_t SWL_EPOLLOUT = 0x004;
+static const uint32_t SWL_EPOLLERR = 0x008;
+static const uint32_t SWL_EPOLLHUP = 0x010;
+static const int SWL_EPOLL_CTL_ADD = 1;
+static const int SWL_EPOLL_CTL_DEL = 2;
+static const int SWL_EPOLL_CTL_MOD = 3;
+/// epoll_ctl(epfd, op, fd, {events, data}).
+int swl_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data);
+
+/// getrandom(buf, len, 0), retried until full; 0 on success, -1 with errno.
+int swl_getrandom(void *buf, size_t len);
+
+/// pipe2(fds, flags) (a _GNU_SOURCE call).
+int swl_pipe2(int fds[2], int flags);
+
 #endif

@@ -1,0 +1,72 @@
+import Glibc
+import SwiftletSys
+
+/// The Unix socket host clients connect to (`uds_path` in Firecracker's
+/// hybrid vsock). Owns the listening fd and the socket file: `close` (or
+/// deinit) removes the file, if it is still the one this listener created.
+final class VsockListener {
+    let path: String
+    /// The listening socket; -1 once closed.
+    private(set) var fd: Int32
+    /// The socket file's identity, so `close` never removes a file someone
+    /// else put at the path since. Nil for an abstract name (`@...`).
+    private let fileID: (dev: UInt64, ino: UInt64)?
+
+    /// Listens at `path`. A stale socket file (nothing accepts on it) is
+    /// replaced; a live one, or a path that is not a socket, is an error.
+    init(path: String) throws(VsockError) {
+        guard !path.isEmpty, path.utf8.count <= UnixSocket.maxPathLength, path != "@" else {
+            throw .invalidPath(path)
+        }
+        let socket = try Self.bind(path)
+        self.path = path
+        self.fd = socket.release()
+        fileID = path.hasPrefix("@") ? nil : Self.identity(path)
+    }
+
+    deinit { close() }
+
+    /// Stops listening and removes the socket file. Idempotent.
+    func close() {
+        guard fd >= 0 else { return }
+        _ = Glibc.close(fd)
+        fd = -1
+        if let fileID, let now = Self.identity(path), now == fileID { unlink(path) }
+    }
+
+    private static func bind(_ path: String) throws(VsockError) -> OwnedFD {
+        do {
+            return try UnixSocket.listen(at: path)
+        } catch {
+            guard error.errno == EADDRINUSE else { throw .system(error) }
+        }
+        // Something holds the name. A live listener accepts a connection;
+        // a socket file left by a dead process refuses it.
+        if path.hasPrefix("@") { throw .inUse(path) }
+        var st = stat()
+        guard lstat(path, &st) == 0 else { throw .system(.last("lstat(\(path))")) }
+        guard st.st_mode & S_IFMT == S_IFSOCK else { throw .notASocket(path) }
+        var refused = false
+        do {
+            _ = try UnixSocket.connect(to: path) // closed again at once
+        } catch {
+            // EAGAIN: a live listener whose backlog is full.
+            if error.errno == EAGAIN { throw .inUse(path) }
+            guard error.errno == ECONNREFUSED else { throw .system(error) }
+            refused = true
+        }
+        guard refused else { throw .inUse(path) }
+        guard unlink(path) == 0 || errno == ENOENT else { throw .system(.last("unlink(\(path))")) }
+        do {
+            return try UnixSocket.listen(at: path)
+        } catch {
+            throw error.errno == EADDRINUSE ? .inUse(path) : .system(error)
+        }
+    }
+
+    private static func identity(_ path: String) -> (dev: UInt64, ino: UInt64)? {
+        var st = stat()
+        guard lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK else { return nil }
+        return (UInt64(st.st_dev), UInt64(st.st_ino))
+    }
+}
