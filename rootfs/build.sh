@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Build the Swiftlet guest root filesystem: rootfs.ext4 + initramfs.cpio (busybox + swiftlet-init).
+# Build the Swiftlet guest root filesystem: rootfs.ext4 + initramfs.cpio (busybox,
+# swiftlet-init and swiftlet-agent), plus a native swiftlet-agent for host-side tests.
 #
 #   rootfs/build.sh              build (or reuse) and point $CACHE/default/* at the outputs
 #   rootfs/build.sh --print-dir  print the output directory only (builds nothing)
 #
 # Outputs are content-addressed under $CACHE/rootfs/<key>/, key = first 16 hex of
-# sha256(rootfs/ sources except *.md, busybox-static version, gcc version).
+# sha256(rootfs/ sources except *.md and the agent's tests, busybox-static version, gcc version).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -60,8 +61,9 @@ compute_key() {
   [[ -n $bb_ver ]] || bb_ver="$("$busybox" --help 2>&1 | head -n1)"
   gcc_ver="$(gcc -dumpfullversion 2>/dev/null || gcc -dumpversion)"
   {
-    # Docs don't change the image, so *.md is left out of the key.
-    (cd "$here" && find . -type f ! -name '*.md' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+    # Docs and tests don't change the image, so they are left out of the key.
+    (cd "$here" && find . -type f ! -name '*.md' ! -path './agent/test.sh' ! -path './agent/test/*' -print0 |
+      LC_ALL=C sort -z | xargs -0 sha256sum)
     echo "busybox $bb_ver"
     echo "gcc $gcc_ver"
     echo "root $((EUID == 0))" # non-root builds lack device nodes (see below)
@@ -78,9 +80,10 @@ link_default() {
   mkdir -p "$cache/default"
   ln -sfn "$out/rootfs.ext4" "$cache/default/rootfs.ext4"
   ln -sfn "$out/initramfs.cpio" "$cache/default/initramfs.cpio"
+  ln -sfn "$out/swiftlet-agent" "$cache/default/swiftlet-agent"
 }
 
-if [[ -f $out/rootfs.ext4 && -f $out/initramfs.cpio ]]; then
+if [[ -f $out/rootfs.ext4 && -f $out/initramfs.cpio && -f $out/swiftlet-agent ]]; then
   link_default
   echo "rootfs: cached at $out"
   exit 0
@@ -103,18 +106,27 @@ chmod 0700 "$root/root"
 # `syscall` ABI: on nested PVM KVM neither works (README.md), and on hardware KVM `syscall`
 # is the right one. SWIFTLET_INIT_ABI=int80 builds the int $0x80 variant for experiments.
 # Compiled into the temp dir, never into the repo.
+# The compiler flags (include/freestanding.flags) are shared with swiftlet-agent and
+# rootfs/agent/test.sh.
+mapfile -t cflags <"$here/include/freestanding.flags"
 abi_flag=-DSWL_SYSCALL_INSN
 [[ ${SWIFTLET_INIT_ABI:-syscall} == int80 ]] && abi_flag=
-gcc $abi_flag -static -nostdlib -fno-pie -no-pie -fno-stack-protector -ffreestanding -O2 \
-  -fno-builtin -fno-tree-loop-distribute-patterns -fno-asynchronous-unwind-tables \
-  -Wall -Wextra -Werror -s -Wl,--build-id=none -Wl,-z,noseparate-code -Wl,-z,noexecstack \
-  -Wl,--gc-sections -Wl,-Ttext-segment=0x400000 \
-  -o "$stage/swiftlet-init" "$here/init/init.c"
+gcc $abi_flag "${cflags[@]}" -o "$stage/swiftlet-init" "$here/init/init.c"
 while read -r type _ vaddr _ _ memsz _; do
   if [[ $type == LOAD ]] && ((vaddr + memsz > 0xffffffff)); then die "swiftlet-init: PT_LOAD above 4 GiB"; fi
 done < <(LC_ALL=C readelf -lW "$stage/swiftlet-init")
 install -m 0755 "$stage/swiftlet-init" "$root/sbin/init"
 ln -s /sbin/init "$root/init" # initramfs entry point (the kernel runs /init from an initramfs)
+
+# swiftlet-agent (agent/agent.c, agent/PROTOCOL.md): the same kind of freestanding static
+# binary, always with the `syscall` ABI. init execs it when the kernel command line has
+# SWIFTLET_AGENT=<port>. swiftlet-vsock is the same binary (it looks at argv[0]).
+gcc -DSWL_SYSCALL_INSN "${cflags[@]}" -o "$stage/swiftlet-agent" "$here/agent/agent.c"
+if LC_ALL=C readelf -lW "$stage/swiftlet-agent" | grep -qE 'INTERP|DYNAMIC'; then die "swiftlet-agent is not static"; fi
+install -m 0755 "$stage/swiftlet-agent" "$root/sbin/swiftlet-agent"
+ln -s /sbin/swiftlet-agent "$root/usr/bin/swiftlet-vsock"
+# A native copy: host-side tests run it with --unix (it then never powers off).
+install -m 0755 "$stage/swiftlet-agent" "$tmpout/swiftlet-agent"
 
 install -m 0755 "$busybox" "$root/bin/busybox"
 # Applet links in their usual dirs; `init` and `linuxrc` are skipped: /sbin/init is ours.
@@ -127,6 +139,12 @@ if ((EUID == 0)); then
   mknod -m 0600 "$root/dev/console" c 5 1
   mknod -m 0666 "$root/dev/null" c 1 3
   mknod -m 0640 "$root/dev/mem" c 1 1
+  # For jobs run by the agent (which also seeds the RNG through /dev/urandom).
+  mknod -m 0666 "$root/dev/zero" c 1 5
+  mknod -m 0666 "$root/dev/full" c 1 7
+  mknod -m 0666 "$root/dev/random" c 1 8
+  mknod -m 0666 "$root/dev/urandom" c 1 9
+  mknod -m 0666 "$root/dev/tty" c 5 0
 else
   # swiftlet-init then mounts devtmpfs on /dev itself (a few ms slower), and files are
   # owned by the building user instead of root in rootfs.ext4.
@@ -149,7 +167,7 @@ mkfs.ext4 -q -F -b 4096 -m 0 -L swiftlet-root -O ^has_journal -E root_owner=0:0 
 
 chmod 0755 "$tmpout"
 if ! mv -T "$tmpout" "$out" 2>/dev/null; then
-  [[ -f $out/rootfs.ext4 && -f $out/initramfs.cpio ]] || die "could not move output into $out"
+  [[ -f $out/rootfs.ext4 && -f $out/initramfs.cpio && -f $out/swiftlet-agent ]] || die "could not move output into $out"
   log "another build finished first; using it"
 fi
 link_default
