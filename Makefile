@@ -11,7 +11,7 @@ DEBIAN_PACKAGES := build-essential zlib1g-dev liblz4-dev libzstd-dev libseccomp-
 RELEASE_FLAGS := -c release --static-swift-stdlib
 SWIFTLET := .build/release/swiftlet
 
-.PHONY: all deps kernel rootfs images release build demo test unit-test bench clean
+.PHONY: all deps kernel rootfs images release build demo demo-boot test unit-test bench bench-run clean
 
 all: release
 
@@ -41,19 +41,29 @@ release: deps
 build: deps
 	swift build
 
-## Set everything up, then boot the default guest and show its console until it powers off.
+## Set everything up, then run a command in a throwaway microVM (the one-shot sandbox),
+## showing where the time went.
 demo: deps images release
+	$(SWIFTLET) run --timings -- sh -c 'uname -a; echo "hello from $$(hostname), pid $$$$"; ls /'
+
+## Boot the default guest with its console on this terminal until it powers off.
+demo-boot: deps images release
 	$(SWIFTLET) boot --boot-timer --stats
 
 ## Set everything up, then run the whole test suite (KVM tests included).
 test: deps images release
 	swift build --build-tests
 	swift test --skip-build
+	rootfs/agent/test.sh
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-60} Tests/Fuzz/run.sh
 
 ## The VMM start-up benchmark (see benchmarks/README.md).
 bench: deps images release
 	benchmarks/startup.sh
+
+## `swiftlet run -- true` end to end, phase by phase (see benchmarks/run/run.sh).
+bench-run: deps images release
+	benchmarks/run/run.sh
 
 clean:
 	rm -rf .build

@@ -44,7 +44,7 @@ let package = Package(
         .executableTarget(
             name: "swiftlet",
             dependencies: [
-                "SwiftletVMM", "SwiftletSandbox", "SwiftletSys",
+                "SwiftletVMM", "SwiftletSandbox", "SwiftletSys", "CSwiftlet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

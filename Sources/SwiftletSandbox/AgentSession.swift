@@ -64,6 +64,8 @@ public final class AgentSession: @unchecked Sendable {
     /// Called once, on the session thread, when the outcome is known.
     let onOutcome: @Sendable (SessionOutcome) -> Void
     private let stopFD: Int32
+    /// Signals handed in by `deliver(signal:)`: a non-blocking pipe, read end first.
+    private let injected: (read: Int32, write: Int32)
     private var thread: pthread_t?
     private let state = Mutex<(outcome: SessionOutcome?, timeline: SessionTimeline)>((nil, SessionTimeline()))
 
@@ -72,13 +74,29 @@ public final class AgentSession: @unchecked Sendable {
         self.job = job
         self.options = options
         self.onOutcome = onOutcome
+        var p: [Int32] = [-1, -1]
+        guard swl_pipe2(&p, O_NONBLOCK | O_CLOEXEC) == 0 else { throw .system(.last("pipe2")) }
+        injected = (p[0], p[1])
         stopFD = swl_eventfd_new()
-        guard stopFD >= 0 else { throw .system(.last("eventfd")) }
+        guard stopFD >= 0 else {
+            close(p[0]); close(p[1])
+            throw .system(.last("eventfd"))
+        }
     }
 
     deinit {
         stop()
         close(stopFD)
+        close(injected.read)
+        close(injected.write)
+    }
+
+    /// Handles `signo` as if it had arrived on the signalfd: forwarded to a
+    /// running job, or the end of the session before it runs (for callers
+    /// that take signals some other way, and tests).
+    public func deliver(signal signo: Int32) {
+        var v = signo
+        _ = write(injected.write, &v, 4)
     }
 
     /// The outcome, once known.
@@ -236,8 +254,7 @@ public final class AgentSession: @unchecked Sendable {
             queue(f)
         }
 
-        func onSignal() {
-            let signo = swl_signalfd_read(options.signalFD)
+        func onSignal(_ signo: Int32) {
             guard signo > 0 else { return }
             // Before the job runs, or at the second signal: stop at once.
             // Otherwise the job gets the signal and a grace period to exit on its own.
@@ -255,6 +272,8 @@ public final class AgentSession: @unchecked Sendable {
             var fds = [pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
             let sigIndex = fds.count
             if options.signalFD >= 0 { fds.append(pollfd(fd: options.signalFD, events: Int16(POLLIN), revents: 0)) }
+            let injectedIndex = fds.count
+            fds.append(pollfd(fd: injected.read, events: Int16(POLLIN), revents: 0))
             let connIndex = fds.count
             if let c = connection {
                 let wantOut = outgoingSent < outgoing.count
@@ -294,7 +313,11 @@ public final class AgentSession: @unchecked Sendable {
                 finish(.abandoned)
                 break
             }
-            if options.signalFD >= 0 && fds[sigIndex].revents != 0 { onSignal() }
+            if options.signalFD >= 0 && fds[sigIndex].revents != 0 { onSignal(swl_signalfd_read(options.signalFD)) }
+            if fds[injectedIndex].revents != 0 {
+                var signo: Int32 = 0
+                if read(injected.read, &signo, 4) == 4 { onSignal(signo) }
+            }
             if outcome != nil { break }
 
             let ev = fds[connIndex].revents

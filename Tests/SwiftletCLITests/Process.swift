@@ -7,6 +7,8 @@ struct CLIResult {
     var status: Int32
     var stdout: String
     var stderr: String
+    /// Exactly what stdout received (filled when asked for binary output).
+    var stdoutBytes: [UInt8] = []
     var stderrLines: [Substring] { stderr.split(separator: "\n") }
 }
 
@@ -25,24 +27,68 @@ enum CLI {
     }
 
     /// Runs `swiftlet args...`, optionally as another user (`setpriv`).
-    static func run(_ args: [String], asUser: String? = nil, timeout: Int = 600) throws -> CLIResult {
+    static func run(_ args: [String], asUser: String? = nil, timeout: Int = 900, stdin: String = "/dev/null", binaryStdout: Bool = false) throws -> CLIResult {
         let out = try tempFile("out"), err = try tempFile("err")
         defer { unlink(out); unlink(err) }
         var argv = ["timeout", String(timeout)]
         if let u = asUser { argv += ["setpriv", "--reuid=\(u)", "--regid=nogroup", "--clear-groups"] }
         argv += [binary] + args
-        let pid = try spawn(argv, stdout: out, stderr: err)
+        let pid = try spawn(argv, stdin: stdin, stdout: out, stderr: err)
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        return CLIResult(status: code, stdout: readText(out), stderr: readText(err))
+        var r = CLIResult(status: exitCode(status), stdout: readText(out), stderr: readText(err))
+        if binaryStdout { r.stdoutBytes = readBytes(out) }
+        return r
     }
 
-    static func spawn(_ argv: [String], stdout: String, stderr: String) throws -> pid_t {
+    /// A `swiftlet` started in the background (no `timeout` wrapper, so signals reach it directly).
+    struct Running {
+        let pid: pid_t
+        let stdoutPath: String
+        let stderrPath: String
+
+        /// Waits for the exit (killing it after `seconds`), collects the output, removes the files.
+        func wait(seconds: Int = 900) throws -> CLIResult {
+            var status: Int32 = 0
+            let deadline = time(nil) + seconds
+            while true {
+                let r = waitpid(pid, &status, WNOHANG)
+                if r == pid { break }
+                if r < 0 && errno != EINTR { break }
+                if time(nil) > deadline { kill(pid, SIGKILL) }
+                usleep(20_000)
+            }
+            defer { unlink(stdoutPath); unlink(stderrPath) }
+            return CLIResult(status: CLI.exitCode(status), stdout: CLI.readText(stdoutPath), stderr: CLI.readText(stderrPath))
+        }
+
+        /// Polls stdout until it contains `text`.
+        func waitForStdout(_ text: String, seconds: Int) -> Bool {
+            let deadline = time(nil) + seconds
+            while time(nil) <= deadline {
+                if CLI.readText(stdoutPath).contains(text) { return true }
+                var status: Int32 = 0
+                if waitpid(pid, &status, WNOHANG) == pid { return false }
+                usleep(50_000)
+            }
+            return false
+        }
+    }
+
+    static func start(_ args: [String]) throws -> Running {
+        let out = try tempFile("out"), err = try tempFile("err")
+        return Running(pid: try spawn([binary] + args, stdout: out, stderr: err), stdoutPath: out, stderrPath: err)
+    }
+
+    static func exitCode(_ status: Int32) -> Int32 {
+        (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    }
+
+    static func spawn(_ argv: [String], stdin: String = "/dev/null", stdout: String, stderr: String) throws -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 0, stdin, O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         var cargs = argv.map { strdup($0) } + [nil]
@@ -64,7 +110,11 @@ enum CLI {
     }
 
     static func readText(_ path: String) -> String {
-        guard let f = fopen(path, "r") else { return "" }
+        String(decoding: readBytes(path), as: UTF8.self)
+    }
+
+    static func readBytes(_ path: String) -> [UInt8] {
+        guard let f = fopen(path, "r") else { return [] }
         defer { fclose(f) }
         var bytes: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 65536)
@@ -73,7 +123,7 @@ enum CLI {
             if n <= 0 { break }
             bytes += buf[0..<n]
         }
-        return String(decoding: bytes, as: UTF8.self)
+        return bytes
     }
 
     static func writeFile(_ bytes: [UInt8]) throws -> String {
@@ -95,6 +145,7 @@ enum Images {
     static var bzImage: String { cache + "/default/bzImage" }
     static var vmlinux: String { cache + "/default/vmlinux" }
     static var initramfs: String { cache + "/default/initramfs.cpio" }
+    static var rootfs: String { cache + "/default/rootfs.ext4" }
     static var present: Bool { access(bzImage, R_OK) == 0 && access(initramfs, R_OK) == 0 && access(vmlinux, R_OK) == 0 }
 }
 

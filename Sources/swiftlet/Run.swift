@@ -1,0 +1,167 @@
+import ArgumentParser
+import CSwiftlet
+import Glibc
+import SwiftletSandbox
+import SwiftletSys
+import SwiftletVMM
+
+/// `swiftlet run`: one command in a fresh, throwaway microVM.
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run one command in a fresh microVM, as if it ran here: its stdin, stdout, stderr and exit status.",
+        discussion: """
+        The root drive is an ephemeral copy-on-write layer over the base image: the \
+        guest's writes vanish when the command ends and the image never changes. \
+        Exit status: the command's own, 128+N when a signal N killed it, 127 when it is \
+        not found, 124 on --timeout, 125 when Swiftlet itself fails.
+        """
+    )
+
+    @Option(help: "Kernel: a bzImage or an uncompressed ELF vmlinux. Default: the image built by `make kernel`.")
+    var kernel: String?
+
+    @Option(help: "Base root filesystem image (never modified). Default: the image built by `make rootfs`.")
+    var rootfs: String?
+
+    @Option(name: .customLong("drive"), help: ArgumentHelp("A further virtio-blk drive (/dev/vdb, ...); repeatable.", valueName: "path[,ro|,ephemeral][,id=NAME]"))
+    var drives: [String] = []
+
+    @Option(help: "Guest memory in MiB.")
+    var mem: Int = 128
+
+    @Option(help: "Number of vCPUs.")
+    var cpus: Int = 1
+
+    @Option(help: "Kill the command after this many seconds of running (exit status 124).")
+    var timeout: Double?
+
+    @Option(help: "Give up when the guest's agent has not connected after this many seconds.")
+    var bootTimeout: Double = 600
+
+    @Option(name: .customLong("env"), help: ArgumentHelp("Set an environment variable for the command; repeatable.", valueName: "KEY=VALUE"))
+    var environment: [String] = []
+
+    @Option(help: "The command's working directory in the guest.")
+    var workdir: String?
+
+    @Option(help: "Also expose the guest's vsock as this hybrid-vsock Unix socket (CONNECT <port> / PATH_<port>).")
+    var vsockUds: String?
+
+    @Option(help: "Add to the default kernel command line.")
+    var append: String?
+
+    @Option(help: "Write the guest's serial console to this file.")
+    var console: String?
+
+    @Flag(help: "Print where the time went on stderr: boot, agent start, the command, teardown.")
+    var timings = false
+
+    @Option(help: "The KVM device node.")
+    var kvmDevice: String = "/dev/kvm"
+
+    @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
+    var command: [String] = []
+
+    func validate() throws {
+        guard !command.isEmpty else { throw ValidationError("no command given (usage: swiftlet run [options] -- CMD [ARGS...])") }
+        if let t = timeout, !(t > 0) { throw ValidationError("--timeout must be positive") }
+        guard bootTimeout > 0 else { throw ValidationError("--boot-timeout must be positive") }
+        for e in environment {
+            guard let eq = e.firstIndex(of: "="), eq != e.startIndex else { throw ValidationError("--env '\(e)' is not KEY=VALUE") }
+        }
+        if let w = workdir, !w.hasPrefix("/") { throw ValidationError("--workdir must be an absolute path in the guest") }
+        for spec in drives { _ = try DriveSpec.parse(spec) }
+    }
+
+    func run() throws {
+        let kernelPath = kernel ?? Paths.defaultKernel
+        try requireReadable(kernelPath, what: "kernel", hint: kernel == nil ? " (run `make kernel` first)" : "")
+        let rootfsPath = rootfs ?? Paths.defaultRootfs
+        try requireReadable(rootfsPath, what: "rootfs", hint: rootfs == nil ? " (run `make rootfs` first)" : "")
+
+        var seed = [UInt8](repeating: 0, count: 64)
+        _ = seed.withUnsafeMutableBytes { swl_getrandom($0.baseAddress, $0.count) }
+        let job = AgentJob(argv: command, environment: environment, workingDirectory: workdir ?? "",
+                           stdinAttached: isatty(0) == 0, seed: seed)
+        var config = SandboxConfig(kernelPath: kernelPath, rootfsPath: rootfsPath, job: job)
+        config.memoryMiB = mem
+        config.vcpuCount = cpus
+        config.timeoutSeconds = timeout
+        config.bootTimeoutSeconds = bootTimeout
+        config.vsockUDS = vsockUds
+        config.extraDrives = try drives.map(DriveSpec.parse)
+        config.extraKernelArguments = append.map { [$0] } ?? []
+        config.kernelCacheDirectory = Paths.kernelCache
+        config.handleSignals = true
+        config.kvmPath = kvmDevice
+
+        var consoleFile: Int32 = -1
+        if let path = console {
+            consoleFile = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard consoleFile >= 0 else { throw ValidationError("console \(path): \(String(cString: strerror(errno)))") }
+        }
+        defer { if consoleFile >= 0 { close(consoleFile) } }
+        config.consoleFD = consoleFile
+
+        let result: SandboxResult
+        do {
+            result = try Sandbox.run(config)
+        } catch {
+            throw RunFailure(message: "\(error)")
+        }
+        if timings { printTimings(result) }
+
+        switch result.outcome {
+        case let .finished(status):
+            throw ExitCode(status.shellStatus)
+        case .timedOut:
+            printStderr("swiftlet: the command timed out after \(formatSeconds(timeout ?? 0)) s")
+            throw ExitCode(ExitStatus.timeout)
+        case let .interrupted(signal):
+            throw ExitCode(128 + signal)
+        case let .failed(error):
+            throw RunFailure(message: "\(error)")
+        case .abandoned:
+            let exit = result.machine.exit
+            let console = Sandbox.lastConsoleLine(result.machine).map { " (console: \($0))" } ?? ""
+            if result.timeline.agentConnected == 0 {
+                throw RunFailure(message: "the guest ended before its agent connected: \(exit)\(console)")
+            }
+            throw RunFailure(message: "the guest ended before the command finished: \(exit)\(console)")
+        }
+    }
+
+    private func printTimings(_ r: SandboxResult) {
+        let t = r.timeline
+        let start = Clock.processStartNanos
+        func ms(_ a: UInt64, _ b: UInt64) -> String {
+            guard a > 0, b >= a else { return "-" }
+            return formatMillis(b - a)
+        }
+        var line = "swiftlet-timings:"
+        line += " boot-ms=\(ms(start, t.agentConnected))"
+        line += " agent-start-ms=\(ms(t.guestAgentStart, t.guestAgentConnected))"
+        line += " job-ms=\(ms(t.guestJobStart, t.guestJobEnd))"
+        line += " job-host-ms=\(ms(t.agentConnected, t.jobExited))"
+        line += " teardown-ms=\(ms(t.jobExited, r.tornDown))"
+        line += " total-ms=\(ms(start, Clock.monotonicNanos()))"
+        if let b = r.machine.bootTimerMicros { line += " guest-boot-timer-ms=\(formatMillis(b * 1000))" }
+        line += " first-kvm-run-us=\(r.machine.firstRunMicros)"
+        printStderr(line)
+    }
+}
+
+/// Swiftlet's own failure in `run`: one line on stderr, exit status 125.
+struct RunFailure: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
+}
+
+func formatMillis(_ nanos: UInt64) -> String {
+    let tenths = (nanos + 50_000) / 100_000
+    return "\(tenths / 10).\(tenths % 10)"
+}
+
+func formatSeconds(_ s: Double) -> String {
+    s == s.rounded() ? String(Int(s)) : String(s)
+}
