@@ -75,9 +75,11 @@ enum CLI {
         }
     }
 
-    static func start(_ args: [String]) throws -> Running {
+    /// `environment` (`KEY=VALUE`) is added through env(1), which execs swiftlet in the same process.
+    static func start(_ args: [String], environment: [String] = []) throws -> Running {
         let out = try tempFile("out"), err = try tempFile("err")
-        return Running(pid: try spawn([binary] + args, stdout: out, stderr: err), stdoutPath: out, stderrPath: err)
+        let argv = (environment.isEmpty ? [] : ["env"] + environment) + [binary] + args
+        return Running(pid: try spawn(argv, stdout: out, stderr: err), stdoutPath: out, stderrPath: err)
     }
 
     static func exitCode(_ status: Int32) -> Int32 {
@@ -106,6 +108,12 @@ enum CLI {
         let fd = mkstemp(&template)
         guard fd >= 0 else { throw SpawnError(errno: errno) }
         close(fd)
+        return String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    static func tempDirectory(_ tag: String) throws -> String {
+        var template = Array("/tmp/swiftlet-test-\(tag)-XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw SpawnError(errno: errno) }
         return String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 

@@ -83,10 +83,12 @@ struct RunTests {
           arguments: [("boot", SIGTERM), ("running", SIGINT), ("output", SIGTERM)] as [(String, Int32)])
     func signals(stage: String, signo: Int32) throws {
         try Self.requireImages()
-        let tmpBefore = listTemp()
-        let uds = "/tmp/swiftlet-run-sig-\(getpid())-\(stage).sock"
+        // A private TMPDIR shows whatever swiftlet would leave in one (its overlays go there).
+        let tmp = try CLI.tempDirectory("sig")
+        defer { rmdir(tmp) }
+        let uds = "\(tmp)-\(stage).sock"
         let script = stage == "output" ? "echo ready; while :; do echo lots of output; done" : "echo ready; sleep 600"
-        let run = try CLI.start(["run", "--vsock-uds", uds, "--", "sh", "-c", script])
+        let run = try CLI.start(["run", "--vsock-uds", uds, "--", "sh", "-c", script], environment: ["TMPDIR=\(tmp)"])
         if stage == "boot" {
             usleep(1_500_000)
         } else {
@@ -101,8 +103,7 @@ struct RunTests {
         #expect(monotonicSeconds() - started < 10)
         // No socket files, no temp files, no processes.
         #expect(access(uds, F_OK) != 0 && access(uds + "_52", F_OK) != 0)
-        // (Other tests' files, running concurrently, are named swiftlet-test-* or swiftlet-run-sig-*.)
-        #expect(listTemp().subtracting(tmpBefore).filter { !$0.hasPrefix("swiftlet-test-") && !$0.hasPrefix("swiftlet-run-sig-") }.isEmpty)
+        #expect(listDirectory(tmp).isEmpty, "left in TMPDIR: \(listDirectory(tmp))")
         #expect(kill(run.pid, 0) != 0)
     }
 
@@ -146,9 +147,9 @@ func monotonicSeconds() -> Double {
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
 
-func listTemp() -> Set<String> {
+func listDirectory(_ path: String) -> Set<String> {
     var names = Set<String>()
-    guard let d = opendir("/tmp") else { return names }
+    guard let d = opendir(path) else { return names }
     defer { closedir(d) }
     while let e = readdir(d) {
         let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }

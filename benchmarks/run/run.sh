@@ -12,13 +12,14 @@
 #   job-ms          the command, fork -> exit (guest clock)
 #   teardown-ms     the exit report -> the VM torn down (host)
 #   total-ms        process start -> the end of swiftlet (host)
+#   exits-io/mmio   VM exits to userspace: port I/O (mostly the UART) and MMIO (virtio, boot timer)
 # Writes benchmarks/results/<date>-run.json as well.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 n=${1:-3}
 bin=.build/release/swiftlet
 [[ -x $bin ]] || { echo "build first: make release" >&2; exit 1; }
-keys=(boot-ms agent-start-ms job-ms teardown-ms total-ms)
+keys=(boot-ms agent-start-ms job-ms teardown-ms total-ms exits-io exits-mmio)
 declare -A samples
 for ((i = 0; i < n; i++)); do
   for variant in default verbose; do
