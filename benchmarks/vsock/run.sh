@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vsock throughput with a real guest, one direction at a time.
 #
-#   benchmarks/vsock/run.sh [MiB]     (default 20)
+#   benchmarks/vsock/run.sh [MiB [host|guest]]     (default 20 MiB, both directions)
 #
 # host -> guest: the host CONNECTs to a guest `swiftlet-vsock listen 5000 > /dev/null`
 #                and sends MiB of data; timed from OK to the guest's EOF.
@@ -17,7 +17,7 @@ bin=${SWIFTLET:-.build/release/swiftlet}
 dir=$(mktemp -d /tmp/swiftlet-vsock-bench.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 
-python3 - "$bin" "$dir" "$mib" <<'PY'
+python3 - "$bin" "$dir" "$mib" "${2:-both}" <<'PY'
 import os, socket, subprocess, sys, time, resource
 bin, d, mib = sys.argv[1], sys.argv[2], int(sys.argv[3])
 size = mib << 20
@@ -63,12 +63,15 @@ def guest_to_host():
         if not b: break
         got += len(b)
     dt = time.monotonic() - t0
+    c.close()  # the guest's bridge waits for our EOF too
     p.wait()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert got == size, (got, size)
     return dt, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
 
+which = sys.argv[4] if len(sys.argv) > 4 else "both"
 for name, f in (("host->guest", host_to_guest), ("guest->host", guest_to_host)):
+    if which != "both" and not name.startswith(which): continue
     dt, u, s = f()
     print(f"{name}: {mib} MiB in {dt:.2f} s = {mib/dt:.2f} MiB/s; swiftlet process CPU (whole run incl. boot): user {u:.2f} s, sys {s:.2f} s")
 PY
