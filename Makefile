@@ -11,7 +11,7 @@ DEBIAN_PACKAGES := build-essential zlib1g-dev liblz4-dev libzstd-dev libseccomp-
 RELEASE_FLAGS := -c release --static-swift-stdlib
 SWIFTLET := .build/release/swiftlet
 
-.PHONY: all deps kernel rootfs images release build demo demo-boot test unit-test bench bench-run clean
+.PHONY: all deps kernel rootfs images release build demo demo-boot test unit-test bench bench-run seccomp-log clean
 
 all: release
 
@@ -56,6 +56,11 @@ test: deps images release
 	swift test --skip-build
 	rootfs/agent/test.sh
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-60} Tests/Fuzz/run.sh
+
+## The seccomp allowlists' guide: syscalls per thread role under --seccomp=log (README, Security).
+seccomp-log: deps images
+	swift build
+	Tests/seccomp-log.sh .build/debug/swiftlet
 
 ## The VMM start-up benchmark (see benchmarks/README.md).
 bench: deps images release

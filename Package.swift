@@ -14,6 +14,7 @@ import PackageDescription
 /// - `SwiftletVirtio`: split virtqueues and the virtio devices' request handling (block).
 /// - `SwiftletVMM`: assembles a machine and runs it.
 /// - `SwiftletSandbox`: `swiftlet run`: the guest agent's protocol and one command in a throwaway VM.
+/// - `CSeccomp`, `SwiftletSeccomp`: per-thread seccomp filters over Debian's libseccomp, allowlists as data.
 /// - `swiftlet`: the command-line tool.
 let package = Package(
     name: "Swiftlet",
@@ -41,10 +42,14 @@ let package = Package(
             dependencies: ["SwiftletSys", "SwiftletMemory", "SwiftletX86", "SwiftletKVM", "SwiftletDevices", "SwiftletVirtio", "CSwiftlet"]
         ),
         .target(name: "SwiftletSandbox", dependencies: ["SwiftletVMM", "SwiftletSys", "CSwiftlet"]),
+        .target(name: "CSeccomp", linkerSettings: [.linkedLibrary("seccomp")]),
+        .target(name: "SwiftletSeccomp", dependencies: ["CSeccomp", "CSwiftlet", "SwiftletSys"]),
+        // Test-only: installs one role's filter and makes one syscall (the seccomp tests); not a product.
+        .executableTarget(name: "swiftlet-seccomp-probe", dependencies: ["SwiftletSeccomp", "CSeccomp", "CSwiftlet"]),
         .executableTarget(
             name: "swiftlet",
             dependencies: [
-                "SwiftletVMM", "SwiftletSandbox", "SwiftletSys", "CSwiftlet",
+                "SwiftletVMM", "SwiftletSandbox", "SwiftletSeccomp", "SwiftletSys", "CSwiftlet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -53,6 +58,7 @@ let package = Package(
         .testTarget(name: "SwiftletVirtioTests", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletSys"]),
         .testTarget(name: "SwiftletCLITests", dependencies: ["SwiftletSys"]),
         .testTarget(name: "SwiftletSandboxTests", dependencies: ["SwiftletSandbox", "SwiftletSys"]),
+        .testTarget(name: "SwiftletSeccompTests", dependencies: ["SwiftletSeccomp", "SwiftletSys"]),
         .testTarget(
             name: "SwiftletVMMTests",
             dependencies: ["SwiftletVMM", "SwiftletKVM", "SwiftletMemory", "SwiftletX86", "SwiftletSys", "SwiftletVirtio", "CSwiftlet"],

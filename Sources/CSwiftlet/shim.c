@@ -106,3 +106,63 @@ int swl_getrandom(void *buf, size_t len) {
 }
 
 int swl_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
+
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <sys/ioctl.h>
+#include <netinet/in.h>
+#include <ifaddrs.h>
+unsigned int if_nametoindex(const char *ifname);
+int swl_tap_open(const char *name, char *out_name) {
+    int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return -1;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    if (name) strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) { int e = errno; close(fd); errno = e; return -1; }
+    if (out_name) { memcpy(out_name, ifr.ifr_name, IFNAMSIZ); out_name[IFNAMSIZ - 1] = 0; }
+    return fd;
+}
+int swl_tap_set_vnet_hdr_size(int fd, int size) { return ioctl(fd, TUNSETVNETHDRSZ, &size); }
+int swl_tap_set_offload(int fd, unsigned int flags) { return ioctl(fd, TUNSETOFFLOAD, (unsigned long)flags); }
+unsigned int swl_if_index(const char *name) { return if_nametoindex(name); }
+int swl_if_set_ipv4_up(const char *name, uint32_t addr, uint32_t mask) {
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return -1;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
+    sin->sin_family = AF_INET;
+    sin->sin_addr.s_addr = htonl(addr);
+    if (ioctl(s, SIOCSIFADDR, &ifr) < 0) goto fail;
+    sin->sin_family = AF_INET;
+    sin->sin_addr.s_addr = htonl(mask);
+    if (ioctl(s, SIOCSIFNETMASK, &ifr) < 0) goto fail;
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0) goto fail;
+    ifr.ifr_flags |= IFF_UP;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) goto fail;
+    close(s);
+    return 0;
+fail:;
+    int e = errno;
+    close(s);
+    errno = e;
+    return -1;
+}
+int swl_ipv4_net_in_use(uint32_t net, uint32_t mask) {
+    struct ifaddrs *list;
+    if (getifaddrs(&list) < 0) return -1;
+    int found = 0;
+    for (struct ifaddrs *a = list; a; a = a->ifa_next) {
+        if (!a->ifa_addr || a->ifa_addr->sa_family != AF_INET) continue;
+        uint32_t ip = ntohl(((struct sockaddr_in *)a->ifa_addr)->sin_addr.s_addr);
+        uint32_t m = a->ifa_netmask ? ntohl(((struct sockaddr_in *)a->ifa_netmask)->sin_addr.s_addr) : 0xffffffffu;
+        // Overlap of the two networks: either contains the other's base.
+        uint32_t common = m & mask;
+        if ((ip & common) == (net & common)) { found = 1; break; }
+    }
+    freeifaddrs(list);
+    return found;
+}

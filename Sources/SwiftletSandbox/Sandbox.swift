@@ -20,6 +20,9 @@ public struct SandboxConfig: Sendable {
     /// it private (an abstract socket nobody else can name).
     public var vsockUDS: String?
     public var guestCID: UInt32 = 3
+    /// A virtio-net device (`--net`); with `auto` the command also gets
+    /// SWIFTLET_HOST_IP and SWIFTLET_GUEST_IP in its environment.
+    public var net: NetConfig?
     /// Further drives after the root drive.
     public var extraDrives: [DriveConfig] = []
     /// Words added to the default kernel command line.
@@ -96,6 +99,7 @@ public enum Sandbox {
         machineConfig.captureConsole = true
         machineConfig.captureConsoleLimit = 16 << 10
         machineConfig.kvmPath = config.kvmPath
+        machineConfig.net = config.net
 
         let machine: Machine
         do {
@@ -111,7 +115,11 @@ public enum Sandbox {
         options.signalFD = signalFD
         options.timeoutSeconds = config.timeoutSeconds
         options.connectTimeoutSeconds = config.bootTimeoutSeconds
-        let session = try AgentSession(job: config.job, options: options) { outcome in
+        var job = config.job
+        if let plan = machine.netAddresses {
+            job.environment += ["SWIFTLET_HOST_IP=\(plan.hostString)", "SWIFTLET_GUEST_IP=\(plan.guestString)"]
+        }
+        let session = try AgentSession(job: job, options: options) { outcome in
             switch outcome {
             case .finished: machine.stop("the command finished")
             case .timedOut: machine.stop("the command timed out")

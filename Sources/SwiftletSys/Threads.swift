@@ -9,13 +9,17 @@ import SwiftletSys
 /// formed in main-actor code traps when a foreign thread runs it.
 public func spawnThread(name: String, _ body: @escaping @Sendable () -> Void) throws(SystemError) -> pthread_t {
     final class Box: @unchecked Sendable {
+        let name: String
         let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+        init(_ name: String, _ body: @escaping @Sendable () -> Void) { self.name = name; self.body = body }
     }
-    let box = Unmanaged.passRetained(Box(body)).toOpaque()
+    let box = Unmanaged.passRetained(Box(name, body)).toOpaque()
     var thread = pthread_t()
     let rc = pthread_create(&thread, nil, { arg in
         let box = Unmanaged<AnyObject>.fromOpaque(arg!).takeRetainedValue() as! Box
+        // Named here too, so the name (the seccomp log's role) is set before the filter.
+        _ = swl_pthread_setname(pthread_self(), String(box.name.prefix(15)))
+        ThreadSandbox.threadStart?(box.name)
         box.body()
         return nil
     }, box)
@@ -25,4 +29,16 @@ public func spawnThread(name: String, _ body: @escaping @Sendable () -> Void) th
     }
     _ = swl_pthread_setname(thread, String(name.prefix(15)))
     return thread
+}
+
+/// Hooks that sandbox Swiftlet's threads (set by `SwiftletSeccomp` for the
+/// CLI; nil for library users, whose threads run unfiltered).
+public enum ThreadSandbox {
+    /// Runs first on every thread `spawnThread` starts, in that thread, with
+    /// the thread's name (its role): it installs the role's seccomp filter.
+    public nonisolated(unsafe) static var threadStart: (@Sendable (String) -> Void)?
+    /// Runs on the main thread once every thread of a machine is started and
+    /// before any vCPU enters the guest: the process hardening and the main
+    /// thread's own filter.
+    public nonisolated(unsafe) static var guestStart: (@Sendable () -> Void)?
 }

@@ -42,6 +42,8 @@ public final class Machine: @unchecked Sendable {
     let transports: [VirtioMMIOTransport]
     /// The vsock device, when configured (its transport is the last of `transports`).
     let vsock: VsockModel?
+    /// The network device, when configured (after the vsock device).
+    let net: NetModel?
     let bootTimerMicros = BootTimerRecord()
     /// The host has nested PVM KVM.
     public let isPVMHost: Bool
@@ -76,7 +78,32 @@ public final class Machine: @unchecked Sendable {
             }
         }
         self.vsock = vsock
-        let virtioCount = blockBackends.count + (vsock == nil ? 0 : 1)
+        // The TAP is attached (or created and addressed) now too, so a missing
+        // or busy TAP fails before any VM work; if anything below throws, the
+        // TAP closes with the model (and an `auto` one vanishes).
+        var net: NetModel?
+        var netArguments: [String] = []
+        if let n = config.net {
+            do throws(NetError) {
+                let tap: TapDevice
+                switch n.backend {
+                case let .tap(name): tap = try TapDevice.attach(name)
+                case .auto: tap = try TapDevice.create()
+                }
+                let device: NetDevice
+                do {
+                    device = try NetDevice(fd: tap.fd, mac: n.mac ?? MACAddress.generate(), offloads: tap.supportsOffloads) { tap.setOffloads($0) }
+                } catch {
+                    throw .system(error)
+                }
+                net = NetModel(device: device, tap: tap)
+                if let plan = tap.plan { netArguments.append(plan.kernelArgument) }
+            } catch {
+                throw .invalidConfig("\(error)")
+            }
+        }
+        self.net = net
+        let virtioCount = blockBackends.count + (vsock == nil ? 0 : 1) + (net == nil ? 0 : 1)
         let virtioArguments = (0..<virtioCount).map { i in
             "virtio_mmio.device=4K@0x\(String(Devices.virtioWindow(i), radix: 16)):\(Devices.virtioGSI(i))"
         }
@@ -113,7 +140,7 @@ public final class Machine: @unchecked Sendable {
         // Whatever fails below, the helper thread is joined first (wait() is idempotent).
         defer { _ = slots.wait() }
         let boot = try BootLoader.load(config: config, memory: memory,
-                                       extraArguments: virtioArguments + PVMQuirks.kernelArguments(isPVMHost: isPVMHost, template: template))
+                                       extraArguments: virtioArguments + netArguments + PVMQuirks.kernelArguments(isPVMHost: isPVMHost, template: template))
         var vcpus: [Vcpu] = []
         do {
             let supported = try kvm.supportedCPUID()
@@ -154,10 +181,11 @@ public final class Machine: @unchecked Sendable {
             throw .bus(error)
         }
         var transports: [VirtioMMIOTransport] = []
-        let models: [any VirtioDeviceModel] = blockBackends.map { BlockModel(backend: $0) } + (vsock.map { [$0] } ?? [])
+        let models: [any VirtioDeviceModel] = blockBackends.map { BlockModel(backend: $0) } + (vsock.map { [$0] } ?? []) + (net.map { [$0] } ?? [])
         for (i, model) in models.enumerated() {
             let transport = try VirtioMMIOTransport(device: model, memory: memory)
             if model === vsock { vsock?.transport = transport }
+            if model === net { net?.transport = transport }
             let base = Devices.virtioWindow(i)
             do {
                 try mmio.insert(transport, base: base, size: VirtioMMIOTransport.windowSize)
@@ -177,6 +205,13 @@ public final class Machine: @unchecked Sendable {
         self.transports = transports
         context = MachineContext(pioBus: pio, mmioBus: mmio, memory: memory, emulationFixups: isPVMHost, latch: latch, resetRequest: resetRequest)
     }
+
+    /// The TAP device's name, when the machine has a network device.
+    public var netTapName: String? { net?.tap?.name }
+    /// The host and guest addresses of a `--net auto` link.
+    public var netAddresses: NetAddressPlan? { net?.tap?.plan }
+    /// The guest's MAC address, when the machine has a network device.
+    public var netMAC: MACAddress? { net?.device.mac }
 
     /// Closes the vsock listener and removes its socket file at once, rather
     /// than whenever the last reference to the device goes.
@@ -217,6 +252,7 @@ public final class Machine: @unchecked Sendable {
                 }
             }
             if let vsock { try loop.add(vsock.muxer.pollFD) { vsock.handlePollEvents() } }
+            if let net { try loop.add(net.device.pollFD) { net.handleTapReadable() } }
             try loop.start()
         } catch {
             throw .system(error)
@@ -225,14 +261,19 @@ public final class Machine: @unchecked Sendable {
 
         let runners = vcpus.map { VcpuRunner(vcpu: $0, context: context) }
         var threads: [pthread_t] = []
+        // Each vCPU thread installs its own filter as it starts (spawnThread),
+        // then waits here until the main thread has installed its own.
+        let gate = StartGate()
         for r in runners {
             do {
-                threads.append(try spawnThread(name: "vcpu\(r.vcpu.id)") { r.run() })
+                threads.append(try spawnThread(name: "vcpu\(r.vcpu.id)") { gate.pass(); r.run() })
             } catch {
                 context.latch.finish(.vmmError("\(error)"))
                 break
             }
         }
+        ThreadSandbox.guestStart?()
+        gate.open()
 
         waitForEnd(runners: runners, signalFD: signalFD)
 

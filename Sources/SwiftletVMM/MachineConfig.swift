@@ -1,4 +1,5 @@
 import Glibc
+import SwiftletVirtio
 import SwiftletX86
 
 /// Which CPU model the guest sees.
@@ -56,6 +57,47 @@ public struct VsockConfig: Sendable, Equatable {
     }
 }
 
+/// A virtio-net device backed by a Linux TAP device.
+public struct NetConfig: Sendable, Equatable {
+    public enum Backend: Sendable, Equatable {
+        /// Attach the existing TAP device with this name (never created).
+        case tap(String)
+        /// Create a TAP (`swl<pid>n0`, not persistent: it goes with the
+        /// process), give the host side the first free /30 of 172.30.0.0/16 and
+        /// the guest the other address with `ip=` on its command line.
+        case auto
+    }
+    public var backend: Backend
+    /// The guest's MAC; nil generates a locally administered one per VM.
+    public var mac: MACAddress?
+
+    public init(backend: Backend, mac: MACAddress? = nil) {
+        self.backend = backend
+        self.mac = mac
+    }
+
+    /// Parses `--net` values: `auto[,mac=M]` or `tap=NAME[,mac=M]`.
+    public init(parsing spec: String) throws(NetError) {
+        var backend: Backend?
+        var mac: MACAddress?
+        for part in spec.split(separator: ",", omittingEmptySubsequences: false).map(String.init) {
+            if part == "auto", backend == nil {
+                backend = .auto
+            } else if part.hasPrefix("tap="), backend == nil {
+                let name = String(part.dropFirst(4))
+                guard TapDevice.isValidName(name) else { throw .invalidTapName(name) }
+                backend = .tap(name)
+            } else if part.hasPrefix("mac="), mac == nil {
+                mac = try MACAddress(parsing: String(part.dropFirst(4)))
+            } else {
+                throw .invalidSpec(spec)
+            }
+        }
+        guard let backend else { throw .invalidSpec(spec) }
+        self.init(backend: backend, mac: mac)
+    }
+}
+
 /// Everything needed to build one machine.
 public struct MachineConfig: Sendable {
     /// What to boot.
@@ -67,6 +109,8 @@ public struct MachineConfig: Sendable {
     public var drives: [DriveConfig] = []
     /// A virtio-vsock device, after the drives.
     public var vsock: VsockConfig?
+    /// A virtio-net device, after the vsock device.
+    public var net: NetConfig?
     /// Where the UART's output goes (-1: nowhere).
     public var consoleOutputFD: Int32 = 1
     /// Keep a copy of the console output (for tests).
@@ -114,7 +158,7 @@ public struct MachineConfig: Sendable {
         guard memoryMiB <= hostMiB else {
             throw .invalidConfig("guest memory of \(memoryMiB) MiB is more than the host's \(hostMiB) MiB")
         }
-        guard drives.count + (vsock == nil ? 0 : 1) <= MachineConfig.maximumVirtioDevices else {
+        guard drives.count + (vsock == nil ? 0 : 1) + (net == nil ? 0 : 1) <= MachineConfig.maximumVirtioDevices else {
             let plus = vsock == nil ? "" : " and a vsock device"
             throw .invalidConfig("too many drives (\(drives.count)\(plus); at most \(MachineConfig.maximumVirtioDevices) virtio devices)")
         }

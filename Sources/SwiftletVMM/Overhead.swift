@@ -10,11 +10,15 @@ extension Machine {
     /// initrd files mapped over it), so its resident size is summed from the
     /// `Rss:` of every /proc/self/smaps entry inside a guest region. (mincore
     /// would count file pages that are only in the page cache.)
-    public func hostOverhead() -> (rss: Int, anonymous: Int) {
+    ///
+    /// `smapsFD`: /proc/self/smaps opened before the guest ran (the main
+    /// thread's seccomp filter allows no open); -1 opens it here.
+    public func hostOverhead(smapsFD: Int32 = -1) -> (rss: Int, anonymous: Int) {
         let ranges = memory.regions.map { (UInt(bitPattern: $0.host), UInt(bitPattern: $0.host) + UInt($0.size)) }
         var guestKiB = 0, totalKiB = 0, anonKiB = 0
         var inGuest = false
-        for line in ((try? readToEnd("/proc/self/smaps")) ?? []).split(separator: UInt8(ascii: "\n")) {
+        let smaps = smapsFD >= 0 ? Self.reread(smapsFD) : ((try? readToEnd("/proc/self/smaps")) ?? [])
+        for line in smaps.split(separator: UInt8(ascii: "\n")) {
             if let dash = line.firstIndex(of: UInt8(ascii: "-")), line.first.map({ Self.isHexDigit($0) }) == true,
                let space = line.firstIndex(of: UInt8(ascii: " ")), dash < space,
                let start = UInt(String(decoding: line[..<dash], as: UTF8.self), radix: 16),
@@ -29,6 +33,19 @@ extension Machine {
             }
         }
         return (max(0, totalKiB - guestKiB) * 1024, anonKiB * 1024)
+    }
+
+    /// The whole file behind `fd`, from its start.
+    private static func reread(_ fd: Int32) -> [UInt8] {
+        guard lseek(fd, 0, SEEK_SET) == 0 else { return [] }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return out }
+            out += chunk[0..<n]
+        }
     }
 
     private static func kibValue(_ line: ArraySlice<UInt8>) -> Int {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import SwiftletSeccomp
 import SwiftletSys
 import SwiftletVMM
 
@@ -53,11 +54,17 @@ struct Boot: ParsableCommand {
     @Option(help: "The KVM device node.")
     var kvmDevice: String = "/dev/kvm"
 
+    @Option(help: ArgumentHelp("Syscall filters on every VMM thread: strict (a syscall outside its thread's allowlist kills the VMM), log (it runs, and is reported on stderr by thread role at the end), off (debugging only).", valueName: "strict|log|off"))
+    var seccomp: String = "strict"
+
     @Option(name: .customLong("vsock-uds"), help: ArgumentHelp("Add a virtio-vsock device (Firecracker's hybrid vsock): host clients connect here and send `CONNECT <port>\\n`; guest connections to CID 2 port P go to <path>_P.", valueName: "path"))
     var vsockUDS: String?
 
     @Option(name: .customLong("vsock-cid"), help: ArgumentHelp("The guest's vsock CID (default 3; 3 to 4294967294). Needs --vsock-uds.", valueName: "cid"))
     var vsockCID: UInt32?
+
+    @Option(help: ArgumentHelp("Add a virtio-net device on a TAP: `auto` creates one (host 172.30.x.1/30, guest .2 via ip=, removed at exit; needs CAP_NET_ADMIN), `tap=NAME` attaches an existing one.", valueName: "auto|tap=NAME[,mac=M]"))
+    var net: String?
 
     func validate() throws {
         guard CPUTemplateChoice(rawValue: cpuTemplate) != nil else {
@@ -74,9 +81,13 @@ struct Boot: ParsableCommand {
             }
         }
         if let path = vsockUDS, path.isEmpty { throw ValidationError("--vsock-uds needs a path") }
+        if let net { _ = try parseNet(net) }
     }
 
     func run() throws {
+        // First, before anything is opened: inherited descriptors closed, and
+        // every thread started from here on sandboxed (see SwiftletSeccomp).
+        Seccomp.enable(mode: try seccompMode(seccomp))
         let kernelPath = kernel ?? Paths.defaultKernel
         try requireReadable(kernelPath, what: "kernel", hint: kernel == nil ? " (run `make kernel` first)" : "")
         var attached: [DriveConfig] = []
@@ -106,7 +117,15 @@ struct Boot: ParsableCommand {
         config.kvmPath = kvmDevice
         if let path = vsockUDS { config.vsock = VsockConfig(guestCID: vsockCID ?? 3, udsPath: path) }
 
+        config.net = try net.map(parseNet)
+
         let machine = try Machine(config: config)
+        if let tap = machine.netTapName {
+            let link = machine.netAddresses.map { " host \($0.hostString) guest \($0.guestString)/30" } ?? ""
+            printStderr("swiftlet: net: tap \(tap) mac \(machine.netMAC.map { "\($0)" } ?? "?")\(link)")
+        }
+        // Opened now: the main thread's filter allows no open once the guest runs.
+        let smapsFD = stats ? open("/proc/self/smaps", O_RDONLY | O_CLOEXEC) : -1
         let report = try machine.run()
 
         if bootTimer {
@@ -120,10 +139,11 @@ struct Boot: ParsableCommand {
             var line = "exits: io=\(e.io) mmio=\(e.mmio) kicks=\(e.interrupted) other=\(e.other)"
             for (k, v) in e.emulationFixups.sorted(by: { $0.key.rawValue < $1.key.rawValue }) { line += " fixup-\(k.rawValue)=\(v)" }
             printStderr(line)
-            let overhead = machine.hostOverhead()
+            let overhead = machine.hostOverhead(smapsFD: smapsFD)
             printStderr("vmm-overhead-rss-kib=\(overhead.rss / 1024)")
             printStderr("vmm-overhead-anon-kib=\(overhead.anonymous / 1024)")
         }
+        Seccomp.reportLog()
         printStderr("swiftlet: \(report.exit)")
         switch report.exit {
         case .poweredOff, .rebooted: throw ExitCode(ExitStatus.clean)
@@ -133,6 +153,15 @@ struct Boot: ParsableCommand {
         case .stopped: throw ExitCode(ExitStatus.clean)
         default: throw ExitCode(ExitStatus.guestCrash)
         }
+    }
+}
+
+/// Parses a `--net` value; a bad one is a usage error of one line.
+func parseNet(_ spec: String) throws -> NetConfig {
+    do {
+        return try NetConfig(parsing: spec)
+    } catch {
+        throw ValidationError("\(error)")
     }
 }
 
@@ -169,4 +198,12 @@ enum DriveSpec {
         }
         return drive
     }
+}
+
+/// A `--seccomp` value; a bad one is a usage error of one line.
+func seccompMode(_ value: String) throws -> SeccompMode {
+    guard let mode = SeccompMode(rawValue: value) else {
+        throw ValidationError("invalid --seccomp '\(value)' (use strict, log or off)")
+    }
+    return mode
 }

@@ -150,4 +150,29 @@ int swl_getrandom(void *buf, size_t len);
 /// pipe2(fds, flags) (a _GNU_SOURCE call).
 int swl_pipe2(int fds[2], int flags);
 
+
+// ---- TAP devices and interface addresses (virtio-net) -------------------------
+static const unsigned int SWL_TUN_F_CSUM = 0x01;
+static const unsigned int SWL_TUN_F_TSO4 = 0x02;
+static const unsigned int SWL_TUN_F_TSO6 = 0x04;
+static const unsigned int SWL_TUN_F_TSO_ECN = 0x08;
+/// Opens /dev/net/tun (non-blocking, close-on-exec) and attaches TAP `name`
+/// with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR (creating it when it does not exist
+/// and the caller may). An empty `name` lets the kernel pick one. The
+/// interface's name goes to `out_name` (16 bytes). Returns the fd, or -1 with
+/// errno (nothing left open).
+int swl_tap_open(const char *name, char *out_name);
+/// TUNSETVNETHDRSZ.
+int swl_tap_set_vnet_hdr_size(int fd, int size);
+/// TUNSETOFFLOAD with SWL_TUN_F_* flags.
+int swl_tap_set_offload(int fd, unsigned int flags);
+/// if_nametoindex: 0 when there is no such interface.
+unsigned int swl_if_index(const char *name);
+/// Gives interface `name` the IPv4 address `addr` and netmask `mask` (both
+/// host byte order) and brings it up. 0, or -1 with errno.
+int swl_if_set_ipv4_up(const char *name, uint32_t addr, uint32_t mask);
+/// 1 when some interface has an IPv4 address inside `net`/`mask` (host byte
+/// order), 0 when none, -1 with errno when getifaddrs fails.
+int swl_ipv4_net_in_use(uint32_t net, uint32_t mask);
+
 #endif

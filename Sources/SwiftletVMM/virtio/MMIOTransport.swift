@@ -17,6 +17,12 @@ protocol VirtioDeviceModel: AnyObject, Sendable {
     func serve(queue: Virtqueue, index: Int, memory: GuestMemory) throws(VirtqueueError) -> Bool
     /// The driver reset the device.
     func reset()
+    /// The driver set DRIVER_OK having accepted `features` (default: nothing to do).
+    func activate(features: UInt64)
+}
+
+extension VirtioDeviceModel {
+    func activate(features: UInt64) {}
 }
 
 /// The virtio-mmio transport, version 2 (virtio 1.x "modern" register layout),
@@ -208,7 +214,9 @@ final class VirtioMMIOTransport: BusDevice, @unchecked Sendable {
             // DRIVER_OK only after FEATURES_OK.
             if newly & Status.driverOK != 0 && new & Status.featuresOK == 0 { new &= ~Status.driverOK }
             s.status = (s.status & Status.needsReset) | new
-            return newly & Status.driverOK != 0 && new & Status.driverOK != 0
+            let live = newly & Status.driverOK != 0 && new & Status.driverOK != 0
+            if live { device.activate(features: s.driverFeatures) }
+            return live
         default: break
         }
         return false

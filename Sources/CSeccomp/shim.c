@@ -1,0 +1,59 @@
+#define _GNU_SOURCE
+#include "CSeccomp.h"
+#include <errno.h>
+#include <linux/capability.h>
+#include <seccomp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+void *swl_scmp_new(uint32_t default_action) { return seccomp_init(default_action); }
+void swl_scmp_release(void *ctx) { seccomp_release(ctx); }
+int swl_scmp_resolve(const char *name) { return seccomp_syscall_resolve_name(name); }
+char *swl_scmp_name(int nr) { return seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, nr); }
+
+int swl_scmp_allow(void *ctx, int nr, int arg_index, uint64_t mask, uint64_t value) {
+    if (arg_index < 0) return seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0);
+    struct scmp_arg_cmp cmp = { .arg = (unsigned)arg_index, .op = SCMP_CMP_MASKED_EQ, .datum_a = mask, .datum_b = value };
+    return seccomp_rule_add_array(ctx, SCMP_ACT_ALLOW, nr, 1, &cmp);
+}
+
+int swl_scmp_load(void *ctx) {
+    int rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 1);
+    if (rc != 0) return rc;
+    return seccomp_load(ctx);
+}
+
+int swl_drop_capabilities(void) {
+    struct __user_cap_header_struct header = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    return (int)syscall(SYS_capset, &header, data);
+}
+
+int swl_set_no_new_privs(void) { return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); }
+
+int swl_set_rlimit(int which, uint64_t soft, uint64_t hard) {
+    int resource = which == 0 ? RLIMIT_NOFILE : which == 1 ? RLIMIT_NPROC : RLIMIT_CORE;
+    struct rlimit r = { .rlim_cur = soft, .rlim_max = hard };
+    return setrlimit(resource, &r);
+}
+
+uint64_t swl_nofile_hard(void) {
+    struct rlimit r;
+    if (getrlimit(RLIMIT_NOFILE, &r) != 0) return 1024;
+    return r.rlim_max;
+}
+
+int swl_close_from(int first) {
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, (unsigned)first, ~0U, 0) == 0) return 0;
+#endif
+    long max = sysconf(_SC_OPEN_MAX);
+    if (max < 0 || max > 65536) max = 65536;
+    for (int fd = first; fd < max; fd++) close(fd);
+    return 0;
+}

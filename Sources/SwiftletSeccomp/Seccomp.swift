@@ -1,0 +1,177 @@
+import CSeccomp
+import Glibc
+import SwiftletSys
+
+/// `--seccomp`: what a syscall outside a thread's allowlist does.
+public enum SeccompMode: String, Sendable, CaseIterable {
+    /// The whole process is killed (SECCOMP_RET_KILL_PROCESS): the VM never runs half-dead.
+    case strict
+    /// The syscall runs and the kernel logs it (SECCOMP_RET_LOG, an audit
+    /// record naming the thread); Swiftlet reads those records back at the
+    /// end and prints each violation by role and syscall name.
+    case log
+    /// No filters (debugging only; a warning is printed).
+    case off
+}
+
+public enum SeccompError: Error, CustomStringConvertible {
+    case allowlist(AllowlistError)
+    case libseccomp(String, Int32)
+
+    public var description: String {
+        switch self {
+        case let .allowlist(e): "seccomp allowlist \(e)"
+        case let .libseccomp(what, rc): "seccomp: \(what) failed: \(String(cString: strerror(-rc)))"
+        }
+    }
+}
+
+public enum Seccomp {
+    /// Installs `rules` as a filter on the calling thread (no_new_privs set first).
+    public static func install(_ rules: [SeccompRule], mode: SeccompMode) throws(SeccompError) {
+        guard mode != .off else { return }
+        guard let ctx = swl_scmp_new(mode == .strict ? SWL_SCMP_ACT_KILL_PROCESS : SWL_SCMP_ACT_LOG) else {
+            throw .libseccomp("seccomp_init", -ENOMEM)
+        }
+        defer { swl_scmp_release(ctx) }
+        for rule in rules {
+            if rule.anyOf.isEmpty {
+                let rc = swl_scmp_allow(ctx, rule.number, -1, 0, 0)
+                guard rc == 0 else { throw .libseccomp("allow \(rule.name)", rc) }
+            }
+            for c in rule.anyOf {
+                let rc = swl_scmp_allow(ctx, rule.number, c.index, c.mask, c.value)
+                guard rc == 0 else { throw .libseccomp("allow \(rule.name)", rc) }
+            }
+        }
+        let rc = swl_scmp_load(ctx)
+        guard rc == 0 else { throw .libseccomp("seccomp_load", rc) }
+    }
+
+    /// Installs the filter of `role` on the calling thread.
+    public static func install(role: SeccompRole, mode: SeccompMode) throws(SeccompError) {
+        let rules: [SeccompRule]
+        do { rules = try role.allowlist() } catch { throw .allowlist(error) }
+        try install(rules, mode: mode)
+    }
+
+    /// The rules for a thread name with no role of its own: the union of every
+    /// role (still filtered, so no thread escapes), with a warning.
+    static func unionOfRoles() throws(SeccompError) -> [SeccompRule] {
+        var all: [SeccompRule] = []
+        for role in SeccompRole.allCases {
+            let rules: [SeccompRule]
+            do { rules = try role.allowlist() } catch { throw .allowlist(error) }
+            for r in rules {
+                if let i = all.firstIndex(where: { $0.name == r.name }) {
+                    if all[i].anyOf.isEmpty || r.anyOf.isEmpty { all[i].anyOf = [] } else { all[i].anyOf += r.anyOf }
+                } else {
+                    all.append(r)
+                }
+            }
+        }
+        return all
+    }
+
+    nonisolated(unsafe) private static var kmsgFD: Int32 = -1
+
+    /// Sandboxes the CLI's VMM process: closes inherited descriptors and turns
+    /// off core dumps now; from then on every thread `spawnThread` starts
+    /// drops its capabilities and installs its role's filter first, and the
+    /// main thread does the same (plus the resource limits) just before the
+    /// vCPUs enter the guest. Call once, at the start, before opening anything.
+    public static func enable(mode: SeccompMode) {
+        _ = swl_close_from(3)
+        _ = swl_set_rlimit(2, 0, 0) // RLIMIT_CORE: no core dumps of guest memory
+        if mode == .off {
+            printStderr("swiftlet: warning: --seccomp=off: the VMM runs without syscall filters")
+            ThreadSandbox.threadStart = { _ in _ = swl_drop_capabilities() }
+            ThreadSandbox.guestStart = { hardenProcess() }
+            return
+        }
+        if mode == .log {
+            kmsgFD = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+            if kmsgFD >= 0 {
+                lseek(kmsgFD, 0, SEEK_END)
+            } else {
+                printStderr("swiftlet: warning: --seccomp=log cannot read /dev/kmsg; violations are only in the kernel log")
+            }
+        }
+        ThreadSandbox.threadStart = { name in
+            _ = swl_drop_capabilities()
+            do throws(SeccompError) {
+                if let role = SeccompRole(threadName: name) {
+                    try install(role: role, mode: mode)
+                } else {
+                    printStderr("swiftlet: warning: seccomp: thread '\(name)' has no allowlist; it gets every role's")
+                    try install(try unionOfRoles(), mode: mode)
+                }
+            } catch {
+                fail("thread \(name): \(error)")
+            }
+        }
+        ThreadSandbox.guestStart = {
+            hardenProcess()
+            do throws(SeccompError) { try install(role: .control, mode: mode) } catch { fail("main thread: \(error)") }
+        }
+    }
+
+    /// The process-wide limits once every thread exists, and the main
+    /// thread's capabilities dropped (each other thread drops its own).
+    static func hardenProcess() {
+        let nofile = min(swl_nofile_hard(), 4096)
+        _ = swl_set_rlimit(0, nofile, nofile) // RLIMIT_NOFILE: vsock connections, nothing more
+        _ = swl_set_rlimit(1, 0, 0) // RLIMIT_NPROC: no new processes or threads
+        _ = swl_set_rlimit(2, 0, 0) // RLIMIT_CORE
+        _ = swl_drop_capabilities()
+        _ = swl_set_no_new_privs()
+    }
+
+    private static func fail(_ message: String) -> Never {
+        printStderr("swiftlet: error: \(message)")
+        _exit(1)
+    }
+
+    /// Under `--seccomp=log`: prints, once each, the syscalls outside the
+    /// allowlists that this process made, by thread role, from the kernel's
+    /// audit records (`type=1326 ... pid=P comm="vcpu0" ... syscall=N`).
+    public static func reportLog() {
+        guard kmsgFD >= 0 else { return }
+        defer { close(kmsgFD); kmsgFD = -1 }
+        let pidWord = " pid=\(getpid()) "
+        var seen: [String: Int] = [:]
+        var order: [String] = []
+        var buffer = [UInt8](repeating: 0, count: 8192)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(kmsgFD, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EPIPE { continue } // records overwritten: go on
+            if n <= 0 { break }
+            let line = String(decoding: buffer[0..<n], as: UTF8.self)
+            guard line.contains("type=1326"), line.contains(pidWord),
+                  let comm = field(line, "comm=\""), let nr = field(line, " syscall=").flatMap({ Int32($0) }) else { continue }
+            let thread = String(comm.prefix { $0 != "\"" })
+            let role = SeccompRole(threadName: thread)?.rawValue ?? (thread == "swiftlet" ? "control" : thread)
+            let key = "role=\(role) syscall=\(syscallName(nr))"
+            if seen[key] == nil { order.append(key) }
+            seen[key, default: 0] += 1
+        }
+        for key in order { printStderr("swiftlet: seccomp-log: \(key) count=\(seen[key] ?? 0)") }
+    }
+
+    private static func field(_ line: String, _ prefix: String) -> String? {
+        guard let r = line.firstRange(of: prefix) else { return nil }
+        return String(line[r.upperBound...].prefix { $0 != " " && $0 != "\n" })
+    }
+
+    /// The name of native syscall `nr`.
+    public static func syscallName(_ nr: Int32) -> String {
+        guard let p = swl_scmp_name(nr) else { return "syscall-\(nr)" }
+        defer { free(p) }
+        return String(cString: p)
+    }
+}
+
+func printStderr(_ s: String) {
+    let line = Array((s + "\n").utf8)
+    _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+}

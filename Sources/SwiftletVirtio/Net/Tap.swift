@@ -1,0 +1,89 @@
+import CSwiftlet
+import Glibc
+import SwiftletSys
+
+/// A Linux TAP device opened with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, its
+/// virtio-net header set to the 12 bytes of virtio 1.x.
+///
+/// A TAP that `create` made is not persistent: the kernel removes the
+/// interface when the last fd closes, so it goes with the process on every
+/// path (clean exit, crash, SIGTERM, SIGKILL).
+public final class TapDevice: @unchecked Sendable {
+    public let fd: Int32
+    public let name: String
+    /// The TAP took TUNSETOFFLOAD with checksum and TSO: offer the guest offloads.
+    public let supportsOffloads: Bool
+    /// The host-side addresses `--net auto` gave it.
+    public let plan: NetAddressPlan?
+
+    private init(fd: Int32, name: String, plan: NetAddressPlan?) throws(NetError) {
+        guard swl_tap_set_vnet_hdr_size(fd, Int32(VirtioNet.headerSize)) == 0 else {
+            let e = SystemError.last("ioctl(TUNSETVNETHDRSZ)")
+            close(fd)
+            throw .system(e)
+        }
+        // Probe, then start with none: the guest's features decide (`setOffloads`).
+        supportsOffloads = swl_tap_set_offload(fd, SWL_TUN_F_CSUM | SWL_TUN_F_TSO4 | SWL_TUN_F_TSO6) == 0
+        _ = swl_tap_set_offload(fd, 0)
+        self.fd = fd
+        self.name = name
+        self.plan = plan
+    }
+
+    deinit { close(fd) }
+
+    public static func isValidName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count < 16 && !name.contains("/") && !name.contains(" ") && name != "." && name != ".."
+    }
+
+    /// Attaches the existing TAP `name`. Never creates one.
+    public static func attach(_ name: String) throws(NetError) -> TapDevice {
+        guard isValidName(name) else { throw .invalidTapName(name) }
+        guard swl_if_index(name) != 0 else { throw .noSuchTap(name) }
+        var out = [CChar](repeating: 0, count: 16)
+        let fd = swl_tap_open(name, &out)
+        if fd < 0 {
+            let err = errno
+            switch err {
+            case EBUSY, EINVAL: throw .tapBusy(name)
+            case EPERM, EACCES: throw .notPermitted("attaching TAP '\(name)' (not owned by this user)")
+            default: throw .system(SystemError("TUNSETIFF(\(name))", errno: err))
+            }
+        }
+        // The interface could have vanished between the check and TUNSETIFF,
+        // which then made a fresh (non-persistent) one: refuse it.
+        return try TapDevice(fd: fd, name: name, plan: nil)
+    }
+
+    /// Creates a non-persistent TAP named `swl<pid>n<index>`, gives the host
+    /// side the first free /30 of 172.30.0.0/16 and brings it up.
+    public static func create(index: Int = 0) throws(NetError) -> TapDevice {
+        let name = "swl\(getpid())n\(index)"
+        guard swl_if_index(name) == 0 else { throw .tapBusy(name) }
+        // Address choice and assignment are one step across Swiftlet processes.
+        let lock = open("/tmp/.swiftlet-net.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        if lock >= 0 { _ = flock(lock, LOCK_EX) }
+        defer { if lock >= 0 { close(lock) } }
+        let plan = try NetAddressPlan.firstFree()
+        var out = [CChar](repeating: 0, count: 16)
+        let fd = swl_tap_open(name, &out)
+        if fd < 0 {
+            let err = errno
+            if err == EPERM || err == EACCES { throw .notPermitted("--net auto (creating a TAP device)") }
+            throw .system(SystemError("TUNSETIFF(\(name))", errno: err))
+        }
+        // From here the fd owns the interface: closing it (TapDevice.deinit
+        // or the throw paths below) removes it again.
+        let tap = try TapDevice(fd: fd, name: name, plan: plan)
+        if swl_if_set_ipv4_up(name, plan.host, NetAddressPlan.mask) != 0 {
+            let err = errno
+            if err == EPERM || err == EACCES { throw .notPermitted("--net auto (setting the TAP's address)") }
+            throw .system(SystemError("ioctl(SIOCSIFADDR \(name))", errno: err))
+        }
+        return tap
+    }
+
+    /// TUNSETOFFLOAD: what the reader (the guest) accepts from the TAP.
+    @discardableResult
+    public func setOffloads(_ flags: UInt32) -> Bool { swl_tap_set_offload(fd, flags) == 0 }
+}

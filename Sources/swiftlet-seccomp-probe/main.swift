@@ -1,0 +1,62 @@
+// swiftlet-seccomp-probe ROLE ACTION: installs ROLE's strict filter on this
+// thread, then does ACTION. The seccomp tests expect death by SIGSYS for the
+// forbidden actions and exit 0 (after printing "alive") for the allowed ones.
+// A separate test executable, so that the `swiftlet` binary has no test hook.
+import CSeccomp
+import CSwiftlet
+import Glibc
+import SwiftletSeccomp
+
+func say(_ s: String, fd: Int32 = 1) {
+    let b = Array((s + "\n").utf8)
+    _ = b.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+}
+
+let args = CommandLine.arguments
+guard args.count == 3, let role = SeccompRole(rawValue: args[1]) else {
+    say("usage: swiftlet-seccomp-probe ROLE ACTION (roles: \(SeccompRole.allCases.map(\.rawValue).joined(separator: " ")))", fd: 2)
+    exit(2)
+}
+let action = args[2]
+_ = swl_set_rlimit(2, 0, 0) // no core file from the expected SIGSYS
+let path = "/tmp/swiftlet-seccomp-probe-\(getpid())"
+// Only roles that may write say "alive" (memslots may not).
+let canWrite = (try? role.allowlist())?.contains { $0.name == "write" } ?? false
+do {
+    try Seccomp.install(role: role, mode: .strict)
+} catch {
+    say("swiftlet-seccomp-probe: \(error)", fd: 2)
+    exit(3)
+}
+
+
+var rc: Int = 0
+switch action {
+case "allowed":
+    rc = 0 // write and exit_group below: every role allows them
+case "execve":
+    var argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
+    rc = Int(execv("/bin/true", &argv))
+case "open":
+    rc = Int(open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0o600))
+    unlink(path)
+case "socket-inet":
+    rc = Int(socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0))
+case "socket-unix":
+    rc = Int(socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0))
+case "ioctl-create-vm":
+    rc = Int(ioctl(0, SWL_KVM_CREATE_VM, 0))
+case "ioctl-kvm-run":
+    rc = Int(ioctl(0, SWL_KVM_RUN, 0))
+case "mmap-exec":
+    let p = mmap(nil, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    rc = p == MAP_FAILED ? -1 : 0
+case "mmap":
+    let p = mmap(nil, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    rc = p == MAP_FAILED ? -1 : 0
+default:
+    say("unknown action \(action)")
+    exit(2)
+}
+if canWrite { say("alive rc=\(rc)") }
+exit(rc < 0 && action == "mmap" ? 4 : 0)
