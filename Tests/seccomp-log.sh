@@ -14,11 +14,27 @@
 #     never used here is a candidate for removal (check the error paths first).
 #
 # Usage: Tests/seccomp-log.sh [path/to/swiftlet]   (default: .build/debug/swiftlet)
+#        Tests/seccomp-log.sh --suite [swift test filter]
+#            runs the test suite's CLI tests (every boot and run they make; all of
+#            SwiftletCLITests unless a filter is given) under SWIFTLET_SECCOMP=log
+#            and lists, per role, the syscalls that fell outside the allowlists.
 #        KEEP=1 keeps the outputs and strace logs in /tmp.
 # Needs /dev/kvm and the images from `make images`. Exit status 1 when any
 # syscall fell outside an allowlist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--suite" ]; then
+    LOG=$(mktemp /tmp/swiftlet-seccomp-suite.XXXXXX)
+    trap 'rm -f "$LOG"' EXIT
+    SWIFTLET_SECCOMP=log SWIFTLET_SECCOMP_LOG_FILE="$LOG" swift test --skip-build --filter "${2:-SwiftletCLITests}" >&2 || true
+    echo "Syscalls outside the allowlists over the suite's runs (would kill the VMM under strict):"
+    if [ -s "$LOG" ]; then
+        sed -E 's/.*role=([^ ]+) syscall=([^ ]+).*/\1 \2/' "$LOG" | sort | uniq -c | sed 's/^/  /'
+        exit 1
+    fi
+    echo "  none"
+    exit 0
+fi
 BIN=${1:-.build/debug/swiftlet}
 [ -x "$BIN" ] || { echo "no $BIN: run swift build first" >&2; exit 2; }
 WORK=$(mktemp -d /tmp/swiftlet-seccomp-log.XXXXXX)

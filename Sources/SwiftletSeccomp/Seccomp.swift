@@ -74,6 +74,15 @@ public enum Seccomp {
     }
 
     nonisolated(unsafe) private static var kmsgFD: Int32 = -1
+    /// `SWIFTLET_SECCOMP_LOG_FILE`: log mode appends its report there too
+    /// (opened before any filter), so a whole test suite's runs can be collected.
+    nonisolated(unsafe) private static var reportFD: Int32 = -1
+
+    /// The default `--seccomp` mode: `SWIFTLET_SECCOMP` when set (the
+    /// maintainer's guide runs the test suite under `log` this way), else strict.
+    public static var defaultModeName: String {
+        getenv("SWIFTLET_SECCOMP").map { String(cString: $0) } ?? "strict"
+    }
 
     /// Sandboxes the CLI's VMM process: closes inherited descriptors and turns
     /// off core dumps now; from then on every thread `spawnThread` starts
@@ -91,6 +100,9 @@ public enum Seccomp {
         }
         if mode == .log {
             kmsgFD = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+            if let path = getenv("SWIFTLET_SECCOMP_LOG_FILE") {
+                reportFD = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+            }
             if kmsgFD >= 0 {
                 lseek(kmsgFD, 0, SEEK_END)
             } else {
@@ -155,7 +167,14 @@ public enum Seccomp {
             if seen[key] == nil { order.append(key) }
             seen[key, default: 0] += 1
         }
-        for key in order { printStderr("swiftlet: seccomp-log: \(key) count=\(seen[key] ?? 0)") }
+        for key in order {
+            let line = "swiftlet: seccomp-log: \(key) count=\(seen[key] ?? 0)"
+            printStderr(line)
+            if reportFD >= 0 {
+                let bytes = Array((line + "\n").utf8)
+                _ = bytes.withUnsafeBytes { write(reportFD, $0.baseAddress, $0.count) }
+            }
+        }
     }
 
     private static func field(_ line: String, _ prefix: String) -> String? {

@@ -55,7 +55,7 @@ struct Boot: ParsableCommand {
     var kvmDevice: String = "/dev/kvm"
 
     @Option(help: ArgumentHelp("Syscall filters on every VMM thread: strict (a syscall outside its thread's allowlist kills the VMM), log (it runs, and is reported on stderr by thread role at the end), off (debugging only).", valueName: "strict|log|off"))
-    var seccomp: String = "strict"
+    var seccomp: String = Seccomp.defaultModeName
 
     @Option(name: .customLong("vsock-uds"), help: ArgumentHelp("Add a virtio-vsock device (Firecracker's hybrid vsock): host clients connect here and send `CONNECT <port>\\n`; guest connections to CID 2 port P go to <path>_P.", valueName: "path"))
     var vsockUDS: String?

@@ -64,7 +64,7 @@ struct Run: ParsableCommand {
     var kvmDevice: String = "/dev/kvm"
 
     @Option(help: ArgumentHelp("Syscall filters on every VMM thread: strict (a syscall outside its thread's allowlist kills the VMM), log (it runs, and is reported on stderr by thread role at the end), off (debugging only).", valueName: "strict|log|off"))
-    var seccomp: String = "strict"
+    var seccomp: String = Seccomp.defaultModeName
 
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
     var command: [String] = []
