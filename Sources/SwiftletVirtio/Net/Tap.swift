@@ -60,10 +60,10 @@ public final class TapDevice: @unchecked Sendable {
     public static func create(index: Int = 0) throws(NetError) -> TapDevice {
         let name = "swl\(getpid())n\(index)"
         guard swl_if_index(name) == 0 else { throw .tapBusy(name) }
-        // Address choice and assignment are one step across Swiftlet processes.
-        let lock = open("/tmp/.swiftlet-net.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        if lock >= 0 { _ = flock(lock, LOCK_EX) }
-        defer { if lock >= 0 { close(lock) } }
+        // Address choice and assignment are one step across Swiftlet processes
+        // in this network namespace (the addresses it sees are per namespace too).
+        let lock = AddressPlanLock.acquire()
+        defer { _ = lock }
         let plan = try NetAddressPlan.firstFree()
         var out = [CChar](repeating: 0, count: 16)
         let fd = swl_tap_open(name, &out)
@@ -86,4 +86,23 @@ public final class TapDevice: @unchecked Sendable {
     /// TUNSETOFFLOAD: what the reader (the guest) accepts from the TAP.
     @discardableResult
     public func setOffloads(_ flags: UInt32) -> Bool { swl_tap_set_offload(fd, flags) == 0 }
+}
+
+/// A mutex across processes with nothing on disk: a bound abstract Unix
+/// socket, whose name is per network namespace and which the kernel releases
+/// when its holder closes it or dies.
+enum AddressPlanLock {
+    static let name = "@swiftlet-net-address-plan"
+
+    /// Waits (up to about 10 s, then goes on without it) until the name is free and holds it.
+    static func acquire() -> OwnedFD? {
+        for _ in 0..<10_000 {
+            guard let s = try? UnixSocket.make() else { return nil }
+            let rc = (try? UnixSocket.withAddress(name) { bind(s.raw, $0, $1) }) ?? -1
+            if rc == 0 { return s }
+            if errno != EADDRINUSE { return nil }
+            usleep(1000)
+        }
+        return nil
+    }
 }
