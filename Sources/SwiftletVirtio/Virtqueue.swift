@@ -157,6 +157,24 @@ public final class Virtqueue: @unchecked Sendable {
 
     // MARK: - Device operations
 
+    /// The next chain a device can serve, or nil when the ring is empty.
+    ///
+    /// A malformed chain fails alone: when its head is known it goes back to
+    /// the driver unused (length 0) and `returnedMalformed` runs (to count it,
+    /// and to note that the used ring moved), then the next chain is tried.
+    /// An error with no head means the queue itself is unusable: it is thrown.
+    public func popServable(returnedMalformed: () -> Void) throws(VirtqueueError) -> DescriptorChain? {
+        while true {
+            do {
+                return try pop()
+            } catch {
+                guard let head = error.head else { throw error }
+                try pushUsed(head: head, length: 0)
+                returnedMalformed()
+            }
+        }
+    }
+
     /// The next available chain, or nil when the ring is empty.
     ///
     /// A malformed chain throws `.malformedChain` after consuming its available

@@ -20,18 +20,7 @@ final class BlockModel: VirtioDeviceModel, @unchecked Sendable {
     func serve(queue: Virtqueue, index: Int, memory: GuestMemory) throws(VirtqueueError) -> Bool {
         var served = false
         repeat {
-            while true {
-                let chain: DescriptorChain
-                do {
-                    guard let next = try queue.pop() else { break }
-                    chain = next
-                } catch {
-                    // A malformed chain fails that request alone, when its head is known.
-                    guard let head = error.head else { throw error }
-                    try queue.pushUsed(head: head, length: 0)
-                    served = true
-                    continue
-                }
+            while let chain = try queue.popServable(returnedMalformed: { served = true }) {
                 try queue.pushUsed(head: chain.head, length: backend.handle(chain, memory: memory))
                 served = true
             }

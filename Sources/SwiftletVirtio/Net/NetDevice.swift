@@ -181,15 +181,7 @@ public final class NetDevice: @unchecked Sendable {
     /// Nil when the ring is empty, after re-enabling notifications.
     private func popRx(_ queue: Virtqueue, used: inout Bool) throws(VirtqueueError) -> DescriptorChain? {
         while true {
-            do {
-                if let chain = try queue.pop() { return chain }
-            } catch {
-                guard let head = error.head else { throw error }
-                try queue.pushUsed(head: head, length: 0)
-                rxBadChains += 1
-                used = true
-                continue
-            }
+            if let chain = try queue.popServable(returnedMalformed: { rxBadChains += 1; used = true }) { return chain }
             if !queue.enableNotification() { return nil }
         }
     }
@@ -246,18 +238,7 @@ public final class NetDevice: @unchecked Sendable {
         applyOffloads()
         var used = false
         repeat {
-            while true {
-                let chain: DescriptorChain
-                do {
-                    guard let next = try queue.pop() else { break }
-                    chain = next
-                } catch {
-                    guard let head = error.head else { throw error }
-                    try queue.pushUsed(head: head, length: 0)
-                    txErrors += 1
-                    used = true
-                    continue
-                }
+            while let chain = try queue.popServable(returnedMalformed: { txErrors += 1; used = true }) {
                 transmit(chain, memory: queue.memory)
                 try queue.pushUsed(head: chain.head, length: 0)
                 used = true

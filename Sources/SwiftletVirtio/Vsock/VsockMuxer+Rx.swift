@@ -126,14 +126,7 @@ extension VsockMuxer {
             return held.chain
         }
         while true {
-            do {
-                if let chain = try queue.pop() { return chain }
-            } catch {
-                guard let head = error.head else { throw error }
-                try queue.pushUsed(head: head, length: 0)
-                rxPushed = true
-                continue
-            }
+            if let chain = try queue.popServable(returnedMalformed: { rxPushed = true }) { return chain }
             if !queue.enableNotification() { return nil }
         }
     }
@@ -211,17 +204,7 @@ extension VsockMuxer {
 
     func serveEventLocked(_ queue: Virtqueue) throws(VirtqueueError) -> Bool {
         var pushed = false
-        while transportResetPending {
-            let chain: DescriptorChain
-            do {
-                guard let next = try queue.pop() else { break }
-                chain = next
-            } catch {
-                guard let head = error.head else { throw error }
-                try queue.pushUsed(head: head, length: 0)
-                pushed = true
-                continue
-            }
+        while transportResetPending, let chain = try queue.popServable(returnedMalformed: { pushed = true }) {
             let event = VirtioVsock.eventTransportReset.littleEndian
             let wrote = withUnsafeBytes(of: event) { (try? chain.write(to: queue.memory, offset: 0, from: $0)) != nil }
             try queue.pushUsed(head: chain.head, length: wrote ? UInt32(VirtioVsock.eventSize) : 0)

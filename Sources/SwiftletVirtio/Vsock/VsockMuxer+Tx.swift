@@ -19,18 +19,7 @@ extension VsockMuxer {
                     txStalled = true
                     break
                 }
-                let chain: DescriptorChain
-                do {
-                    guard let next = try queue.pop() else { break }
-                    chain = next
-                } catch {
-                    // A malformed chain fails that packet alone, when its head is known.
-                    guard let head = error.head else { throw error }
-                    try queue.pushUsed(head: head, length: 0)
-                    stats.droppedPackets += 1
-                    served = true
-                    continue
-                }
+                guard let chain = try queue.popServable(returnedMalformed: { stats.droppedPackets += 1; served = true }) else { break }
                 guestPacket(chain, memory: queue.memory)
                 try queue.pushUsed(head: chain.head, length: 0)
                 served = true
