@@ -71,6 +71,40 @@ public final class Serial8250: BusDevice {
         self.raiseInterrupt = raiseInterrupt
     }
 
+    /// The registers a snapshot keeps (pending input is not kept: nothing
+    /// is queued while the guest's agent waits for a job).
+    public struct SavedState: Sendable, Equatable {
+        public var ier: UInt8, lcr: UInt8, mcr: UInt8, scratch: UInt8, dll: UInt8, dlm: UInt8
+        public var fifoEnabled: Bool, thrInterruptPending: Bool
+
+        public init(ier: UInt8, lcr: UInt8, mcr: UInt8, scratch: UInt8, dll: UInt8, dlm: UInt8, fifoEnabled: Bool, thrInterruptPending: Bool) {
+            (self.ier, self.lcr, self.mcr, self.scratch, self.dll, self.dlm) = (ier, lcr, mcr, scratch, dll, dlm)
+            (self.fifoEnabled, self.thrInterruptPending) = (fifoEnabled, thrInterruptPending)
+        }
+    }
+
+    public func saveState() -> SavedState {
+        state.withLock { s in
+            SavedState(ier: s.ier, lcr: s.lcr, mcr: s.mcr, scratch: s.scratch, dll: s.dll, dlm: s.dlm,
+                       fifoEnabled: s.fifoEnabled, thrInterruptPending: s.thrInterruptPending)
+        }
+    }
+
+    /// Loads saved registers into a UART nobody has used yet. IER keeps only
+    /// its defined bits, as a guest write would.
+    public func restoreState(_ saved: SavedState) {
+        state.withLock { s in
+            s.ier = saved.ier & IER.mask
+            s.lcr = saved.lcr
+            s.mcr = saved.mcr
+            s.scratch = saved.scratch
+            s.dll = saved.dll
+            s.dlm = saved.dlm
+            s.fifoEnabled = saved.fifoEnabled
+            s.thrInterruptPending = saved.thrInterruptPending
+        }
+    }
+
     public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
         guard data.count >= 1 else { return }
         let value: UInt8 = state.withLock { s in

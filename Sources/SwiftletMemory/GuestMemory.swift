@@ -69,6 +69,33 @@ public final class GuestMemory: @unchecked Sendable {
         self.owned = true
     }
 
+    /// Maps `ranges` from `fd`, back to back from offset 0, copy-on-write
+    /// (`MAP_PRIVATE`): pages load lazily from the file, and every mapping of
+    /// the same file shares the pages nobody wrote. For snapshot restore.
+    public init(privateMappingOf fd: Int32, ranges: [(base: UInt64, size: Int)]) throws(GuestMemoryError) {
+        var regions: [Region] = []
+        var offset = 0
+        var lastEnd: UInt64 = 0
+        for r in ranges {
+            guard r.size > 0, r.base % 4096 == 0, r.size % 4096 == 0, r.base >= lastEnd else {
+                for done in regions { munmap(done.host, done.size) }
+                throw .invalidLayout("range 0x\(String(r.base, radix: 16)) size \(r.size)")
+            }
+            let p = mmap(nil, r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, off_t(offset))
+            guard let p, p != MAP_FAILED else {
+                let e = SystemError.last("mmap(snapshot memory, \(r.size) bytes)")
+                for done in regions { munmap(done.host, done.size) }
+                throw .mapFailed(e)
+            }
+            regions.append(Region(guestBase: r.base, size: r.size, host: p))
+            offset += r.size
+            lastEnd = r.base + UInt64(r.size)
+        }
+        guard !regions.isEmpty else { throw .invalidLayout("no memory") }
+        self.regions = regions
+        self.owned = true
+    }
+
     /// One region at guest address 0 of `size` bytes. Convenient for tests.
     public convenience init(size: Int) throws(GuestMemoryError) {
         try self.init(ranges: [(base: 0, size: size)])

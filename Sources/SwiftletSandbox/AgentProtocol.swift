@@ -17,9 +17,9 @@ public enum AgentProtocol {
     /// Frame types.
     public enum Kind: UInt8, Sendable {
         // Guest to host.
-        case hello = 0x01, stdout = 0x02, stderr = 0x03, started = 0x04, exit = 0x05, error = 0x06
+        case hello = 0x01, stdout = 0x02, stderr = 0x03, started = 0x04, exit = 0x05, error = 0x06, ready = 0x07, parked = 0x08
         // Host to guest.
-        case job = 0x81, stdin = 0x82, signal = 0x83
+        case job = 0x81, stdin = 0x82, signal = 0x83, park = 0x84
     }
 
     /// Appends one frame to `out`.
@@ -30,13 +30,22 @@ public enum AgentProtocol {
         out.append(contentsOf: payload)
     }
 
-    /// The JOB frame for `job`.
-    public static func jobFrame(_ job: AgentJob) -> [UInt8] {
+    /// JOB flags.
+    public enum JobFlag {
+        public static let stdinAttached: UInt32 = 1
+        /// A u64 CLOCK_REALTIME (ns) follows the fixed fields: the guest sets its clock.
+        public static let wallClock: UInt32 = 2
+    }
+
+    /// The JOB frame for `job`; with `wallClockNanos` the guest sets its
+    /// wall clock first (a restored guest's is the snapshot's).
+    public static func jobFrame(_ job: AgentJob, wallClockNanos: UInt64? = nil) -> [UInt8] {
         var p: [UInt8] = []
-        appendLE(job.stdinAttached ? UInt32(1) : 0, to: &p)
+        appendLE((job.stdinAttached ? JobFlag.stdinAttached : 0) | (wallClockNanos == nil ? 0 : JobFlag.wallClock), to: &p)
         appendLE(UInt32(job.argv.count), to: &p)
         appendLE(UInt32(job.environment.count), to: &p)
         appendLE(UInt32(job.seed.count), to: &p)
+        if let t = wallClockNanos { appendLE(t, to: &p) }
         p += job.seed
         for s in [job.workingDirectory] + job.argv + job.environment {
             p += s.utf8
@@ -44,6 +53,18 @@ public enum AgentProtocol {
         }
         var frame: [UInt8] = []
         appendFrame(.job, p, to: &frame)
+        return frame
+    }
+
+    /// The PARK frame: run each of `warmUp` (absolute paths) once, then answer PARKED.
+    public static func parkFrame(warmUp: [String]) -> [UInt8] {
+        var p: [UInt8] = []
+        for path in warmUp {
+            p += path.utf8
+            p.append(0)
+        }
+        var frame: [UInt8] = []
+        appendFrame(.park, p, to: &frame)
         return frame
     }
 
@@ -117,6 +138,11 @@ public enum AgentMessage: Sendable, Equatable {
     case exit(JobStatus, nanos: UInt64)
     /// The agent could not run the job.
     case error(String)
+    /// The agent is idle, waiting for its job.
+    case ready
+    /// The agent ran the PARK frame's warm-up programs and waits for its job:
+    /// the point `swiftlet snapshot create` pauses the machine at.
+    case parked
     /// A type this host does not know: skipped.
     case unknown(UInt8)
 }
@@ -187,6 +213,8 @@ public struct AgentFrameReader: Sendable {
             default: throw .protocolViolation("unknown exit kind \(le32(p)) from the agent")
             }
         case .error: return .error(String(decoding: buffer[p..<p + length], as: UTF8.self))
+        case .ready: return .ready
+        case .parked: return .parked
         default: return .unknown(type)
         }
     }

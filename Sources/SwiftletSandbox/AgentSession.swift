@@ -15,6 +15,9 @@ public enum SessionOutcome: Sendable {
     case abandoned
     /// The agent failed or broke the protocol.
     case failed(SandboxError)
+    /// The agent reported it was idle and the session, in park mode, ended
+    /// there without sending a job (`swiftlet snapshot create`).
+    case parked
 }
 
 /// Host-clock timestamps of a session (CLOCK_MONOTONIC ns), 0 when not reached.
@@ -55,6 +58,9 @@ public final class AgentSession: @unchecked Sendable {
         public var connectTimeoutSeconds: Double?
         /// How long a job may take to die after a forwarded signal before it is abandoned.
         public var signalGraceSeconds: Double = 2
+        /// Park mode: send PARK with these warm-up programs instead of the
+        /// job, and end with `.parked` when the agent answers PARKED.
+        public var park: [String]?
 
         public init(listener: Int32) { self.listener = listener }
     }
@@ -67,6 +73,9 @@ public final class AgentSession: @unchecked Sendable {
     /// Signals handed in by `deliver(signal:)`: a non-blocking pipe, read end first.
     private let injected: (read: Int32, write: Int32)
     private var thread: pthread_t?
+    /// The agent's connection when a parked session ended; written by the
+    /// session thread before it ends, closed by `stop` after joining it.
+    private var parkedConnection: Int32 = -1
     private let state = Mutex<(outcome: SessionOutcome?, timeline: SessionTimeline)>((nil, SessionTimeline()))
 
     public init(job: AgentJob, options: Options, onOutcome: @escaping @Sendable (SessionOutcome) -> Void) throws(SandboxError) {
@@ -118,6 +127,10 @@ public final class AgentSession: @unchecked Sendable {
         _ = write(stopFD, &one, 8)
         pthread_join(t, nil)
         thread = nil
+        if parkedConnection >= 0 {
+            close(parkedConnection)
+            parkedConnection = -1
+        }
     }
 
     // MARK: The loop (session thread)
@@ -138,7 +151,9 @@ public final class AgentSession: @unchecked Sendable {
     private func loop() {
         // The agent's connection, once accepted; closed when the loop ends.
         var connection: Int32?
-        defer { if let c = connection { close(c) } }
+        // Parked, the connection stays open until `stop`, after the machine
+        // paused: the guest must not see it close before its snapshot.
+        defer { if let c = connection { if options.park != nil { parkedConnection = c } else { close(c) } } }
         var reader = AgentFrameReader()
         var outgoing: [UInt8] = []
         var outgoingSent = 0
@@ -202,6 +217,12 @@ public final class AgentSession: @unchecked Sendable {
                     return false
                 case let .error(text):
                     finish(.failed(.agentFailed(text)))
+                    return false
+                case .ready:
+                    continue
+                case .parked:
+                    guard options.park != nil else { continue }
+                    finish(.parked)
                     return false
                 case .unknown:
                     continue
@@ -328,7 +349,11 @@ public final class AgentSession: @unchecked Sendable {
                             connection = c.release()
                             let t = Clock.monotonicNanos()
                             mark { $0.agentConnected = t }
-                            queue(AgentProtocol.jobFrame(job))
+                            if let warmUp = options.park {
+                                queue(AgentProtocol.parkFrame(warmUp: warmUp))
+                            } else {
+                                queue(AgentProtocol.jobFrame(job, wallClockNanos: Clock.realtimeNanos()))
+                            }
                             _ = flush()
                         }
                     } catch {

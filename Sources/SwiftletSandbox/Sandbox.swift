@@ -37,6 +37,14 @@ public struct SandboxConfig: Sendable {
     /// Forward SIGINT/SIGTERM/SIGHUP to the job (the CLI); tests leave signals alone.
     public var handleSignals = false
     public var kvmPath = "/dev/kvm"
+    /// Restore this snapshot instead of booting. The kernel and drives must
+    /// be the snapshot's (checked by content), and memory and vCPUs come
+    /// from it; `net` must be nil.
+    public var snapshot: Snapshot?
+    /// `createSnapshot`: programs the agent runs once before the snapshot, so
+    /// that their pages are in every clone's page cache. A job's first exec
+    /// otherwise reads its binary from the emulated disk.
+    public var warmUpPrograms = ["/bin/sh", "/bin/true"]
 
     public init(kernelPath: String, rootfsPath: String, job: AgentJob) {
         self.kernelPath = kernelPath
@@ -59,6 +67,8 @@ public struct SandboxResult: Sendable {
     public var machine: RunReport
     /// CLOCK_MONOTONIC ns when the machine had ended and been torn down.
     public var tornDown: UInt64
+    /// The machine was restored from a snapshot rather than booted.
+    public var restored: Bool
 }
 
 public enum Sandbox {
@@ -80,30 +90,20 @@ public enum Sandbox {
         signal(SIGPIPE, SIG_IGN)
 
         let uds = config.vsockUDS ?? privateSocketName()
-        let agentPath = agentSocketPath(uds)
-        let listener: OwnedFD
-        do {
-            listener = try UnixSocket.listen(at: agentPath, backlog: 4)
-        } catch {
-            throw .usage(error.errno == EADDRINUSE ? "vsock socket \(agentPath) already exists" : "\(error)")
-        }
-        defer { if !agentPath.hasPrefix("@") { unlink(agentPath) } }
-
-        var machineConfig = MachineConfig(kernelPath: config.kernelPath, cmdline: SandboxConfig.kernelCommandLine(extra: config.extraKernelArguments))
-        machineConfig.drives = [DriveConfig(path: config.rootfsPath, ephemeral: true)] + config.extraDrives
-        machineConfig.vsock = VsockConfig(guestCID: config.guestCID, udsPath: uds)
-        machineConfig.memoryMiB = config.memoryMiB
-        machineConfig.vcpuCount = config.vcpuCount
-        machineConfig.kernelCacheDirectory = config.kernelCacheDirectory
-        machineConfig.consoleOutputFD = config.consoleFD
-        machineConfig.captureConsole = true
-        machineConfig.captureConsoleLimit = 16 << 10
-        machineConfig.kvmPath = config.kvmPath
-        machineConfig.net = config.net
+        let listener = try listen(uds)
+        defer { if !uds.hasPrefix("@") { unlink(agentSocketPath(uds)) } }
 
         let machine: Machine
         do {
-            machine = try Machine(config: machineConfig)
+            if let snapshot = config.snapshot {
+                var machineConfig = snapshot.machineConfig(vsockPath: uds)
+                machineConfig.payload = .linux(kernelPath: config.kernelPath, initrdPath: nil, cmdline: snapshot.manifest.cmdline)
+                machineConfig.drives = [DriveConfig(path: config.rootfsPath, ephemeral: true)] + config.extraDrives
+                apply(config, to: &machineConfig)
+                machine = try Machine(config: machineConfig, restoring: snapshot)
+            } else {
+                machine = try Machine(config: machineConfig(config, uds: uds))
+            }
         } catch {
             throw .machine("\(error)")
         }
@@ -124,7 +124,7 @@ public enum Sandbox {
             case .finished: machine.stop("the command finished")
             case .timedOut: machine.stop("the command timed out")
             case let .interrupted(s): machine.stop("signal \(s)")
-            case .abandoned: machine.stop("the session ended")
+            case .abandoned, .parked: machine.stop("the session ended")
             case let .failed(e): machine.stop("\(e)")
             }
         }
@@ -138,7 +138,111 @@ public enum Sandbox {
         }
         session.stop()
         let outcome = session.outcome ?? .abandoned
-        return SandboxResult(outcome: outcome, timeline: session.timeline, machine: report, tornDown: Clock.monotonicNanos())
+        return SandboxResult(outcome: outcome, timeline: session.timeline, machine: report, tornDown: Clock.monotonicNanos(),
+                             restored: config.snapshot != nil)
+    }
+
+    /// Boots a machine as `run` would, waits until its agent reports it is
+    /// idle, pauses it and writes a snapshot into `directory` (created; it
+    /// must not exist, and is removed again if anything fails).
+    public static func createSnapshot(_ config: SandboxConfig, directory: String) throws(SandboxError) {
+        var signalFD: Int32 = -1
+        if config.handleSignals {
+            signalFD = swl_signalfd_termination()
+            guard signalFD >= 0 else { throw .system(.last("signalfd")) }
+        }
+        defer { if signalFD >= 0 { close(signalFD) } }
+        signal(SIGPIPE, SIG_IGN)
+        let uds = config.vsockUDS ?? privateSocketName()
+        let listener = try listen(uds)
+        defer { if !uds.hasPrefix("@") { unlink(agentSocketPath(uds)) } }
+
+        let machineConfig = machineConfig(config, uds: uds)
+        var complete = false
+        let writer: SnapshotWriter
+        do {
+            writer = try SnapshotWriter(directory: directory, config: machineConfig)
+        } catch {
+            throw .machine("\(error)")
+        }
+        defer { if !complete { removeSnapshotDirectory(directory) } }
+        let machine: Machine
+        do {
+            machine = try Machine(config: machineConfig)
+        } catch {
+            throw .machine("\(error)")
+        }
+        var options = AgentSession.Options(listener: listener.raw)
+        options.signalFD = signalFD
+        options.connectTimeoutSeconds = config.bootTimeoutSeconds
+        options.park = config.warmUpPrograms
+        let session = try AgentSession(job: AgentJob(argv: ["true"]), options: options) { outcome in
+            switch outcome {
+            case .parked: machine.pause()
+            case let .interrupted(s): machine.stop("signal \(s)")
+            case let .failed(e): machine.stop("\(e)")
+            default: machine.stop("the session ended")
+            }
+        }
+        try session.start()
+        let report: RunReport
+        do {
+            report = try machine.run()
+        } catch {
+            session.stop()
+            throw .machine("\(error)")
+        }
+        session.stop()
+        guard report.exit == .paused else {
+            if case let .failed(e) = session.outcome { throw e }
+            let console = lastConsoleLine(report).map { " (console: \($0))" } ?? ""
+            throw .machine("the guest did not get to an idle agent: \(report.exit)\(console)")
+        }
+        do {
+            try machine.writeSnapshot(writer)
+        } catch {
+            throw .machine("\(error)")
+        }
+        complete = true
+    }
+
+    /// Removes a half-written snapshot directory (its two files, then itself).
+    static func removeSnapshotDirectory(_ directory: String) {
+        unlink(directory + "/" + Snapshot.stateFileName)
+        unlink(directory + "/" + Snapshot.memoryFileName)
+        rmdir(directory)
+    }
+
+    /// Listens for the agent at `<uds>_52`.
+    static func listen(_ uds: String) throws(SandboxError) -> OwnedFD {
+        let agentPath = agentSocketPath(uds)
+        do {
+            return try UnixSocket.listen(at: agentPath, backlog: 4)
+        } catch {
+            throw .usage(error.errno == EADDRINUSE ? "vsock socket \(agentPath) already exists" : "\(error)")
+        }
+    }
+
+    /// The machine a cold sandbox boots: the ephemeral root drive, further
+    /// drives, the vsock device the agent talks through.
+    static func machineConfig(_ config: SandboxConfig, uds: String) -> MachineConfig {
+        var m = MachineConfig(kernelPath: config.kernelPath, cmdline: SandboxConfig.kernelCommandLine(extra: config.extraKernelArguments))
+        m.drives = [DriveConfig(path: config.rootfsPath, ephemeral: true)] + config.extraDrives
+        m.vsock = VsockConfig(guestCID: config.guestCID, udsPath: uds)
+        m.memoryMiB = config.memoryMiB
+        m.vcpuCount = config.vcpuCount
+        m.net = config.net
+        apply(config, to: &m)
+        return m
+    }
+
+    /// What every sandbox machine gets, booted or restored.
+    static func apply(_ config: SandboxConfig, to m: inout MachineConfig) {
+        m.kernelCacheDirectory = config.kernelCacheDirectory
+        m.consoleOutputFD = config.consoleFD
+        m.captureConsole = true
+        m.captureConsoleLimit = 16 << 10
+        m.kvmPath = config.kvmPath
     }
 
     /// An abstract socket name only this process knows.

@@ -1,4 +1,5 @@
 import CSwiftlet
+import Glibc
 
 /// Monotonic time, in nanoseconds.
 public enum Clock {
@@ -10,4 +11,11 @@ public enum Clock {
     public static func microsSinceStart() -> UInt64 { (monotonicNanos() &- processStartNanos) / 1000 }
     /// CPU time used by the whole process, in nanoseconds.
     public static func processCPUNanos() -> UInt64 { swl_process_cpu_ns() }
+
+    /// CLOCK_REALTIME in nanoseconds since the epoch.
+    public static func realtimeNanos() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
 }

@@ -47,10 +47,28 @@ public final class Machine: @unchecked Sendable {
     let bootTimerMicros = BootTimerRecord()
     /// The host has nested PVM KVM.
     public let isPVMHost: Bool
+    /// The snapshot this machine resumes from, if it was restored.
+    public let restoredFrom: Snapshot?
+    /// Each vCPU's CPUID table (kept for a snapshot).
+    let cpuidTables: [[kvm_cpuid_entry2]]
+    /// Each drive's size in bytes.
+    let driveCapacities: [UInt64]
+    /// The MSRs a snapshot saves: what KVM lists.
+    let msrIndices: [UInt32]
+    /// The vCPUs' states, captured by their threads when the machine paused.
+    private(set) var pausedVcpus: [VcpuState?] = []
 
     /// Builds the machine: VM, memory, kernel, boot structures, vCPUs, devices.
-    public init(config: MachineConfig) throws(VMMError) {
+    /// With `snapshot`, memory, vCPUs and devices come from it instead, after
+    /// checking that `config` (see `Snapshot.machineConfig`), the kernel and
+    /// the images are the ones it was taken with, and that this host's CPU
+    /// can run what the guest saw.
+    public init(config: MachineConfig, restoring snapshot: Snapshot? = nil) throws(VMMError) {
         self.config = config
+        restoredFrom = snapshot
+        if let snapshot {
+            do { try snapshot.check(config) } catch { throw .snapshot(error) }
+        }
         do {
             kvm = try Kvm(path: config.kvmPath)
         } catch {
@@ -78,6 +96,12 @@ public final class Machine: @unchecked Sendable {
             }
         }
         self.vsock = vsock
+        driveCapacities = blockBackends.map { $0.sectors * UInt64(VirtioBlock.sectorSize) }
+        if let snapshot {
+            for (capacity, saved) in zip(driveCapacities, snapshot.manifest.drives) where capacity != saved.capacityBytes {
+                throw .snapshot(.mismatch("drive \(saved.config.path) has \(capacity) bytes; it had \(saved.capacityBytes) in the snapshot"))
+            }
+        }
         // The TAP is attached (or created and addressed) now too, so a missing
         // or busy TAP fails before any VM work; if anything below throws, the
         // TAP closes with the model (and an `auto` one vanishes).
@@ -120,11 +144,7 @@ public final class Machine: @unchecked Sendable {
             throw .kvm(error)
         }
 
-        do {
-            memory = try GuestMemory(ranges: Layout.ramRanges(memoryBytes: config.memoryMiB << 20))
-        } catch {
-            throw .memory(error)
-        }
+        memory = try Machine.guestMemory(config: config, snapshot: snapshot)
         // Registering the memory slot waits for an SRCU grace period inside
         // KVM (about 7 ms on nested PVM, whatever the size), so it runs on a
         // helper thread while this one loads the kernel and builds the vCPUs.
@@ -139,15 +159,38 @@ public final class Machine: @unchecked Sendable {
         }
         // Whatever fails below, the helper thread is joined first (wait() is idempotent).
         defer { _ = slots.wait() }
-        let boot = try BootLoader.load(config: config, memory: memory,
-                                       extraArguments: virtioArguments + netArguments + PVMQuirks.kernelArguments(isPVMHost: isPVMHost, template: template))
+        let boot = snapshot == nil
+            ? try BootLoader.load(config: config, memory: memory,
+                                  extraArguments: virtioArguments + netArguments + PVMQuirks.kernelArguments(isPVMHost: isPVMHost, template: template))
+            : nil
         var vcpus: [Vcpu] = []
+        var tables: [[kvm_cpuid_entry2]] = []
+        let supported: [kvm_cpuid_entry2]
         do {
-            let supported = try kvm.supportedCPUID()
+            supported = try kvm.supportedCPUID()
+            msrIndices = try kvm.msrIndexList()
+        } catch {
+            throw .kvm(error)
+        }
+        for id in 0..<config.vcpuCount {
+            let table = VcpuSetup.cpuidTable(index: id, cpuCount: config.vcpuCount, supportedCPUID: supported, template: template)
+            if let saved = snapshot?.state.vcpus[id], let why = CPUIDCompatibility.mismatch(snapshot: saved.cpuid, host: table) {
+                throw .snapshot(.hostCPU(why))
+            }
+            // A restored guest goes on with the CPU it booted on.
+            tables.append(snapshot?.state.vcpus[id].cpuid ?? table)
+        }
+        do {
+            if let snapshot { try vm.restoreState(snapshot.state.vm) }
             for id in 0..<config.vcpuCount {
                 let vcpu = try vm.createVcpu(id: id)
-                try VcpuSetup.configure(vcpu, cpuCount: config.vcpuCount, supportedCPUID: supported, template: template)
-                if id == 0 {
+                if let saved = snapshot?.state.vcpus[id] {
+                    try vcpu.setCPUID(saved.cpuid)
+                    try vcpu.restoreState(saved.state)
+                } else {
+                    try VcpuSetup.configure(vcpu, cpuid: tables[id])
+                }
+                if id == 0, let boot {
                     if boot.longMode {
                         try VcpuSetup.configureBootProcessor(vcpu, entry: boot.entry)
                     } else {
@@ -160,6 +203,7 @@ public final class Machine: @unchecked Sendable {
             throw .kvm(error)
         }
         self.vcpus = vcpus
+        cpuidTables = tables
         if let e = slots.wait() { throw .kvm(e) }
 
         // Devices.
@@ -203,7 +247,27 @@ public final class Machine: @unchecked Sendable {
             transports.append(transport)
         }
         self.transports = transports
+        if let snapshot {
+            do {
+                for (t, saved) in zip(transports, snapshot.state.transports) { try t.restoreState(saved) }
+            } catch {
+                throw .snapshot(error)
+            }
+            serial.restoreState(snapshot.state.serial)
+        }
         context = MachineContext(pioBus: pio, mmioBus: mmio, memory: memory, emulationFixups: isPVMHost, latch: latch, resetRequest: resetRequest)
+    }
+
+    /// Fresh anonymous guest RAM, or a snapshot's memory file mapped private.
+    private static func guestMemory(config: MachineConfig, snapshot: Snapshot?) throws(VMMError) -> GuestMemory {
+        guard let snapshot else {
+            do { return try GuestMemory(ranges: Layout.ramRanges(memoryBytes: config.memoryMiB << 20)) } catch { throw .memory(error) }
+        }
+        let fd = open(snapshot.memoryPath, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .snapshot(.system(.last("open(\(snapshot.memoryPath))"))) }
+        // The mappings keep the file; the descriptor is not needed after mmap.
+        defer { close(fd) }
+        do { return try GuestMemory(privateMappingOf: fd, ranges: snapshot.manifest.memoryRanges) } catch { throw .memory(error) }
     }
 
     /// The TAP device's name, when the machine has a network device.
@@ -258,8 +322,12 @@ public final class Machine: @unchecked Sendable {
             throw .system(error)
         }
         defer { loop.stop() }
+        // A restored guest's vsock connections led to a host that is gone:
+        // the driver drops them on TRANSPORT_RESET, and the agent reconnects.
+        if restoredFrom != nil { vsock?.transportReset() }
 
-        let runners = vcpus.map { VcpuRunner(vcpu: $0, context: context) }
+        let msrIndices = self.msrIndices
+        let runners = vcpus.map { VcpuRunner(vcpu: $0, context: context, msrIndices: msrIndices) }
         var threads: [pthread_t] = []
         // Each vCPU thread installs its own filter as it starts (spawnThread),
         // then waits here until the main thread has installed its own.
@@ -282,6 +350,7 @@ public final class Machine: @unchecked Sendable {
             r.vcpu.kick(signal: kick)
         }
         for t in threads { pthread_join(t, nil) }
+        pausedVcpus = runners.map(\.pausedState)
 
         var stats = ExitStats()
         for r in runners { stats.add(r.stats) }
@@ -294,6 +363,13 @@ public final class Machine: @unchecked Sendable {
             exits: stats,
             console: output.captured
         )
+    }
+
+    /// Pauses the machine from any thread, for a snapshot: every vCPU thread
+    /// completes its pending I/O, saves its state and ends, and `run`
+    /// returns `.paused`. Then `writeSnapshot` can write it.
+    public func pause() {
+        context.latch.finish(.paused)
     }
 
     /// Ends the machine from any thread: `run` returns `.stopped(reason)`

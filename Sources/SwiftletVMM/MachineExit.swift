@@ -17,6 +17,8 @@ public enum MachineExit: Equatable, Sendable, CustomStringConvertible {
     case vmmError(String)
     /// The host stopped the machine (a signal, a timeout, the console escape).
     case stopped(String)
+    /// The host paused the machine to snapshot it (`Machine.pause`).
+    case paused
 
     /// True for the endings a guest asks for on purpose.
     public var isClean: Bool {
@@ -37,6 +39,7 @@ public enum MachineExit: Equatable, Sendable, CustomStringConvertible {
             return "vCPU \(v): KVM could not emulate the instruction at RIP 0x\(String(rip, radix: 16)) [\(hex)]"
         case let .vmmError(why): return "VMM error: \(why)"
         case let .stopped(why): return "stopped: \(why)"
+        case .paused: return "paused for a snapshot"
         }
     }
 }

@@ -13,6 +13,8 @@ public enum VMMError: Error, CustomStringConvertible, Sendable {
     case system(SystemError)
     /// A configuration value is out of range (memory size, vCPU count, command line).
     case invalidConfig(String)
+    /// Restoring from a snapshot failed its checks.
+    case snapshot(SnapshotError)
 
     public var description: String {
         switch self {
@@ -22,6 +24,7 @@ public enum VMMError: Error, CustomStringConvertible, Sendable {
         case let .bus(e): return e.description
         case let .system(e): return e.description
         case let .invalidConfig(why): return why
+        case let .snapshot(e): return e.description
         }
     }
 }

@@ -27,11 +27,20 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("drive"), help: ArgumentHelp("A further virtio-blk drive (/dev/vdb, ...); repeatable.", valueName: "path[,ro|,ephemeral][,id=NAME]"))
     var drives: [String] = []
 
-    @Option(help: "Guest memory in MiB.")
-    var mem: Int = 128
+    static let defaultMemoryMiB = 128
+    static let defaultVcpus = 1
 
-    @Option(help: "Number of vCPUs.")
-    var cpus: Int = 1
+    @Option(help: "Guest memory in MiB (default: 128, or the snapshot's).")
+    var mem: Int?
+
+    @Option(help: "Number of vCPUs (default: 1, or the snapshot's).")
+    var cpus: Int?
+
+    @Option(help: "Restore this snapshot (written by `swiftlet snapshot create`) instead of booting.")
+    var snapshot: String?
+
+    @Flag(help: "Boot the kernel, even when a cached snapshot could be restored. Without --cold (and without --snapshot, --net and --drive), `run` restores a cached snapshot of the kernel, rootfs, memory and vCPUs asked for, creating it first when there is none.")
+    var cold = false
 
     @Option(help: "Kill the command after this many seconds of running (exit status 124).")
     var timeout: Double?
@@ -79,28 +88,41 @@ struct Run: ParsableCommand {
         if let w = workdir, !w.hasPrefix("/") { throw ValidationError("--workdir must be an absolute path in the guest") }
         for spec in drives { _ = try DriveSpec.parse(spec) }
         if let net { _ = try parseNet(net) }
+        if cold && snapshot != nil { throw ValidationError("--cold and --snapshot exclude each other") }
+        if net != nil && snapshot != nil { throw ValidationError("--net cannot be used with --snapshot (a snapshot has no network device)") }
     }
 
     func run() throws {
         // First, before anything is opened: inherited descriptors closed, and
         // every thread started from here on sandboxed (see SwiftletSeccomp).
         Seccomp.enable(mode: try seccompMode(seccomp))
-        let kernelPath = kernel ?? Paths.defaultKernel
+        var restored: Snapshot?
+        if let dir = snapshot {
+            do { restored = try Snapshot.load(directory: dir) } catch { throw RunFailure(message: "\(error)") }
+        }
+        let kernelPath = kernel ?? restored?.manifest.kernelPath ?? Paths.defaultKernel
         try requireReadable(kernelPath, what: "kernel", hint: kernel == nil ? " (run `make kernel` first)" : "")
-        let rootfsPath = rootfs ?? Paths.defaultRootfs
+        let rootfsPath = rootfs ?? restored?.manifest.drives.first?.config.path ?? Paths.defaultRootfs
         try requireReadable(rootfsPath, what: "rootfs", hint: rootfs == nil ? " (run `make rootfs` first)" : "")
+        if restored == nil && !cold && net == nil && drives.isEmpty {
+            let shape = SnapshotCache.Shape(kernel: kernelPath, rootfs: rootfsPath, memoryMiB: mem ?? Run.defaultMemoryMiB,
+                                            vcpus: cpus ?? Run.defaultVcpus, append: append, bootTimeout: bootTimeout, seccomp: seccomp)
+            restored = try SnapshotCache.snapshot(for: shape)
+        }
 
         var seed = [UInt8](repeating: 0, count: 64)
         _ = seed.withUnsafeMutableBytes { swl_getrandom($0.baseAddress, $0.count) }
         let job = AgentJob(argv: command, environment: environment, workingDirectory: workdir ?? "",
                            stdinAttached: isatty(0) == 0, seed: seed)
         var config = SandboxConfig(kernelPath: kernelPath, rootfsPath: rootfsPath, job: job)
-        config.memoryMiB = mem
-        config.vcpuCount = cpus
+        config.memoryMiB = mem ?? restored?.manifest.memoryMiB ?? Run.defaultMemoryMiB
+        config.vcpuCount = cpus ?? restored?.manifest.vcpuCount ?? Run.defaultVcpus
+        config.snapshot = restored
         config.timeoutSeconds = timeout
         config.bootTimeoutSeconds = bootTimeout
         config.vsockUDS = vsockUds
         config.extraDrives = try drives.map(DriveSpec.parse)
+        if let restored, drives.isEmpty { config.extraDrives = restored.manifest.drives.dropFirst().map(\.config) }
         config.extraKernelArguments = append.map { [$0] } ?? []
         config.kernelCacheDirectory = Paths.kernelCache
         config.handleSignals = true
@@ -134,7 +156,7 @@ struct Run: ParsableCommand {
             throw ExitCode(128 + signal)
         case let .failed(error):
             throw RunFailure(message: "\(error)")
-        case .abandoned:
+        case .abandoned, .parked:
             let exit = result.machine.exit
             let console = Sandbox.lastConsoleLine(result.machine).map { " (console: \($0))" } ?? ""
             if result.timeline.agentConnected == 0 {
@@ -151,11 +173,12 @@ struct Run: ParsableCommand {
             guard a > 0, b >= a else { return "-" }
             return formatMillis(b - a)
         }
-        var line = "swiftlet-timings:"
+        var line = "swiftlet-timings: start=\(r.restored ? "snapshot" : "cold")"
         line += " boot-ms=\(ms(start, t.agentConnected))"
         line += " agent-start-ms=\(ms(t.guestAgentStart, t.guestAgentConnected))"
         line += " job-ms=\(ms(t.guestJobStart, t.guestJobEnd))"
         line += " job-host-ms=\(ms(t.agentConnected, t.jobExited))"
+        line += " first-output-ms=\(ms(start, t.firstOutput))"
         line += " teardown-ms=\(ms(t.jobExited, r.tornDown))"
         line += " total-ms=\(ms(start, Clock.monotonicNanos()))"
         if let b = r.machine.bootTimerMicros { line += " guest-boot-timer-ms=\(formatMillis(b * 1000))" }

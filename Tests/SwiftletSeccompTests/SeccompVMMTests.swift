@@ -21,10 +21,18 @@ struct SeccompVMMTests {
         #expect(threads.contains("vcpu1"))
     }
 
-    @Test("swiftlet run: every thread (main, agent, devices, vcpu) runs under a filter")
-    func runThreadsFiltered() throws {
+    @Test("swiftlet run, booted (--cold) and restored from the cached snapshot: every thread (main, agent, devices, vcpu) runs under a filter",
+          arguments: [true, false])
+    func runThreadsFiltered(cold: Bool) throws {
         try #require(Self.imagesPresent, "run `make images` first")
-        let threads = try Self.filteredThreads(["run", "--", "sleep", "8"], roles: ["vcpu0", "devices", "agent"])
+        if !cold {
+            // The cached snapshot exists first (its creation, a child process, runs under the same filters).
+            let pid = try spawn([Probe.productsDir + "/swiftlet", "snapshot", "cached"])
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            try #require(status == 0, "swiftlet snapshot cached failed")
+        }
+        let threads = try Self.filteredThreads(["run"] + (cold ? ["--cold"] : []) + ["--", "sleep", "8"], roles: ["vcpu0", "devices", "agent"])
         #expect(threads.contains("agent"))
     }
 

@@ -31,6 +31,7 @@ typedef unsigned long u64;
 #define SOCK_CLOEXEC 02000000
 #define O_RDONLY 0
 #define O_WRONLY 1
+#define O_RDWR 2
 #define O_NONBLOCK 04000
 #define O_CLOEXEC 02000000
 #define F_SETFD 2
@@ -54,8 +55,11 @@ typedef unsigned long u64;
 #define SIGCHLD 17
 #define WNOHANG 1
 #define PR_SET_CHILD_SUBREAPER 36
+#define CLOCK_REALTIME 0
 #define CLOCK_MONOTONIC 1
+#define NR_clock_settime 227 /* only the agent sets the clock: not in swl_sys.h */
 #define RNDADDENTROPY 0x40085203 /* _IOW('R', 0x03, int[2]) */
+#define RNDRESEEDCRNG 0x5207     /* _IO('R', 0x07) */
 #define VMADDR_CID_ANY 0xffffffffU
 #define EINTR 4
 #define EAGAIN 11
@@ -75,9 +79,15 @@ typedef unsigned long u64;
 #define T_STARTED 0x04
 #define T_EXIT 0x05
 #define T_ERROR 0x06
+#define T_READY 0x07
+#define T_PARKED 0x08
 #define T_JOB 0x81
 #define T_STDIN 0x82
 #define T_SIGNAL 0x83
+#define T_PARK 0x84
+#define MAX_WARM 16 /* programs one PARK may warm up */
+#define JOB_STDIN 1u /* JOB flags */
+#define JOB_CLOCK 2u
 #define MAX_SEED 512
 #define MAX_ARGS 16384
 #define MAX_ENV 16384
@@ -126,6 +136,7 @@ struct sockaddr_un { unsigned short family; char path[108]; };
 struct siginfo_fd { u32 signo; u8 rest[124]; }; /* struct signalfd_siginfo */
 
 static u32 le32(const u8 *p) { return p[0] | p[1] << 8 | p[2] << 16 | (u32)p[3] << 24; }
+static u64 le64(const u8 *p) { return le32(p) | (u64)le32(p + 4) << 32; }
 static void wr32(u8 *p, u32 v) { p[0] = (u8)v; p[1] = (u8)(v >> 8); p[2] = (u8)(v >> 16); p[3] = (u8)(v >> 24); }
 static void wr64(u8 *p, u64 v) { wr32(p, (u32)v); wr32(p + 4, (u32)(v >> 32)); }
 
@@ -237,6 +248,7 @@ static struct {
 	int in_root; /* the working directory is "/" */
 	const u8 *seed;
 	u32 seed_len;
+	u64 wall_ns; /* the host's CLOCK_REALTIME (flag JOB_CLOCK) */
 } g;
 
 static struct { int count, size; u8 buf[MAX_SEED]; } rnd; /* struct rand_pool_info */
@@ -349,7 +361,7 @@ static void sleep_ms(u32 ms)
 	SC3(NR_poll, 0, 0, ms);
 }
 
-/* Connects (with backoff) until HELLO is sent. */
+/* Connects (with backoff) until HELLO and READY are sent. */
 static void connect_host(void)
 {
 	for (;;) {
@@ -394,7 +406,8 @@ static void connect_host(void)
 		wr64(h + 16, now_ns());
 		if (send_frame(T_HELLO, h, sizeof h) == 0) {
 			setup_signals();
-			return;
+			/* Idle until the JOB: a safe point to snapshot the VM (PROTOCOL.md). */
+			if (send_frame(T_READY, 0, 0) == 0) return;
 		}
 		SC1(NR_close, s);
 		g.sock = -1;
@@ -430,15 +443,21 @@ static void parse_job(const u8 *p, u32 len)
 {
 	if (len < 16) fail("malformed JOB", "truncated header");
 	u32 flags = le32(p), argc = le32(p + 4), envc = le32(p + 8), seed_len = le32(p + 12);
-	if (flags & ~1u) fail("malformed JOB", "unknown flags");
+	if (flags & ~(JOB_STDIN | JOB_CLOCK)) fail("malformed JOB", "unknown flags");
 	if (argc < 1 || argc > MAX_ARGS) fail("malformed JOB", "argc out of range");
 	if (envc > MAX_ENV) fail("malformed JOB", "envc out of range");
+	u32 off = 16;
+	if (flags & JOB_CLOCK) {
+		if (len - off < 8) fail("malformed JOB", "truncated wall clock");
+		g.wall_ns = le64(p + off);
+		off += 8;
+	}
 	if (seed_len > MAX_SEED) fail("malformed JOB", "seed too long");
-	if (seed_len > len - 16) fail("malformed JOB", "truncated seed");
+	if (seed_len > len - off) fail("malformed JOB", "truncated seed");
 	g.flags = flags;
-	g.seed = p + 16;
+	g.seed = p + off;
 	g.seed_len = seed_len;
-	u32 off = 16 + seed_len;
+	off += seed_len;
 	const char *dir = next_str(p, len, &off, MAX_DIR);
 	if (!dir) fail("malformed JOB", "bad working directory");
 	g.workdir = *dir ? dir : "/";
@@ -482,7 +501,21 @@ static void seed_rng(void)
 	rnd.size = (int)g.seed_len;
 	/* Crediting entropy is only for the guest: with --unix, just mix it in. */
 	if (g.unix_mode || SC3(NR_ioctl, fd, RNDADDENTROPY, &rnd) < 0) SC3(NR_write, fd, rnd.buf, g.seed_len);
+	/* Once ready, the kernel's CRNG rekeys from the input pool only every 60 s
+	 * (Linux 6.1): without this, the clones of one snapshot would all read the
+	 * same /dev/urandom bytes until then. Errors are ignored (ENODATA: the CRNG
+	 * is not ready yet, and then it is seeded from the pool anyway). */
+	if (!g.unix_mode) SC3(NR_ioctl, fd, RNDRESEEDCRNG, 0);
 	SC1(NR_close, fd);
+}
+
+/* The host's wall clock (a VM restored from a snapshot has the clock of the
+ * moment it was taken). Only as PID 1: a --unix agent leaves the host alone. */
+static void set_clock(void)
+{
+	if (!(g.flags & JOB_CLOCK) || !is_pid1()) return;
+	struct timespec ts = { (long)(g.wall_ns / 1000000000UL), (long)(g.wall_ns % 1000000000UL) };
+	SC2(NR_clock_settime, CLOCK_REALTIME, &ts); /* failure ignored */
 }
 
 struct child_args { int in, out, err; };
@@ -598,11 +631,12 @@ __asm__(".text\n.global swl_clone_vfork\n.type swl_clone_vfork,@function\nswl_cl
 static void start_job(const u8 *p, u32 len)
 {
 	parse_job(p, len);
+	set_clock();
 	seed_rng();
 	int out[2], err[2], in[2] = { -1, -1 };
 	long r = SC2(NR_pipe2, out, O_CLOEXEC);
 	if (r >= 0) r = SC2(NR_pipe2, err, O_CLOEXEC);
-	if (r >= 0 && (g.flags & 1)) {
+	if (r >= 0 && (g.flags & JOB_STDIN)) {
 		r = SC2(NR_pipe2, in, O_CLOEXEC);
 		if (r >= 0) SC3(NR_fcntl, in[1], F_SETFL, O_NONBLOCK); /* never block the loop */
 	}
@@ -648,9 +682,42 @@ static void flush_stdin(void)
 	g.pending = 0;
 }
 
+/* A warm-up program's process: stdio on /dev/null, then exec. */
+static void warm_child(void *arg)
+{
+	const char *path = arg;
+	long n = SC3(NR_open, "/dev/null", O_RDWR, 0);
+	for (int fd = 0; fd < 3; fd++) if (n >= 0 && n != fd) SC3(NR_dup3, n, fd, 0);
+	char *argv[] = { (char *)path, 0 };
+	static char *envp[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", 0 };
+	SC3(NR_execve, path, argv, envp);
+	exit_(127);
+}
+
+/* PARK: the host is about to snapshot this VM. Run each program the payload
+ * names once (absolute paths, NUL-terminated, no arguments), so that what a
+ * job's first exec needs (the binary's pages, dentries, page tables) is warm
+ * in every clone; then report PARKED and wait for the JOB like before. */
+static void park(const u8 *p, u32 len)
+{
+	u32 off = 0;
+	for (int i = 0; i < MAX_WARM && off < len; i++) {
+		const char *path = next_str(p, len, &off, MAX_DIR);
+		if (!path || path[0] != '/') break;
+		long pid = swl_clone_vfork(warm_child, (void *)path, child_stack + sizeof child_stack);
+		if (pid < 0) break;
+		int st;
+		while (sc(NR_wait4, pid, (long)&st, 0, 0, 0, 0) == -EINTR) {}
+	}
+	send_or_die(T_PARKED, 0, 0);
+}
+
 static void handle_frame(int type, const u8 *p, u32 len)
 {
 	switch (type) {
+	case T_PARK:
+		if (!g.started) park(p, len);
+		break;
 	case T_JOB:
 		if (!g.started) start_job(p, len);
 		break;

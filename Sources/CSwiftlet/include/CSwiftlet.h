@@ -58,6 +58,15 @@ static const unsigned long SWL_KVM_GET_MP_STATE = KVM_GET_MP_STATE;
 static const unsigned long SWL_KVM_SET_MP_STATE = KVM_SET_MP_STATE;
 static const unsigned long SWL_KVM_SET_TSC_KHZ = KVM_SET_TSC_KHZ;
 static const unsigned long SWL_KVM_GET_TSC_KHZ = KVM_GET_TSC_KHZ;
+// Snapshot and restore: the rest of a vCPU's and the VM's state.
+static const unsigned long SWL_KVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
+static const unsigned long SWL_KVM_SET_DEBUGREGS = KVM_SET_DEBUGREGS;
+static const unsigned long SWL_KVM_GET_XCRS = KVM_GET_XCRS;
+static const unsigned long SWL_KVM_SET_XCRS = KVM_SET_XCRS;
+static const unsigned long SWL_KVM_GET_IRQCHIP = KVM_GET_IRQCHIP;
+static const unsigned long SWL_KVM_SET_IRQCHIP = KVM_SET_IRQCHIP;
+static const unsigned long SWL_KVM_GET_PIT2 = KVM_GET_PIT2;
+static const unsigned long SWL_KVM_SET_PIT2 = KVM_SET_PIT2;
 
 // kvm_cpuid2 and kvm_msrs end in flexible arrays, which Swift drops: these
 // helpers give the entry arrays a fixed capacity Swift can see.

@@ -13,6 +13,11 @@ extension Allowlists {
     tgkill                                 # the vCPU kick (pthread_kill)
     close                                  # teardown: every descriptor of the machine
     unlink                                 # teardown: remove the --vsock-uds socket files
-    ioctl TCSETS TCSETSW TCGETS            # restore the terminal (swiftlet boot's raw mode)
+    ioctl TCSETS TCSETSW TCGETS KVM_GET_IRQCHIP KVM_GET_PIT2 KVM_GET_CLOCK  # restore the terminal (swiftlet boot's raw mode); a snapshot's irqchip, PIT and clock
+    pwrite64                               # snapshot create: memory and state into files opened before the guest ran
+    ftruncate                              # snapshot create: the memory file's size (zero pages stay holes)
+    fsync                                  # snapshot create: on disk before it is published
+    rmdir                                  # snapshot create: remove the directory of a snapshot that failed
+    epoll_ctl                              # teardown: the vsock muxer drops connections still open (a parked agent's, after snapshot create)
     """
 }

@@ -5,12 +5,16 @@ import SwiftletX86
 /// Puts vCPUs in the state the Linux 64-bit boot protocol expects.
 enum VcpuSetup {
     /// For every vCPU: CPUID, boot MSRs, and the LAPIC's LINT0/LINT1 wiring.
-    static func configure(_ vcpu: Vcpu, cpuCount: Int, supportedCPUID: [kvm_cpuid_entry2], template: CPUTemplate) throws(KVMError) {
-        let entries = supportedCPUID.map(CPUIDEntry.init(kvm:))
-        let normalized = CPUID.normalize(entries, cpuIndex: vcpu.id, cpuCount: cpuCount, template: template)
-        try vcpu.setCPUID(normalized.map(\.kvm))
+    static func configure(_ vcpu: Vcpu, cpuid: [kvm_cpuid_entry2]) throws(KVMError) {
+        try vcpu.setCPUID(cpuid)
         try vcpu.setMSRs(MSR.bootEntries.map { (index: $0.index, value: $0.value) })
         try configureLAPIC(vcpu)
+    }
+
+    /// The CPUID table vCPU `index` of `cpuCount` sees under `template`.
+    static func cpuidTable(index: Int, cpuCount: Int, supportedCPUID: [kvm_cpuid_entry2], template: CPUTemplate) -> [kvm_cpuid_entry2] {
+        let entries = supportedCPUID.map(CPUIDEntry.init(kvm:))
+        return CPUID.normalize(entries, cpuIndex: index, cpuCount: cpuCount, template: template).map(\.kvm)
     }
 
     /// LINT0 takes the PIC's interrupts (ExtINT) and LINT1 takes NMIs, as on a PC.

@@ -69,10 +69,15 @@ final class VcpuRunner: @unchecked Sendable {
     let probeDead = Atomic<Bool>(false)
     /// Exit counts, read by the main thread only after this thread ended.
     nonisolated(unsafe) var stats = ExitStats()
+    /// The MSRs to save when the machine pauses.
+    let msrIndices: [UInt32]
+    /// This vCPU's state when the machine paused; read after the thread ended.
+    nonisolated(unsafe) var pausedState: VcpuState?
 
-    init(vcpu: Vcpu, context: MachineContext) {
+    init(vcpu: Vcpu, context: MachineContext, msrIndices: [UInt32] = []) {
         self.vcpu = vcpu
         self.context = context
+        self.msrIndices = msrIndices
     }
 
     /// The vCPU loop. Returns when the machine ends or the thread is told to stop.
@@ -84,6 +89,7 @@ final class VcpuRunner: @unchecked Sendable {
             context.firstRunCPUMicros.store(Clock.processCPUNanos() / 1000, ordering: .relaxed)
         }
         var first = vcpu.id == 0
+        defer { if context.latch.result == .paused { capture() } }
         while !stopRequested.load(ordering: .acquiring) {
             let exit: VcpuExit
             do {
@@ -100,6 +106,18 @@ final class VcpuRunner: @unchecked Sendable {
                 context.latch.finish(ending)
                 return
             }
+        }
+    }
+
+    /// Saves this vCPU's state for a snapshot, on its own thread, once the
+    /// last exit's port or MMIO read has been completed into the registers.
+    private func capture() {
+        do {
+            try vcpu.completePendingIO()
+            pausedState = try vcpu.saveState(msrIndices: msrIndices)
+        } catch {
+            pausedState = nil
+            context.latch.finish(.vmmError("vCPU \(vcpu.id): saving its state: \(error)"))
         }
     }
 

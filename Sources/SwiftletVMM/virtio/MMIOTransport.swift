@@ -240,6 +240,76 @@ final class VirtioMMIOTransport: BusDevice, @unchecked Sendable {
         }
     }
 
+    // MARK: Snapshot
+
+    /// What a snapshot keeps of the transport: the registers the driver
+    /// wrote, and where each queue's rings and indices are.
+    struct SavedState: Equatable {
+        struct Queue: Equatable {
+            var size: UInt16
+            var desc: UInt64, driver: UInt64, device: UInt64
+            var ready: Bool
+            var nextAvail: UInt16, nextUsed: UInt16
+        }
+        var status: UInt32
+        var deviceFeaturesSel: UInt32, driverFeaturesSel: UInt32
+        var driverFeatures: UInt64
+        var queueSel: UInt32
+        var interruptStatus: UInt32
+        var queues: [Queue]
+    }
+
+    /// Reads the state. The vCPUs and the event loop must be stopped.
+    func saveState() -> SavedState {
+        state.withLock { s in
+            SavedState(
+                status: s.status, deviceFeaturesSel: s.deviceFeaturesSel, driverFeaturesSel: s.driverFeaturesSel,
+                driverFeatures: s.driverFeatures, queueSel: s.queueSel, interruptStatus: interruptStatus.load(ordering: .acquiring),
+                queues: s.queues.map { q in
+                    SavedState.Queue(size: q.size, desc: q.desc, driver: q.driver, device: q.device, ready: q.ready,
+                                     nextAvail: q.queue?.nextAvail ?? 0, nextUsed: q.queue?.nextUsed ?? 0)
+                })
+        }
+    }
+
+    /// Loads a saved state into a fresh transport, checking it as strictly
+    /// as the driver's own register writes: the same queue count, only
+    /// offered features, and every ready queue's rings inside guest memory.
+    func restoreState(_ saved: SavedState) throws(SnapshotError) {
+        let offered = device.deviceFeatures | Self.featureVersion1
+        guard saved.queues.count == device.queueMaxSizes.count else {
+            throw .mismatch("virtio device \(device.deviceID) has \(device.queueMaxSizes.count) queues, the snapshot \(saved.queues.count)")
+        }
+        guard saved.driverFeatures & ~offered == 0 else {
+            throw .mismatch("virtio device \(device.deviceID): the snapshot's driver accepted features this device does not offer")
+        }
+        var new = State(queues: [])
+        new.status = saved.status
+        new.deviceFeaturesSel = saved.deviceFeaturesSel
+        new.driverFeaturesSel = saved.driverFeaturesSel
+        new.driverFeatures = saved.driverFeatures
+        new.queueSel = saved.queueSel
+        for (i, q) in saved.queues.enumerated() {
+            var setup = QueueSetup(size: q.size, desc: q.desc, driver: q.driver, device: q.device)
+            if q.ready {
+                let config = VirtqueueConfig(size: q.size, descTable: q.desc, availRing: q.driver, usedRing: q.device)
+                do {
+                    setup.queue = try Virtqueue(
+                        memory: memory, config: config, maxSize: device.queueMaxSizes[i],
+                        eventIndex: saved.driverFeatures & Self.featureEventIndex != 0,
+                        indirect: saved.driverFeatures & Self.featureIndirect != 0,
+                        nextAvail: q.nextAvail, nextUsed: q.nextUsed)
+                } catch {
+                    throw .corrupt("virtio device \(device.deviceID) queue \(i): \(error)")
+                }
+            }
+            new.queues.append(setup)
+        }
+        state.withLock { $0 = new }
+        interruptStatus.store(saved.interruptStatus, ordering: .releasing)
+        if saved.status & Status.driverOK != 0 { device.activate(features: saved.driverFeatures) }
+    }
+
     // MARK: Queue service (event loop thread)
 
     /// Serves queue `index` after a notification.

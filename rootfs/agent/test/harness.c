@@ -4,7 +4,7 @@
  *   harness AGENT TMPDIR
  *
  * Plays the host side of PROTOCOL.md over a Unix socket: for each test it
- * starts `AGENT --unix TMPDIR/sock`, accepts, checks HELLO, sends a JOB (and
+ * starts `AGENT --unix TMPDIR/sock`, accepts, checks HELLO and READY, sends a JOB (and
  * STDIN / SIGNAL frames), and checks every frame that comes back: STARTED
  * first, data chunks <= 64 KiB, one empty STDOUT/STDERR frame each, EXIT last,
  * then the agent's half-close; and the agent's own exit status.
@@ -33,8 +33,9 @@
 
 extern char **environ;
 
-enum { T_HELLO = 1, T_STDOUT, T_STDERR, T_STARTED, T_EXIT, T_ERROR,
+enum { T_HELLO = 1, T_STDOUT, T_STDERR, T_STARTED, T_EXIT, T_ERROR, T_READY,
        T_JOB = 0x81, T_STDIN, T_SIGNAL };
+enum { F_STDIN = 1, F_CLOCK = 2 }; /* JOB flags */
 #define MAX_CHUNK 65536
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -57,12 +58,13 @@ static void fail(const char *fmt, ...)
 	failures++;
 }
 
-static uint64_t now_ns(void)
+static uint64_t clock_ns(clockid_t c)
 {
 	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	clock_gettime(c, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
+static uint64_t now_ns(void) { return clock_ns(CLOCK_MONOTONIC); }
 
 static uint32_t le32(const uint8_t *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
 static uint64_t le64(const uint8_t *p) { return le32(p) | (uint64_t)le32(p + 4) << 32; }
@@ -83,6 +85,7 @@ static void buf_add(struct buf *b, const void *d, size_t n)
 }
 static void buf_free(struct buf *b) { free(b->p); memset(b, 0, sizeof *b); }
 static void add32(struct buf *b, uint32_t v) { uint8_t x[4]; put32(x, v); buf_add(b, x, 4); }
+static void add64(struct buf *b, uint64_t v) { add32(b, (uint32_t)v); add32(b, (uint32_t)(v >> 32)); }
 static void addstr(struct buf *b, const char *s) { buf_add(b, s, strlen(s) + 1); }
 
 /* ---- socket I/O ---- */
@@ -161,7 +164,7 @@ static int read_frame(int fd, struct buf *b, int ms)
 }
 
 /* ---- agent processes ---- */
-struct agent { pid_t pid; int ls, c; uint64_t t_spawn, hello_start, hello_conn, t_hello; long minflt; };
+struct agent { pid_t pid; int ls, c, ready; uint64_t t_spawn, hello_start, hello_conn, t_hello, t_ready; long minflt; };
 
 static long proc_minflt(pid_t pid)
 {
@@ -194,8 +197,21 @@ static pid_t spawn(char *const argv[])
 	return pid;
 }
 
-/* Starts an agent and waits for its HELLO. listen_first=0: the socket appears only later. */
-static int agent_start(struct agent *a, int listen_first)
+/* Reads the READY that follows HELLO on every connection. */
+static int expect_ready(struct agent *a)
+{
+	struct buf b = { 0 };
+	int t = read_frame(a->c, &b, MS(5000));
+	a->t_ready = now_ns();
+	if (t != T_READY || b.n) fail("expected READY after HELLO, got type %d, %zu bytes", t, b.n);
+	else a->ready = 1;
+	buf_free(&b);
+	return a->ready ? 0 : -1;
+}
+
+/* Starts an agent and waits for its HELLO (and READY when wait_ready).
+ * listen_first=0: the socket appears only later. */
+static int agent_start_opt(struct agent *a, int listen_first, int wait_ready)
 {
 	memset(a, 0, sizeof *a);
 	char *argv[] = { (char *)agent, "--unix", sock_path, 0 };
@@ -223,8 +239,9 @@ static int agent_start(struct agent *a, int listen_first)
 	if (a->hello_start < a->t_spawn || a->hello_conn < a->hello_start || a->hello_conn > a->t_hello)
 		fail("HELLO times out of order");
 	buf_free(&b);
-	return 0;
+	return wait_ready ? expect_ready(a) : 0;
 }
+static int agent_start(struct agent *a, int listen_first) { return agent_start_opt(a, listen_first, 1); }
 
 /* Waits for the agent process to exit; returns its wait status or -1 on timeout. */
 static int agent_wait(struct agent *a, int ms)
@@ -300,6 +317,7 @@ static void job_payload(struct buf *b, const struct job *j)
 	add32(b, argc);
 	add32(b, envc);
 	add32(b, j->seed_len);
+	if (j->flags & F_CLOCK) add64(b, clock_ns(CLOCK_REALTIME)); /* the real time: never changes a clock */
 	if (j->seed_len) buf_add(b, j->seed, j->seed_len);
 	addstr(b, j->dir ? j->dir : "");
 	for (uint32_t i = 0; i < argc; i++) addstr(b, j->argv[i]);
@@ -330,8 +348,13 @@ static void collect(struct agent *a, struct result *r, int act, int sig, int ms)
 		if (t < 0) { fail("connection ended before EXIT/ERROR"); break; }
 		if (r->exited || r->errored) { fail("frame type %d after EXIT/ERROR", t); break; }
 		switch (t) {
+		case T_READY: /* once per connection, before STARTED */
+			if (a->ready || r->started || b.n) fail("READY repeated, after STARTED or not empty");
+			a->ready = 1;
+			break;
 		case T_STARTED:
 			if (r->started || b.n != 16) fail("bad or repeated STARTED");
+			if (!a->ready) fail("STARTED before READY");
 			r->started = 1;
 			r->pid = le32(b.p);
 			r->t_started = le64(b.p + 8);
@@ -476,14 +499,16 @@ static void *feed(void *arg)
 	return 0;
 }
 
-static void stdin_test(const char *name, const char *const *argv, const uint8_t *data, size_t n,
+static void stdin_test(const char *name, uint32_t flags, const char *const *argv, const uint8_t *data, size_t n,
 		       const uint8_t *want, size_t want_n)
 {
 	current = name;
 	tests++;
 	struct agent a;
 	if (agent_start(&a, 1)) { agent_wait(&a, MS(1000)); agent_close(&a); return; }
-	struct job j = { .flags = 1, .argv = argv };
+	uint8_t seed[32];
+	memset(seed, 0xa5, sizeof seed);
+	struct job j = { .flags = F_STDIN | flags, .argv = argv, .seed = seed, .seed_len = flags & F_CLOCK ? 32 : 0 };
 	struct buf p = { 0 };
 	job_payload(&p, &j);
 	send_frame(a.c, T_JOB, p.p, (uint32_t)p.n);
@@ -552,10 +577,11 @@ static void startup(void)
 	current = "startup";
 	tests++;
 	int N = startup_runs;
-	uint64_t exec_to_start[N], start_to_conn[N], spawn_to_hello[N], flt[N], job[N];
+	uint64_t exec_to_start[N], start_to_conn[N], spawn_to_hello[N], hello_to_ready[N], flt[N], job[N];
 	for (int i = 0; i < N; i++) {
 		struct agent a;
 		if (agent_start(&a, 1)) { agent_wait(&a, MS(1000)); agent_close(&a); return; }
+		hello_to_ready[i] = a.t_ready - a.t_hello;
 		exec_to_start[i] = a.hello_start - a.t_spawn;
 		start_to_conn[i] = a.hello_conn - a.hello_start;
 		spawn_to_hello[i] = a.t_hello - a.t_spawn;
@@ -577,12 +603,13 @@ static void startup(void)
 	qsort(exec_to_start, N, 8, cmp_u64);
 	qsort(start_to_conn, N, 8, cmp_u64);
 	qsort(spawn_to_hello, N, 8, cmp_u64);
+	qsort(hello_to_ready, N, 8, cmp_u64);
 	qsort(flt, N, 8, cmp_u64);
 	qsort(job, N, 8, cmp_u64);
 	printf("startup (median of %d): spawn->agent start %.1f us, start->connected %.1f us, "
-	       "spawn->HELLO received %.1f us; minor faults at HELLO %lu (min %lu, max %lu); "
+	       "spawn->HELLO received %.1f us, HELLO->READY %.1f us; minor faults at HELLO %lu (min %lu, max %lu); "
 	       "JOB /bin/true sent->EXIT received %.1f us\n",
-	       N, exec_to_start[N / 2] / 1e3, start_to_conn[N / 2] / 1e3, spawn_to_hello[N / 2] / 1e3,
+	       N, exec_to_start[N / 2] / 1e3, start_to_conn[N / 2] / 1e3, spawn_to_hello[N / 2] / 1e3, hello_to_ready[N / 2] / 1e3,
 	       (unsigned long)flt[N / 2], (unsigned long)flt[0], (unsigned long)flt[N - 1], job[N / 2] / 1e3);
 }
 
@@ -692,6 +719,26 @@ int main(int argc, char **argv)
 		run(&j7, &r, ACT_NONE, 0, 0);
 		expect_exit(&r, 0, 0);
 		result_free(&r);
+
+		/* flag bit 1: 8 bytes of wall clock before the seed (not set with --unix);
+		 * a seed or strings read from the wrong offset would make the JOB malformed */
+		current = "wall clock and seed";
+		tests++;
+		struct job j8 = { .flags = F_CLOCK, .dir = tmp, .argv = ARGV("sh", "-c", "echo \"$1\" \"$X\"; pwd", "sh", "arg one"),
+				  .env = ARGV("X=y"), .seed = seed, .seed_len = 512 };
+		run(&j8, &r, ACT_NONE, 0, 0);
+		expect_exit(&r, 0, 0);
+		snprintf(cmd, sizeof cmd, "arg one y\n%s\n", tmp);
+		expect_text(&r.out, cmd, "stdout");
+		result_free(&r);
+
+		current = "wall clock without a seed";
+		tests++;
+		struct job j9 = { .flags = F_CLOCK, .argv = ARGV("echo", "clock") };
+		run(&j9, &r, ACT_NONE, 0, 0);
+		expect_exit(&r, 0, 0);
+		expect_text(&r.out, "clock\n", "stdout");
+		result_free(&r);
 	}
 
 	/* byte-exact output, stdout and stderr interleaved */
@@ -710,9 +757,10 @@ int main(int argc, char **argv)
 		if (r.err.n != n3 || memcmp(r.err.p, d3, n3)) fail("stderr differs (%zu bytes)", r.err.n);
 		result_free(&r);
 	}
-	stdin_test("stdin (ten) through cat", ARGV("cat"), d10, n10, d10, n10);
-	stdin_test("stdin closed early by the job", ARGV("head", "-c", "5"), d10, n10, d10, 5);
-	stdin_test("empty stdin", ARGV("cat"), d10, 0, d10, 0);
+	stdin_test("stdin (ten) through cat", 0, ARGV("cat"), d10, n10, d10, n10);
+	stdin_test("stdin closed early by the job", 0, ARGV("head", "-c", "5"), d10, n10, d10, 5);
+	stdin_test("empty stdin", 0, ARGV("cat"), d10, 0, d10, 0);
+	stdin_test("stdin with the wall clock and a seed", F_CLOCK, ARGV("cat"), d3, n3, d3, n3);
 
 	/* signals */
 	{
@@ -780,14 +828,34 @@ int main(int argc, char **argv)
 			result_free(&r);
 		}
 
+		current = "READY after HELLO, JOB sent before reading it";
+		tests++;
+		if (!agent_start_opt(&a, 1, 0)) {
+			struct job j = { .argv = ARGV("echo", "ok") };
+			struct buf p = { 0 };
+			job_payload(&p, &j);
+			send_frame(a.c, T_JOB, p.p, (uint32_t)p.n);
+			buf_free(&p);
+			struct result r;
+			collect(&a, &r, ACT_NONE, 0, MS(5000)); /* READY, then STARTED */
+			if (!a.ready) fail("no READY");
+			expect_exit(&r, 0, 0);
+			expect_text(&r.out, "ok\n", "stdout");
+			result_free(&r);
+			agent_close(&a);
+			int st = agent_wait(&a, MS(5000));
+			if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st)) fail("agent exit status 0x%x", st);
+		}
+
 		current = "reconnect before the JOB";
 		tests++;
 		if (!agent_start(&a, 1)) {
 			close(a.c);
 			a.c = accept_timeout(a.ls, MS(5000));
+			a.ready = 0;
 			struct buf b = { 0 };
 			if (a.c < 0 || read_frame(a.c, &b, MS(5000)) != T_HELLO) fail("no second HELLO");
-			else {
+			else if (!expect_ready(&a)) {
 				/* unknown frame types, SIGNAL and STDIN before the JOB are ignored */
 				send_frame(a.c, 0x7f, "xyz", 3);
 				send_frame(a.c, T_SIGNAL, "\x09\0\0\0", 4);
@@ -830,11 +898,8 @@ int main(int argc, char **argv)
 		if (!agent_start(&a, 1)) {
 			kill(a.pid, SIGTERM);
 			int st = agent_wait(&a, MS(3000));
-			/* exit(143) from the signalfd, or killed by SIGTERM if it came before
-			 * the agent set up its signals (right after HELLO) */
-			int stopped = st != -1 && ((WIFEXITED(st) && WEXITSTATUS(st) == 128 + SIGTERM) ||
-						   (WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM));
-			if (!stopped) fail("agent exit status 0x%x", st);
+			/* READY came after the signals were set up: exit(143) from the signalfd */
+			if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 128 + SIGTERM) fail("agent exit status 0x%x", st);
 			agent_close(&a);
 		}
 	}
@@ -859,7 +924,12 @@ int main(int argc, char **argv)
 		bad_job("envc huge", 0, 1, 0xffffffff, 0, ok, sizeof ok, "envc");
 		bad_job("seed over 512", 0, 1, 0, 513, ok, sizeof ok, "seed");
 		bad_job("seed past the end", 0, 1, 0, 100, ok, sizeof ok, "seed");
-		bad_job("unknown flags", 2, 1, 0, 0, ok, sizeof ok, "flags");
+		bad_job("unknown flags", 4, 1, 0, 0, ok, sizeof ok, "flags");
+		bad_job("unknown flags with the clock", 0x80000003, 1, 0, 0, "\0\0\0\0\0\0\0\0\0true", 14, "flags");
+		bad_job("wall clock missing", F_CLOCK, 1, 0, 0, "", 0, "wall clock");
+		bad_job("wall clock truncated", F_CLOCK, 1, 0, 0, "\0\0\0\0\0\0\0", 7, "wall clock");
+		/* 8 + 6 bytes after the fixed part: an 8-byte seed would fit only without the clock */
+		bad_job("seed past the end after the wall clock", F_CLOCK, 1, 0, 8, "\0\0\0\0\0\0\0\0\0true", 14, "seed");
 		bad_job("no NUL", 0, 1, 0, 0, "\0true", 5, "argument");
 		bad_job("too few strings", 0, 2, 0, 0, ok, sizeof ok, "argument");
 		bad_job("trailing bytes", 0, 1, 0, 0, "\0true\0x", 7, "trailing");

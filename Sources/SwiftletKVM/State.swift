@@ -1,0 +1,155 @@
+import CSwiftlet
+import Glibc
+import SwiftletSys
+
+/// Everything KVM holds for one vCPU, as the `KVM_GET_*` ioctls return it:
+/// what a snapshot must carry to resume the vCPU elsewhere.
+public struct VcpuState: Sendable {
+    public var regs = kvm_regs()
+    public var sregs = kvm_sregs()
+    /// The XSAVE image (x87, SSE, AVX ...).
+    public var xsave = kvm_xsave()
+    public var xcrs = kvm_xcrs()
+    public var debugRegs = kvm_debugregs()
+    public var lapic = kvm_lapic_state()
+    /// Every MSR KVM lists (`KVM_GET_MSR_INDEX_LIST`) that it let us read.
+    public var msrs: [MSREntry] = []
+    /// Pending exceptions, interrupts and NMIs, and the interrupt shadow.
+    public var events = kvm_vcpu_events()
+    public var mpState = kvm_mp_state()
+    /// The guest's TSC frequency, 0 when KVM could not tell.
+    public var tscKHz: UInt32 = 0
+
+    public init() {}
+}
+
+/// One model-specific register and its value.
+public struct MSREntry: Sendable, Equatable {
+    public var index: UInt32
+    public var value: UInt64
+    public init(index: UInt32, value: UInt64) {
+        self.index = index
+        self.value = value
+    }
+}
+
+/// The in-kernel devices' state: both PICs, the IOAPIC, the PIT and the kvmclock base.
+public struct VMState: Sendable {
+    public var picMaster = kvm_irqchip()
+    public var picSlave = kvm_irqchip()
+    public var ioapic = kvm_irqchip()
+    public var pit = kvm_pit_state2()
+    public var clock = kvm_clock_data()
+
+    public init() {}
+}
+
+extension Vcpu {
+    /// Reads the vCPU's whole state. Call it on the vCPU's own thread, after a
+    /// `KVM_RUN` that completed any pending port or MMIO access (see
+    /// `completePendingIO`), so no instruction is left half done.
+    public func saveState(msrIndices: [UInt32]) throws(KVMError) -> VcpuState {
+        var s = VcpuState()
+        s.regs = try getRegs()
+        s.sregs = try getSregs()
+        s.xsave = try getXSAVE()
+        s.xcrs = try get(SWL_KVM_GET_XCRS, "KVM_GET_XCRS", kvm_xcrs())
+        s.debugRegs = try get(SWL_KVM_GET_DEBUGREGS, "KVM_GET_DEBUGREGS", kvm_debugregs())
+        s.lapic = try getLAPIC()
+        s.msrs = try readableMSRs(msrIndices)
+        s.events = try getEvents()
+        s.mpState = try get(SWL_KVM_GET_MP_STATE, "KVM_GET_MP_STATE", kvm_mp_state())
+        let khz = ioctl(fd, SWL_KVM_GET_TSC_KHZ)
+        s.tscKHz = khz > 0 ? UInt32(khz) : 0
+        return s
+    }
+
+    /// Writes a saved state into a fresh vCPU whose CPUID is already set. The
+    /// order matters: the LAPIC before the MSRs (the TSC deadline is only
+    /// accepted in TSC-deadline mode), the events last.
+    public func restoreState(_ s: VcpuState) throws(KVMError) {
+        if s.tscKHz != 0 {
+            let current = ioctl(fd, SWL_KVM_GET_TSC_KHZ)
+            if current != Int32(bitPattern: s.tscKHz) {
+                _ = try kvmIoctl(fd, SWL_KVM_SET_TSC_KHZ, value: Int32(bitPattern: s.tscKHz), "KVM_SET_TSC_KHZ")
+            }
+        }
+        try set(SWL_KVM_SET_MP_STATE, "KVM_SET_MP_STATE", s.mpState)
+        try setRegs(s.regs)
+        try setSregs(s.sregs)
+        try setXSAVE(s.xsave)
+        try set(SWL_KVM_SET_XCRS, "KVM_SET_XCRS", s.xcrs)
+        try set(SWL_KVM_SET_DEBUGREGS, "KVM_SET_DEBUGREGS", s.debugRegs)
+        try setLAPIC(s.lapic)
+        var start = 0
+        while start < s.msrs.count {
+            let batch = s.msrs[start..<min(start + Int(SWL_MAX_MSR_ENTRIES), s.msrs.count)]
+            try setMSRs(batch.map { (index: $0.index, value: $0.value) })
+            start += batch.count
+        }
+        try setEvents(s.events)
+    }
+
+    /// Completes a port or MMIO read the last exit left pending: KVM finishes
+    /// it on the next `KVM_RUN`, which `immediate_exit` then ends at once.
+    public func completePendingIO() throws(KVMError) {
+        setImmediateExit(true)
+        defer { setImmediateExit(false) }
+        if ioctl(fd, SWL_KVM_RUN, 0) != 0 {
+            let err = Glibc.errno
+            guard err == EINTR || err == EAGAIN else { throw .system(SystemError("ioctl(KVM_RUN)", errno: err)) }
+        }
+    }
+
+    /// Reads `indices` in batches, skipping the ones KVM refuses (an MSR it
+    /// lists but this CPU lacks): `KVM_GET_MSRS` stops at the first of those.
+    func readableMSRs(_ indices: [UInt32]) throws(KVMError) -> [MSREntry] {
+        var out: [MSREntry] = []
+        var pending = indices[...]
+        while !pending.isEmpty {
+            let batch = Array(pending.prefix(Int(SWL_MAX_MSR_ENTRIES)))
+            var buf = try Vcpu.msrBuffer(batch.map { (index: $0, value: 0) })
+            let n = Int(try kvmIoctl(fd, SWL_KVM_GET_MSRS, &buf, "KVM_GET_MSRS"))
+            withUnsafeBytes(of: &buf.entries) { raw in
+                for e in raw.bindMemory(to: kvm_msr_entry.self).prefix(n) { out.append(MSREntry(index: e.index, value: e.data)) }
+            }
+            // Entry n (if any) was refused: skip it and go on after it.
+            pending = pending.dropFirst(min(n + 1, batch.count))
+        }
+        return out
+    }
+}
+
+extension VirtualMachine {
+    /// Reads the in-kernel irqchip, PIT and clock. The vCPUs must be stopped.
+    public func saveState() throws(KVMError) -> VMState {
+        var s = VMState()
+        s.picMaster = try irqchip(KVM_IRQCHIP_PIC_MASTER)
+        s.picSlave = try irqchip(KVM_IRQCHIP_PIC_SLAVE)
+        s.ioapic = try irqchip(KVM_IRQCHIP_IOAPIC)
+        _ = try kvmIoctl(fd, SWL_KVM_GET_PIT2, &s.pit, "KVM_GET_PIT2")
+        _ = try kvmIoctl(fd, SWL_KVM_GET_CLOCK, &s.clock, "KVM_GET_CLOCK")
+        return s
+    }
+
+    /// Writes a saved irqchip, PIT and clock into a fresh VM (after
+    /// `createIRQChip` and `createPIT`). The kvmclock resumes where it was
+    /// saved: the time the snapshot spent on disk never passes for the guest.
+    public func restoreState(_ s: VMState) throws(KVMError) {
+        for var chip in [s.picMaster, s.picSlave, s.ioapic] {
+            _ = try kvmIoctl(fd, SWL_KVM_SET_IRQCHIP, &chip, "KVM_SET_IRQCHIP")
+        }
+        var pit = s.pit
+        _ = try kvmIoctl(fd, SWL_KVM_SET_PIT2, &pit, "KVM_SET_PIT2")
+        var clock = kvm_clock_data()
+        clock.clock = s.clock.clock
+        _ = try kvmIoctl(fd, SWL_KVM_SET_CLOCK, &clock, "KVM_SET_CLOCK")
+    }
+
+    private func irqchip(_ id: Int32) throws(KVMError) -> kvm_irqchip {
+        var chip = kvm_irqchip()
+        chip.chip_id = UInt32(id)
+        _ = try kvmIoctl(fd, SWL_KVM_GET_IRQCHIP, &chip, "KVM_GET_IRQCHIP")
+        return chip
+    }
+}

@@ -1,0 +1,79 @@
+import Glibc
+import SwiftletSys
+import SwiftletX86
+
+/// Which file a snapshot was taken with: its content hash, and its inode
+/// identity as a shortcut.
+///
+/// Checking a file re-hashes it only when its inode identity changed: the
+/// change time (`ctime`) moves with every write and every `utimes`, and no
+/// user can set it back, so an unchanged (dev, ino, size, ctime) means unchanged
+/// bytes. A copied or rebuilt file is hashed and accepted when its content matches.
+public struct FileIdentity: Sendable, Equatable {
+    /// SHA-256 of the whole file.
+    public var sha256: [UInt8]
+    public var size: UInt64
+    public var device: UInt64
+    public var inode: UInt64
+    public var ctimeNanos: UInt64
+
+    /// Hashes the file at `path` (following symbolic links).
+    public static func of(_ path: String) throws(SnapshotError) -> FileIdentity {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .system(.last("open(\(path))")) }
+        defer { close(fd) }
+        let st = try stat(fd, path)
+        var hash = SHA256()
+        let chunk = 1 << 20
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 16)
+        defer { buffer.deallocate() }
+        var offset: Int64 = 0
+        while true {
+            let n: Int
+            do { n = try readFully(fd, into: buffer, offset: offset) } catch { throw .system(error) }
+            if n == 0 { break }
+            hash.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            offset += Int64(n)
+            if n < chunk { break }
+        }
+        return FileIdentity(sha256: hash.finalize(), size: UInt64(offset), device: UInt64(st.st_dev), inode: UInt64(st.st_ino),
+                            ctimeNanos: nanos(st.st_ctim))
+    }
+
+    /// Checks that the file at `path` has the content this identity recorded.
+    public func check(_ path: String, what: String) throws(SnapshotError) {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .system(.last("open(\(path))")) }
+        let st: stat
+        do { st = try Self.stat(fd, path) } catch { close(fd); throw error }
+        close(fd)
+        if UInt64(st.st_dev) == device && UInt64(st.st_ino) == inode && UInt64(st.st_size) == size && Self.nanos(st.st_ctim) == ctimeNanos {
+            return
+        }
+        guard UInt64(st.st_size) == size, try Self.of(path).sha256 == sha256 else {
+            throw .mismatch("\(what) \(path) is not the one the snapshot was taken with (sha256 \(SHA256.hex(sha256).prefix(16))...)")
+        }
+    }
+
+    private static func stat(_ fd: Int32, _ path: String) throws(SnapshotError) -> stat {
+        var st = Glibc.stat()
+        guard fstat(fd, &st) == 0 else { throw .system(.last("fstat(\(path))")) }
+        return st
+    }
+
+    private static func nanos(_ t: timespec) -> UInt64 { UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec) }
+
+    func encode(_ w: inout StateWriter) {
+        w.bytes(sha256)
+        w.u64(size)
+        w.u64(device)
+        w.u64(inode)
+        w.u64(ctimeNanos)
+    }
+
+    static func decode(_ r: inout StateReader) throws(SnapshotError) -> FileIdentity {
+        let hash = try r.bytes(limit: 32)
+        guard hash.count == 32 else { throw .corrupt("a file hash of \(hash.count) bytes") }
+        return FileIdentity(sha256: hash, size: try r.u64(), device: try r.u64(), inode: try r.u64(), ctimeNanos: try r.u64())
+    }
+}

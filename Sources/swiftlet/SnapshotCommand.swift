@@ -1,0 +1,145 @@
+import ArgumentParser
+import CSwiftlet
+import Glibc
+import SwiftletSandbox
+import SwiftletSeccomp
+import SwiftletSys
+import SwiftletVMM
+
+/// `swiftlet snapshot`: booted guests saved to disk, for `swiftlet run --snapshot`.
+struct SnapshotCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "snapshot",
+        abstract: "Create snapshots of booted sandbox guests.",
+        subcommands: [SnapshotCreate.self, SnapshotCached.self]
+    )
+}
+
+/// `swiftlet snapshot create --output DIR`: boot once, pause at the idle agent, save.
+struct SnapshotCreate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "create",
+        abstract: "Boot a sandbox guest until its agent waits for a job, then write a snapshot of it to a new directory.",
+        discussion: """
+        The directory gets two files: `state` (a checksummed header naming the Swiftlet \
+        version, the machine, the kernel's and images' SHA-256, then the vCPU, irqchip, \
+        clock and device state) and `memory` (guest RAM, zero pages left as holes). \
+        `swiftlet run --snapshot DIR -- CMD` restores it; `swiftlet run` without it \
+        keeps one per kernel, rootfs, memory size and vCPU count in the cache.
+        """
+    )
+
+    @Option(help: "The directory to create (it must not exist).")
+    var output: String
+
+    @Option(help: "Kernel: a bzImage or an uncompressed ELF vmlinux. Default: the image built by `make kernel`.")
+    var kernel: String?
+
+    @Option(help: "Base root filesystem image (attached ephemeral). Default: the image built by `make rootfs`.")
+    var rootfs: String?
+
+    @Option(name: .customLong("drive"), help: ArgumentHelp("A further virtio-blk drive; repeatable. A writable one is the guest's own: restores use it as it is then.", valueName: "path[,ro|,ephemeral][,id=NAME]"))
+    var drives: [String] = []
+
+    @Option(help: "Guest memory in MiB.")
+    var mem: Int = Run.defaultMemoryMiB
+
+    @Option(help: "Number of vCPUs.")
+    var cpus: Int = Run.defaultVcpus
+
+    @Option(help: "Add to the default kernel command line.")
+    var append: String?
+
+    @Option(help: "Give up when the guest's agent has not reported idle after this many seconds.")
+    var bootTimeout: Double = 600
+
+    @Option(help: "Write the guest's serial console to this file.")
+    var console: String?
+
+    @Option(help: "The KVM device node.")
+    var kvmDevice: String = "/dev/kvm"
+
+    @Option(help: ArgumentHelp("Syscall filters on every VMM thread.", valueName: "strict|log|off"))
+    var seccomp: String = Seccomp.defaultModeName
+
+    func validate() throws {
+        guard bootTimeout > 0 else { throw ValidationError("--boot-timeout must be positive") }
+        for spec in drives { _ = try DriveSpec.parse(spec) }
+    }
+
+    func run() throws {
+        // `swiftlet run` creates cache snapshots through this command: die with it.
+        if let parent = getenv("SWIFTLET_SNAPSHOT_PARENT").map({ String(cString: $0) }) {
+            _ = swl_prctl(1 /* PR_SET_PDEATHSIG */, UInt(SIGTERM), 0, 0, 0)
+            if String(getppid()) != parent { throw ExitCode(ExitStatus.runFailure) }
+        }
+        Seccomp.enable(mode: try seccompMode(seccomp))
+        let kernelPath = kernel ?? Paths.defaultKernel
+        try requireReadable(kernelPath, what: "kernel", hint: kernel == nil ? " (run `make kernel` first)" : "")
+        let rootfsPath = rootfs ?? Paths.defaultRootfs
+        try requireReadable(rootfsPath, what: "rootfs", hint: rootfs == nil ? " (run `make rootfs` first)" : "")
+        var config = SandboxConfig(kernelPath: kernelPath, rootfsPath: rootfsPath, job: AgentJob(argv: ["true"]))
+        config.memoryMiB = mem
+        config.vcpuCount = cpus
+        config.bootTimeoutSeconds = bootTimeout
+        config.extraDrives = try drives.map(DriveSpec.parse)
+        config.extraKernelArguments = append.map { [$0] } ?? []
+        config.kernelCacheDirectory = Paths.kernelCache
+        config.handleSignals = true
+        config.kvmPath = kvmDevice
+        var consoleFile: Int32 = -1
+        if let path = console {
+            consoleFile = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard consoleFile >= 0 else { throw ValidationError("console \(path): \(String(cString: strerror(errno)))") }
+        }
+        defer { if consoleFile >= 0 { close(consoleFile) } }
+        config.consoleFD = consoleFile
+        do {
+            try Sandbox.createSnapshot(config, directory: output)
+        } catch {
+            throw RunFailure(message: "\(error)")
+        }
+        Seccomp.reportLog()
+    }
+}
+
+/// `swiftlet snapshot cached`: the snapshot `swiftlet run` restores by default, created if missing.
+struct SnapshotCached: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cached",
+        abstract: "Print the directory of the cached snapshot `swiftlet run` restores for these options, creating it first when there is none.",
+        discussion: "The cache is $SWIFTLET_SNAPSHOT_CACHE, else snapshots/ in Swiftlet's cache directory."
+    )
+
+    @Option(help: "Kernel. Default: the image built by `make kernel`.")
+    var kernel: String?
+
+    @Option(help: "Base root filesystem image. Default: the image built by `make rootfs`.")
+    var rootfs: String?
+
+    @Option(help: "Guest memory in MiB.")
+    var mem: Int = Run.defaultMemoryMiB
+
+    @Option(help: "Number of vCPUs.")
+    var cpus: Int = Run.defaultVcpus
+
+    @Option(help: "Add to the default kernel command line.")
+    var append: String?
+
+    @Option(help: "Give up when the guest's agent has not reported idle after this many seconds.")
+    var bootTimeout: Double = 600
+
+    @Option(help: ArgumentHelp("Syscall filters while the snapshot is created.", valueName: "strict|log|off"))
+    var seccomp: String = Seccomp.defaultModeName
+
+    func run() throws {
+        let kernelPath = kernel ?? Paths.defaultKernel
+        try requireReadable(kernelPath, what: "kernel", hint: kernel == nil ? " (run `make kernel` first)" : "")
+        let rootfsPath = rootfs ?? Paths.defaultRootfs
+        try requireReadable(rootfsPath, what: "rootfs", hint: rootfs == nil ? " (run `make rootfs` first)" : "")
+        _ = try seccompMode(seccomp)
+        let shape = SnapshotCache.Shape(kernel: kernelPath, rootfs: rootfsPath, memoryMiB: mem, vcpus: cpus, append: append,
+                                        bootTimeout: bootTimeout, seccomp: seccomp)
+        print(try SnapshotCache.snapshot(for: shape).directory)
+    }
+}
