@@ -11,7 +11,7 @@ DEBIAN_PACKAGES := build-essential zlib1g-dev liblz4-dev libzstd-dev libseccomp-
 RELEASE_FLAGS := -c release --static-swift-stdlib
 SWIFTLET := .build/release/swiftlet
 
-.PHONY: all deps kernel rootfs images release build demo demo-boot test unit-test bench bench-run seccomp-log clean
+.PHONY: all deps kernel rootfs images release build demo demo-boot test unit-test bench bench-run bench-snapshot seccomp-log clean
 
 all: release
 
@@ -51,8 +51,13 @@ demo-boot: deps images release
 	$(SWIFTLET) boot --boot-timer --stats
 
 ## Set everything up, then run the whole test suite (KVM tests included).
+## The sandbox tests restore one snapshot of the default guest, created once per run
+## in a fresh cache (.build/test-snapshots); a few tests still boot cold (--cold).
+test: export SWIFTLET_SNAPSHOT_CACHE := $(CURDIR)/.build/test-snapshots
 test: deps images release
 	swift build --build-tests
+	rm -rf "$$SWIFTLET_SNAPSHOT_CACHE"
+	.build/debug/swiftlet snapshot cached
 	swift test --skip-build
 	rootfs/agent/test.sh
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-60} Tests/Fuzz/run.sh
@@ -66,7 +71,11 @@ seccomp-log: deps images
 bench: deps images release
 	benchmarks/startup.sh
 
-## `swiftlet run -- true` end to end, phase by phase (see benchmarks/run/run.sh).
+## Snapshot restore: latency (median, p99), restored vs cold, memory per VM (benchmarks/snapshot/run.sh).
+bench-snapshot: deps images release
+	benchmarks/snapshot/run.sh
+
+## A cold `swiftlet run --cold -- true` end to end, phase by phase (see benchmarks/run/run.sh).
 bench-run: deps images release
 	benchmarks/run/run.sh
 

@@ -49,7 +49,7 @@ let package = Package(
         .executableTarget(
             name: "swiftlet",
             dependencies: [
-                "SwiftletVMM", "SwiftletSandbox", "SwiftletSeccomp", "SwiftletSys", "CSwiftlet",
+                "SwiftletVMM", "SwiftletSandbox", "SwiftletSeccomp", "SwiftletSys", "SwiftletX86", "CSwiftlet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

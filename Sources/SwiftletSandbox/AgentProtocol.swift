@@ -142,7 +142,7 @@ public enum AgentMessage: Sendable, Equatable {
     case ready
     /// The agent ran the PARK frame's warm-up programs and waits for its job:
     /// the point `swiftlet snapshot create` pauses the machine at.
-    case parked
+    case parked(nanos: UInt64)
     /// A type this host does not know: skipped.
     case unknown(UInt8)
 }
@@ -214,7 +214,9 @@ public struct AgentFrameReader: Sendable {
             }
         case .error: return .error(String(decoding: buffer[p..<p + length], as: UTF8.self))
         case .ready: return .ready
-        case .parked: return .parked
+        case .parked:
+            try need(8)
+            return .parked(nanos: le64(p))
         default: return .unknown(type)
         }
     }

@@ -32,6 +32,8 @@ public struct SessionTimeline: Sendable {
     /// The job's fork and end, on the guest's clock.
     public var guestJobStart: UInt64 = 0
     public var guestJobEnd: UInt64 = 0
+    /// When the agent parked for a snapshot, on the guest's clock.
+    public var guestParked: UInt64 = 0
 }
 
 /// The host end of one agent connection: sends the job, pumps stdin to the
@@ -220,8 +222,9 @@ public final class AgentSession: @unchecked Sendable {
                     return false
                 case .ready:
                     continue
-                case .parked:
+                case let .parked(nanos):
                     guard options.park != nil else { continue }
+                    mark { $0.guestParked = nanos }
                     finish(.parked)
                     return false
                 case .unknown:

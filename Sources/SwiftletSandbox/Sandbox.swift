@@ -199,7 +199,7 @@ public enum Sandbox {
             throw .machine("the guest did not get to an idle agent: \(report.exit)\(console)")
         }
         do {
-            try machine.writeSnapshot(writer)
+            try machine.writeSnapshot(writer, guestClockNanos: session.timeline.guestParked)
         } catch {
             throw .machine("\(error)")
         }

@@ -180,12 +180,15 @@ public final class Machine: @unchecked Sendable {
             // A restored guest goes on with the CPU it booted on.
             tables.append(snapshot?.state.vcpus[id].cpuid ?? table)
         }
-        do {
+        do throws(KVMError) {
             if let snapshot { try vm.restoreState(snapshot.state.vm) }
             for id in 0..<config.vcpuCount {
                 let vcpu = try vm.createVcpu(id: id)
                 if let saved = snapshot?.state.vcpus[id] {
                     try vcpu.setCPUID(saved.cpuid)
+                    // Some MSRs (kvmclock, async PF, steal time) point KVM at
+                    // guest pages: their memory slot must exist first.
+                    if let e = slots.wait() { throw e }
                     try vcpu.restoreState(saved.state)
                 } else {
                     try VcpuSetup.configure(vcpu, cpuid: tables[id])

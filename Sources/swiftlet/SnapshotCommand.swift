@@ -5,13 +5,14 @@ import SwiftletSandbox
 import SwiftletSeccomp
 import SwiftletSys
 import SwiftletVMM
+import SwiftletX86
 
 /// `swiftlet snapshot`: booted guests saved to disk, for `swiftlet run --snapshot`.
 struct SnapshotCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "snapshot",
         abstract: "Create snapshots of booted sandbox guests.",
-        subcommands: [SnapshotCreate.self, SnapshotCached.self]
+        subcommands: [SnapshotCreate.self, SnapshotCached.self, SnapshotShow.self]
     )
 }
 
@@ -141,5 +142,35 @@ struct SnapshotCached: ParsableCommand {
         let shape = SnapshotCache.Shape(kernel: kernelPath, rootfs: rootfsPath, memoryMiB: mem, vcpus: cpus, append: append,
                                         bootTimeout: bootTimeout, seccomp: seccomp)
         print(try SnapshotCache.snapshot(for: shape).directory)
+    }
+}
+
+/// `swiftlet snapshot show DIR`: what a snapshot was taken of, after checking it.
+struct SnapshotShow: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "show",
+        abstract: "Check a snapshot's header and checksum, and print what it was taken of, one `key=value` per line."
+    )
+
+    @Argument(help: "The snapshot directory.")
+    var directory: String
+
+    func run() throws {
+        let s: Snapshot
+        do { s = try Snapshot.load(directory: directory) } catch { throw RunFailure(message: "\(error)") }
+        let m = s.manifest
+        var lines = [
+            "swiftlet=\(m.swiftletVersion)", "format=\(Snapshot.formatVersion)",
+            "created-unix-ns=\(m.createdNanos)", "guest-clock-ns=\(m.guestClockNanos)",
+            "memory-mib=\(m.memoryMiB)", "vcpus=\(m.vcpuCount)", "cpu-template=\(m.cpuTemplate.rawValue)",
+            "kernel=\(m.kernelPath)", "kernel-sha256=\(SHA256.hex(m.kernel.sha256))",
+        ]
+        for (i, d) in m.drives.enumerated() {
+            let mode = d.config.readOnly ? "ro" : d.config.ephemeral ? "ephemeral" : "rw"
+            lines.append("drive\(i)=\(d.config.path) \(mode) \(d.capacityBytes) bytes" + (d.identity.map { " sha256=\(SHA256.hex($0.sha256))" } ?? ""))
+        }
+        if let cid = m.vsockCID { lines.append("vsock-cid=\(cid)") }
+        lines.append("cmdline=\(m.cmdline)")
+        print(lines.joined(separator: "\n"))
     }
 }

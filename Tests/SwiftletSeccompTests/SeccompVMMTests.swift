@@ -27,7 +27,7 @@ struct SeccompVMMTests {
         try #require(Self.imagesPresent, "run `make images` first")
         if !cold {
             // The cached snapshot exists first (its creation, a child process, runs under the same filters).
-            let pid = try spawn([Probe.productsDir + "/swiftlet", "snapshot", "cached"])
+            let pid = try Self.spawn([Probe.productsDir + "/swiftlet", "snapshot", "cached"])
             var status: Int32 = 0
             while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
             try #require(status == 0, "swiftlet snapshot cached failed")

@@ -95,7 +95,7 @@ def kv(line):
 
 # ---------------------------------------------------------------- samples
 def swiftlet_run(i):
-    r = launch([BIN, "run", "--timings", "--", "true"], args.timeout)
+    r = launch([BIN, "run", "--cold", "--timings", "--", "true"], args.timeout)
     line = next((l for l in r["err"] if l.startswith("swiftlet-timings:")), "")
     t = kv(line)
     s = {"kind": "swiftlet-run", "iter": i, "rc": r["rc"], "timed_out": r["timed_out"],

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# `swiftlet run -- true` end to end, and where its time goes.
+# A cold `swiftlet run --cold -- true` end to end, and where its time goes
+# (the restored path is benchmarks/snapshot/run.sh).
 #
 #   benchmarks/run/run.sh [N]        N runs per variant (default 3), alternating A B A B ...
 #
 # Variants: "default" is the sandbox's own kernel command line (with `quiet`);
 # "verbose" appends `loglevel=7`, which undoes `quiet`, to show what `quiet` buys.
-# Each sample is one `swiftlet run --timings -- true`; the figures are the
+# Each sample is one `swiftlet run --cold --timings -- true`; the figures are the
 # medians of its `swiftlet-timings:` line (see README.md, "swiftlet run"):
 #   boot-ms         process start -> the guest agent connected (kernel boot + init + agent)
 #   agent-start-ms  the agent's own start-up, exec -> connected (guest clock)
@@ -25,7 +26,7 @@ for ((i = 0; i < n; i++)); do
   for variant in default verbose; do
     extra=()
     [[ $variant == verbose ]] && extra=(--append loglevel=7)
-    line=$("$bin" run --timings "${extra[@]}" -- true 2>&1 >/dev/null | grep '^swiftlet-timings:')
+    line=$("$bin" run --cold --timings "${extra[@]}" -- true 2>&1 >/dev/null | grep '^swiftlet-timings:')
     echo "$variant $((i + 1))/$n: ${line#swiftlet-timings: }" >&2
     for k in "${keys[@]}"; do
       v=$(sed -n "s/.* $k=\([0-9.]*\).*/\1/p" <<<"$line")

@@ -697,7 +697,8 @@ static void warm_child(void *arg)
 /* PARK: the host is about to snapshot this VM. Run each program the payload
  * names once (absolute paths, NUL-terminated, no arguments), so that what a
  * job's first exec needs (the binary's pages, dentries, page tables) is warm
- * in every clone; then report PARKED and wait for the JOB like before. */
+ * in every clone; then report PARKED (with the guest's CLOCK_MONOTONIC) and
+ * wait for the JOB like before. */
 static void park(const u8 *p, u32 len)
 {
 	u32 off = 0;
@@ -709,7 +710,9 @@ static void park(const u8 *p, u32 len)
 		int st;
 		while (sc(NR_wait4, pid, (long)&st, 0, 0, 0, 0) == -EINTR) {}
 	}
-	send_or_die(T_PARKED, 0, 0);
+	u8 t[8];
+	wr64(t, now_ns());
+	send_or_die(T_PARKED, t, sizeof t);
 }
 
 static void handle_frame(int type, const u8 *p, u32 len)

@@ -8,7 +8,8 @@ extension Machine {
     /// Writes the paused machine (see `pause`) through `writer`: the vCPUs'
     /// states their threads saved, then the irqchip, PIT and clock, the
     /// devices, and guest memory. Call it after `run` returned `.paused`.
-    public func writeSnapshot(_ writer: SnapshotWriter) throws(SnapshotError) {
+    /// `guestClockNanos` is the guest's CLOCK_MONOTONIC at the pause, when known (0 if not).
+    public func writeSnapshot(_ writer: SnapshotWriter, guestClockNanos: UInt64 = 0) throws(SnapshotError) {
         guard context.latch.result == .paused else {
             throw .unsupported("the machine was not paused (\(context.latch.result.map { "\($0)" } ?? "still running"))")
         }
@@ -28,6 +29,7 @@ extension Machine {
         let manifest = SnapshotManifest(
             swiftletVersion: SwiftletVersion.string,
             createdNanos: Clock.realtimeNanos(),
+            guestClockNanos: guestClockNanos,
             memoryMiB: config.memoryMiB,
             vcpuCount: config.vcpuCount,
             cpuTemplate: template,

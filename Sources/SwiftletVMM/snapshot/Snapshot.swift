@@ -22,6 +22,8 @@ public struct SnapshotManifest: Sendable {
     public var swiftletVersion: String
     /// CLOCK_REALTIME when the snapshot was taken, in ns.
     public var createdNanos: UInt64
+    /// The guest's CLOCK_MONOTONIC at the pause (its agent's report), 0 if unknown.
+    public var guestClockNanos: UInt64
     public var memoryMiB: Int
     public var vcpuCount: Int
     public var cpuTemplate: CPUTemplateChoice
@@ -127,6 +129,7 @@ public final class Snapshot: Sendable {
         var w = StateWriter()
         w.string(m.swiftletVersion)
         w.u64(m.createdNanos)
+        w.u64(m.guestClockNanos)
         w.u32(UInt32(m.memoryMiB))
         w.u32(UInt32(m.vcpuCount))
         w.string(m.cpuTemplate.rawValue)
@@ -205,6 +208,7 @@ public final class Snapshot: Sendable {
     static func decodeManifest(_ r: inout StateReader) throws(SnapshotError) -> SnapshotManifest {
         let version = try r.string()
         let created = try r.u64()
+        let guestClock = try r.u64()
         let memoryMiB = Int(try r.u32())
         let vcpuCount = Int(try r.u32())
         let templateName = try r.string()
@@ -231,7 +235,7 @@ public final class Snapshot: Sendable {
             guard size > 0, size <= 1 << 46 else { throw .corrupt("a memory range of \(size) bytes") }
             ranges.append((base, Int(size)))
         }
-        return SnapshotManifest(swiftletVersion: version, createdNanos: created, memoryMiB: memoryMiB, vcpuCount: vcpuCount,
+        return SnapshotManifest(swiftletVersion: version, createdNanos: created, guestClockNanos: guestClock, memoryMiB: memoryMiB, vcpuCount: vcpuCount,
                                 cpuTemplate: template, cmdline: cmdline, kernelPath: kernelPath, kernel: kernel, drives: drives,
                                 vsockCID: hasVsock ? cid : nil, memoryRanges: ranges)
     }

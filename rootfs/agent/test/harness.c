@@ -33,8 +33,8 @@
 
 extern char **environ;
 
-enum { T_HELLO = 1, T_STDOUT, T_STDERR, T_STARTED, T_EXIT, T_ERROR, T_READY,
-       T_JOB = 0x81, T_STDIN, T_SIGNAL };
+enum { T_HELLO = 1, T_STDOUT, T_STDERR, T_STARTED, T_EXIT, T_ERROR, T_READY, T_PARKED,
+       T_JOB = 0x81, T_STDIN, T_SIGNAL, T_PARK };
 enum { F_STDIN = 1, F_CLOCK = 2 }; /* JOB flags */
 #define MAX_CHUNK 65536
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -841,6 +841,46 @@ int main(int argc, char **argv)
 			if (!a.ready) fail("no READY");
 			expect_exit(&r, 0, 0);
 			expect_text(&r.out, "ok\n", "stdout");
+			result_free(&r);
+			agent_close(&a);
+			int st = agent_wait(&a, MS(5000));
+			if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st)) fail("agent exit status 0x%x", st);
+		}
+
+		current = "PARK: warm-up programs run once, PARKED with the agent's clock, then the JOB";
+		tests++;
+		if (!agent_start(&a, 1)) {
+			char warm[512], marker[512], park[1100];
+			snprintf(marker, sizeof marker, "%s/warmed", tmp);
+			snprintf(warm, sizeof warm, "%s/warm.sh", tmp);
+			unlink(marker);
+			snprintf(cmd, sizeof cmd, "#!/bin/sh\necho run >> %s\n", marker);
+			write_file(warm, cmd, 0755);
+			/* The warm-up program, a relative path (skipped: stops the list), and nothing after it runs. */
+			size_t n = 0;
+			n += (size_t)snprintf(park + n, sizeof park - n, "%s", warm) + 1;
+			n += (size_t)snprintf(park + n, sizeof park - n, "/no/such/program") + 1;
+			n += (size_t)snprintf(park + n, sizeof park - n, "relative") + 1;
+			n += (size_t)snprintf(park + n, sizeof park - n, "%s", warm) + 1;
+			send_frame(a.c, T_PARK, park, (uint32_t)n);
+			struct buf b = { 0 };
+			int t = read_frame(a.c, &b, MS(5000));
+			if (t != T_PARKED || b.n != 8) fail("expected PARKED with 8 bytes, got type %d, %zu bytes", t, b.n);
+			else if (le64(b.p) < a.hello_conn || le64(b.p) > now_ns()) fail("PARKED clock out of order");
+			buf_free(&b);
+			size_t tn = 0;
+			uint8_t *text = read_file(marker, &tn);
+			if (!text || tn != 4 || memcmp(text, "run\n", 4)) fail("the warm-up program ran %s", text ? "other than once" : "never");
+			free(text);
+			struct job j = { .argv = ARGV("echo", "after-park") };
+			struct buf p = { 0 };
+			job_payload(&p, &j);
+			send_frame(a.c, T_JOB, p.p, (uint32_t)p.n);
+			buf_free(&p);
+			struct result r;
+			collect(&a, &r, ACT_NONE, 0, MS(5000));
+			expect_exit(&r, 0, 0);
+			expect_text(&r.out, "after-park\n", "stdout");
 			result_free(&r);
 			agent_close(&a);
 			int st = agent_wait(&a, MS(5000));
