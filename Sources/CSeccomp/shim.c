@@ -8,6 +8,9 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 void *swl_scmp_new(uint32_t default_action) { return seccomp_init(default_action); }
@@ -25,6 +28,30 @@ int swl_scmp_load(void *ctx) {
     int rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 1);
     if (rc != 0) return rc;
     return seccomp_load(ctx);
+}
+
+int swl_scmp_compile(void *ctx, void **prog, size_t *len) {
+    // libseccomp 2.5 exports only to a descriptor: a memfd, read back.
+    int fd = memfd_create("seccomp-bpf", MFD_CLOEXEC);
+    if (fd < 0) return -errno;
+    int rc = seccomp_export_bpf(ctx, fd);
+    off_t size = rc == 0 ? lseek(fd, 0, SEEK_END) : -1;
+    if (rc == 0 && size <= 0) rc = -EINVAL;
+    void *buf = rc == 0 ? malloc((size_t)size) : NULL;
+    if (rc == 0 && !buf) rc = -ENOMEM;
+    if (rc == 0 && pread(fd, buf, (size_t)size, 0) != size) rc = -EIO;
+    close(fd);
+    if (rc != 0) { free(buf); return rc; }
+    *prog = buf;
+    *len = (size_t)size;
+    return 0;
+}
+
+int swl_seccomp_install(const void *prog, size_t len) {
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -errno;
+    struct sock_fprog fprog = { .len = (unsigned short)(len / sizeof(struct sock_filter)), .filter = (struct sock_filter *)prog };
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fprog) != 0) return -errno;
+    return 0;
 }
 
 int swl_drop_capabilities(void) {

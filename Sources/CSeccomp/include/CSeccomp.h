@@ -2,6 +2,7 @@
 #define CSECCOMP_H
 // The C shim over Debian's libseccomp (libseccomp-dev) and the hardening
 // calls glibc has no wrapper for (capset, close_range).
+#include <stddef.h>
 #include <stdint.h>
 
 static const uint32_t SWL_SCMP_ACT_ALLOW = 0x7fff0000U;
@@ -19,6 +20,10 @@ char *swl_scmp_name(int nr);
 int swl_scmp_allow(void *ctx, int nr, int arg_index, uint64_t mask, uint64_t value);
 /// Sets no_new_privs and loads the filter into the calling thread. 0 or -errno.
 int swl_scmp_load(void *ctx);
+/// Compiles the filter to classic BPF: *prog is malloc'ed (free it), *len in bytes. 0 or -errno.
+int swl_scmp_compile(void *ctx, void **prog, size_t *len);
+/// Sets no_new_privs and installs a compiled filter in the calling thread. 0 or -errno.
+int swl_seccomp_install(const void *prog, size_t len);
 
 /// Drops every capability of the calling thread (effective, permitted, inheritable).
 int swl_drop_capabilities(void);
