@@ -13,7 +13,7 @@ public struct VcpuState: Sendable {
     public var debugRegs = kvm_debugregs()
     public var lapic = kvm_lapic_state()
     /// Every MSR KVM lists (`KVM_GET_MSR_INDEX_LIST`) that it let us read.
-    public var msrs: [MSREntry] = []
+    public var msrs: [(index: UInt32, value: UInt64)] = []
     /// Pending exceptions, interrupts and NMIs, and the interrupt shadow.
     public var events = kvm_vcpu_events()
     public var mpState = kvm_mp_state()
@@ -21,16 +21,6 @@ public struct VcpuState: Sendable {
     public var tscKHz: UInt32 = 0
 
     public init() {}
-}
-
-/// One model-specific register and its value.
-public struct MSREntry: Sendable, Equatable {
-    public var index: UInt32
-    public var value: UInt64
-    public init(index: UInt32, value: UInt64) {
-        self.index = index
-        self.value = value
-    }
 }
 
 /// The in-kernel devices' state: both PICs, the IOAPIC, the PIT and the kvmclock base.
@@ -84,7 +74,7 @@ extension Vcpu {
         var start = 0
         while start < s.msrs.count {
             let batch = s.msrs[start..<min(start + Int(SWL_MAX_MSR_ENTRIES), s.msrs.count)]
-            try setMSRs(batch.map { (index: $0.index, value: $0.value) })
+            try setMSRs(Array(batch))
             start += batch.count
         }
         try setEvents(s.events)
@@ -103,15 +93,15 @@ extension Vcpu {
 
     /// Reads `indices` in batches, skipping the ones KVM refuses (an MSR it
     /// lists but this CPU lacks): `KVM_GET_MSRS` stops at the first of those.
-    func readableMSRs(_ indices: [UInt32]) throws(KVMError) -> [MSREntry] {
-        var out: [MSREntry] = []
+    func readableMSRs(_ indices: [UInt32]) throws(KVMError) -> [(index: UInt32, value: UInt64)] {
+        var out: [(index: UInt32, value: UInt64)] = []
         var pending = indices[...]
         while !pending.isEmpty {
             let batch = Array(pending.prefix(Int(SWL_MAX_MSR_ENTRIES)))
             var buf = try Vcpu.msrBuffer(batch.map { (index: $0, value: 0) })
             let n = Int(try kvmIoctl(fd, SWL_KVM_GET_MSRS, &buf, "KVM_GET_MSRS"))
             withUnsafeBytes(of: &buf.entries) { raw in
-                for e in raw.bindMemory(to: kvm_msr_entry.self).prefix(n) { out.append(MSREntry(index: e.index, value: e.data)) }
+                for e in raw.bindMemory(to: kvm_msr_entry.self).prefix(n) { out.append((index: e.index, value: e.data)) }
             }
             // Entry n (if any) was refused: skip it and go on after it.
             pending = pending.dropFirst(min(n + 1, batch.count))

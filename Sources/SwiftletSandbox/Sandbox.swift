@@ -79,19 +79,8 @@ public enum Sandbox {
     /// for failures before the guest runs; what happened after is in the result.
     public static func run(_ config: SandboxConfig) throws(SandboxError) -> SandboxResult {
         try config.job.validate()
-        // Block the termination signals before any thread exists, so every thread inherits the mask.
-        var signalFD: Int32 = -1
-        if config.handleSignals {
-            signalFD = swl_signalfd_termination()
-            guard signalFD >= 0 else { throw .system(.last("signalfd")) }
-        }
-        defer { if signalFD >= 0 { close(signalFD) } }
-        // Output to a closed pipe must be an EPIPE the session handles, not death.
-        signal(SIGPIPE, SIG_IGN)
-
-        let uds = config.vsockUDS ?? privateSocketName()
-        let listener = try listen(uds)
-        defer { if !uds.hasPrefix("@") { unlink(agentSocketPath(uds)) } }
+        let host = try HostEnd(config)
+        let uds = host.uds
 
         let machine: Machine
         do {
@@ -108,11 +97,11 @@ public enum Sandbox {
             throw .machine("\(error)")
         }
 
-        var options = AgentSession.Options(listener: listener.raw)
+        var options = AgentSession.Options(listener: host.listener.raw)
         options.stdinFD = config.stdinFD
         options.stdoutFD = config.stdoutFD
         options.stderrFD = config.stderrFD
-        options.signalFD = signalFD
+        options.signalFD = host.signalFD
         options.timeoutSeconds = config.timeoutSeconds
         options.connectTimeoutSeconds = config.bootTimeoutSeconds
         var job = config.job
@@ -128,15 +117,7 @@ public enum Sandbox {
             case let .failed(e): machine.stop("\(e)")
             }
         }
-        try session.start()
-        let report: RunReport
-        do {
-            report = try machine.run()
-        } catch {
-            session.stop()
-            throw .machine("\(error)")
-        }
-        session.stop()
+        let report = try run(machine, with: session)
         let outcome = session.outcome ?? .abandoned
         return SandboxResult(outcome: outcome, timeline: session.timeline, machine: report, tornDown: Clock.monotonicNanos(),
                              restored: config.snapshot != nil)
@@ -146,18 +127,8 @@ public enum Sandbox {
     /// idle, pauses it and writes a snapshot into `directory` (created; it
     /// must not exist, and is removed again if anything fails).
     public static func createSnapshot(_ config: SandboxConfig, directory: String) throws(SandboxError) {
-        var signalFD: Int32 = -1
-        if config.handleSignals {
-            signalFD = swl_signalfd_termination()
-            guard signalFD >= 0 else { throw .system(.last("signalfd")) }
-        }
-        defer { if signalFD >= 0 { close(signalFD) } }
-        signal(SIGPIPE, SIG_IGN)
-        let uds = config.vsockUDS ?? privateSocketName()
-        let listener = try listen(uds)
-        defer { if !uds.hasPrefix("@") { unlink(agentSocketPath(uds)) } }
-
-        let machineConfig = machineConfig(config, uds: uds)
+        let host = try HostEnd(config)
+        let machineConfig = machineConfig(config, uds: host.uds)
         var complete = false
         let writer: SnapshotWriter
         do {
@@ -172,8 +143,8 @@ public enum Sandbox {
         } catch {
             throw .machine("\(error)")
         }
-        var options = AgentSession.Options(listener: listener.raw)
-        options.signalFD = signalFD
+        var options = AgentSession.Options(listener: host.listener.raw)
+        options.signalFD = host.signalFD
         options.connectTimeoutSeconds = config.bootTimeoutSeconds
         options.park = config.warmUpPrograms
         let session = try AgentSession(job: AgentJob(argv: ["true"]), options: options) { outcome in
@@ -184,15 +155,7 @@ public enum Sandbox {
             default: machine.stop("the session ended")
             }
         }
-        try session.start()
-        let report: RunReport
-        do {
-            report = try machine.run()
-        } catch {
-            session.stop()
-            throw .machine("\(error)")
-        }
-        session.stop()
+        let report = try run(machine, with: session)
         guard report.exit == .paused else {
             if case let .failed(e) = session.outcome { throw e }
             let console = lastConsoleLine(report).map { " (console: \($0))" } ?? ""
@@ -206,6 +169,17 @@ public enum Sandbox {
         complete = true
     }
 
+    /// Runs the machine with the agent session alongside, until both ended.
+    static func run(_ machine: Machine, with session: AgentSession) throws(SandboxError) -> RunReport {
+        try session.start()
+        defer { session.stop() }
+        do {
+            return try machine.run()
+        } catch {
+            throw .machine("\(error)")
+        }
+    }
+
     /// Removes a half-written snapshot directory (its two files, then itself).
     static func removeSnapshotDirectory(_ directory: String) {
         unlink(directory + "/" + Snapshot.stateFileName)
@@ -213,13 +187,38 @@ public enum Sandbox {
         rmdir(directory)
     }
 
-    /// Listens for the agent at `<uds>_52`.
-    static func listen(_ uds: String) throws(SandboxError) -> OwnedFD {
-        let agentPath = agentSocketPath(uds)
-        do {
-            return try UnixSocket.listen(at: agentPath, backlog: 4)
-        } catch {
-            throw .usage(error.errno == EADDRINUSE ? "vsock socket \(agentPath) already exists" : "\(error)")
+    /// The host's end of a sandbox, set up before the machine: the
+    /// termination signals blocked into a signalfd (before any thread exists,
+    /// so every thread inherits the mask), SIGPIPE ignored (output to a
+    /// closed pipe must be an EPIPE the session handles, not death), and the
+    /// agent's listener at `<uds>_52`, removed again at the end.
+    struct HostEnd: ~Copyable {
+        let signalFD: Int32
+        let uds: String
+        let listener: OwnedFD
+
+        init(_ config: SandboxConfig) throws(SandboxError) {
+            var fd: Int32 = -1
+            if config.handleSignals {
+                fd = swl_signalfd_termination()
+                guard fd >= 0 else { throw .system(.last("signalfd")) }
+            }
+            signal(SIGPIPE, SIG_IGN)
+            let uds = config.vsockUDS ?? Sandbox.privateSocketName()
+            let agentPath = Sandbox.agentSocketPath(uds)
+            do {
+                listener = try UnixSocket.listen(at: agentPath, backlog: 4)
+            } catch {
+                if fd >= 0 { close(fd) }
+                throw .usage(error.errno == EADDRINUSE ? "vsock socket \(agentPath) already exists" : "\(error)")
+            }
+            signalFD = fd
+            self.uds = uds
+        }
+
+        deinit {
+            if signalFD >= 0 { close(signalFD) }
+            if !uds.hasPrefix("@") { unlink(Sandbox.agentSocketPath(uds)) }
         }
     }
 

@@ -129,11 +129,7 @@ struct Run: ParsableCommand {
         config.kvmPath = kvmDevice
         config.net = try net.map(parseNet)
 
-        var consoleFile: Int32 = -1
-        if let path = console {
-            consoleFile = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-            guard consoleFile >= 0 else { throw ValidationError("console \(path): \(String(cString: strerror(errno)))") }
-        }
+        let consoleFile = try openConsoleFile(console)
         defer { if consoleFile >= 0 { close(consoleFile) } }
         config.consoleFD = consoleFile
 
@@ -202,4 +198,12 @@ func formatMillis(_ nanos: UInt64) -> String {
 
 func formatSeconds(_ s: Double) -> String {
     s == s.rounded() ? String(Int(s)) : String(s)
+}
+
+/// `--console FILE`: the file, created or truncated, or -1 without the option.
+func openConsoleFile(_ path: String?) throws -> Int32 {
+    guard let path else { return -1 }
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { throw ValidationError("console \(path): \(String(cString: strerror(errno)))") }
+    return fd
 }

@@ -16,6 +16,43 @@ struct SnapshotCommand: ParsableCommand {
     )
 }
 
+/// The guest a snapshot is of, as `snapshot create` and `snapshot cached` take it.
+struct SnapshotGuestOptions: ParsableArguments {
+    @Option(help: "Kernel: a bzImage or an uncompressed ELF vmlinux. Default: the image built by `make kernel`.")
+    var kernel: String?
+
+    @Option(help: "Base root filesystem image (attached ephemeral). Default: the image built by `make rootfs`.")
+    var rootfs: String?
+
+    @Option(help: "Guest memory in MiB.")
+    var mem: Int = Run.defaultMemoryMiB
+
+    @Option(help: "Number of vCPUs.")
+    var cpus: Int = Run.defaultVcpus
+
+    @Option(help: "Add to the default kernel command line.")
+    var append: String?
+
+    @Option(help: "Give up when the guest's agent has not reported idle after this many seconds.")
+    var bootTimeout: Double = 600
+
+    @Option(help: ArgumentHelp("Syscall filters on every VMM thread while the snapshot is created.", valueName: "strict|log|off"))
+    var seccomp: String = Seccomp.defaultModeName
+
+    func validate() throws {
+        guard bootTimeout > 0 else { throw ValidationError("--boot-timeout must be positive") }
+    }
+
+    /// The kernel and rootfs paths, checked readable.
+    func images() throws -> (kernel: String, rootfs: String) {
+        let kernelPath = kernel ?? Paths.defaultKernel
+        try requireReadable(kernelPath, what: "kernel", hint: kernel == nil ? " (run `make kernel` first)" : "")
+        let rootfsPath = rootfs ?? Paths.defaultRootfs
+        try requireReadable(rootfsPath, what: "rootfs", hint: rootfs == nil ? " (run `make rootfs` first)" : "")
+        return (kernelPath, rootfsPath)
+    }
+}
+
 /// `swiftlet snapshot create --output DIR`: boot once, pause at the idle agent, save.
 struct SnapshotCreate: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -33,26 +70,10 @@ struct SnapshotCreate: ParsableCommand {
     @Option(help: "The directory to create (it must not exist).")
     var output: String
 
-    @Option(help: "Kernel: a bzImage or an uncompressed ELF vmlinux. Default: the image built by `make kernel`.")
-    var kernel: String?
-
-    @Option(help: "Base root filesystem image (attached ephemeral). Default: the image built by `make rootfs`.")
-    var rootfs: String?
+    @OptionGroup var guest: SnapshotGuestOptions
 
     @Option(name: .customLong("drive"), help: ArgumentHelp("A further virtio-blk drive; repeatable. A writable one is the guest's own: restores use it as it is then.", valueName: "path[,ro|,ephemeral][,id=NAME]"))
     var drives: [String] = []
-
-    @Option(help: "Guest memory in MiB.")
-    var mem: Int = Run.defaultMemoryMiB
-
-    @Option(help: "Number of vCPUs.")
-    var cpus: Int = Run.defaultVcpus
-
-    @Option(help: "Add to the default kernel command line.")
-    var append: String?
-
-    @Option(help: "Give up when the guest's agent has not reported idle after this many seconds.")
-    var bootTimeout: Double = 600
 
     @Option(help: "Write the guest's serial console to this file.")
     var console: String?
@@ -60,11 +81,7 @@ struct SnapshotCreate: ParsableCommand {
     @Option(help: "The KVM device node.")
     var kvmDevice: String = "/dev/kvm"
 
-    @Option(help: ArgumentHelp("Syscall filters on every VMM thread.", valueName: "strict|log|off"))
-    var seccomp: String = Seccomp.defaultModeName
-
     func validate() throws {
-        guard bootTimeout > 0 else { throw ValidationError("--boot-timeout must be positive") }
         for spec in drives { _ = try DriveSpec.parse(spec) }
     }
 
@@ -74,25 +91,18 @@ struct SnapshotCreate: ParsableCommand {
             _ = swl_prctl(1 /* PR_SET_PDEATHSIG */, UInt(SIGTERM), 0, 0, 0)
             if String(getppid()) != parent { throw ExitCode(ExitStatus.runFailure) }
         }
-        Seccomp.enable(mode: try seccompMode(seccomp))
-        let kernelPath = kernel ?? Paths.defaultKernel
-        try requireReadable(kernelPath, what: "kernel", hint: kernel == nil ? " (run `make kernel` first)" : "")
-        let rootfsPath = rootfs ?? Paths.defaultRootfs
-        try requireReadable(rootfsPath, what: "rootfs", hint: rootfs == nil ? " (run `make rootfs` first)" : "")
+        Seccomp.enable(mode: try seccompMode(guest.seccomp))
+        let (kernelPath, rootfsPath) = try guest.images()
         var config = SandboxConfig(kernelPath: kernelPath, rootfsPath: rootfsPath, job: AgentJob(argv: ["true"]))
-        config.memoryMiB = mem
-        config.vcpuCount = cpus
-        config.bootTimeoutSeconds = bootTimeout
+        config.memoryMiB = guest.mem
+        config.vcpuCount = guest.cpus
+        config.bootTimeoutSeconds = guest.bootTimeout
         config.extraDrives = try drives.map(DriveSpec.parse)
-        config.extraKernelArguments = append.map { [$0] } ?? []
+        config.extraKernelArguments = guest.append.map { [$0] } ?? []
         config.kernelCacheDirectory = Paths.kernelCache
         config.handleSignals = true
         config.kvmPath = kvmDevice
-        var consoleFile: Int32 = -1
-        if let path = console {
-            consoleFile = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-            guard consoleFile >= 0 else { throw ValidationError("console \(path): \(String(cString: strerror(errno)))") }
-        }
+        let consoleFile = try openConsoleFile(console)
         defer { if consoleFile >= 0 { close(consoleFile) } }
         config.consoleFD = consoleFile
         do {
@@ -112,35 +122,13 @@ struct SnapshotCached: ParsableCommand {
         discussion: "The cache is $SWIFTLET_SNAPSHOT_CACHE, else snapshots/ in Swiftlet's cache directory."
     )
 
-    @Option(help: "Kernel. Default: the image built by `make kernel`.")
-    var kernel: String?
-
-    @Option(help: "Base root filesystem image. Default: the image built by `make rootfs`.")
-    var rootfs: String?
-
-    @Option(help: "Guest memory in MiB.")
-    var mem: Int = Run.defaultMemoryMiB
-
-    @Option(help: "Number of vCPUs.")
-    var cpus: Int = Run.defaultVcpus
-
-    @Option(help: "Add to the default kernel command line.")
-    var append: String?
-
-    @Option(help: "Give up when the guest's agent has not reported idle after this many seconds.")
-    var bootTimeout: Double = 600
-
-    @Option(help: ArgumentHelp("Syscall filters while the snapshot is created.", valueName: "strict|log|off"))
-    var seccomp: String = Seccomp.defaultModeName
+    @OptionGroup var guest: SnapshotGuestOptions
 
     func run() throws {
-        let kernelPath = kernel ?? Paths.defaultKernel
-        try requireReadable(kernelPath, what: "kernel", hint: kernel == nil ? " (run `make kernel` first)" : "")
-        let rootfsPath = rootfs ?? Paths.defaultRootfs
-        try requireReadable(rootfsPath, what: "rootfs", hint: rootfs == nil ? " (run `make rootfs` first)" : "")
-        _ = try seccompMode(seccomp)
-        let shape = SnapshotCache.Shape(kernel: kernelPath, rootfs: rootfsPath, memoryMiB: mem, vcpus: cpus, append: append,
-                                        bootTimeout: bootTimeout, seccomp: seccomp)
+        let (kernelPath, rootfsPath) = try guest.images()
+        _ = try seccompMode(guest.seccomp)
+        let shape = SnapshotCache.Shape(kernel: kernelPath, rootfs: rootfsPath, memoryMiB: guest.mem, vcpus: guest.cpus, append: guest.append,
+                                        bootTimeout: guest.bootTimeout, seccomp: guest.seccomp)
         print(try SnapshotCache.snapshot(for: shape).directory)
     }
 }

@@ -257,7 +257,7 @@ public final class Snapshot: Sendable {
             s.debugRegs = try r.raw(s.debugRegs)
             s.lapic = try r.raw(s.lapic)
             for _ in 0..<(try r.count(itemSize: 12, limit: Int(SWL_MAX_MSR_INDICES))) {
-                s.msrs.append(MSREntry(index: try r.u32(), value: try r.u64()))
+                s.msrs.append((index: try r.u32(), value: try r.u64()))
             }
             s.events = try r.raw(s.events)
             s.mpState = try r.raw(s.mpState)
