@@ -1,5 +1,4 @@
 import CSeccomp
-import Synchronization
 import Glibc
 import SwiftletSys
 
@@ -215,16 +214,20 @@ func printStderr(_ s: String) {
 }
 
 /// Every role's BPF program, compiled on a plain helper thread (not one of
-/// `spawnThread`'s, which would be filtered itself) that the first user joins.
+/// `spawnThread`'s, which would be filtered itself), in the order the
+/// threads start: the memory-slot thread's first, as it is on the restore's
+/// critical path. A thread waits only for its own role's program.
 final class CompiledFilters: @unchecked Sendable {
+    static let order: [SeccompRole] = [.memslots, .vcpu, .agent, .devices, .control, .consoleIn]
     private let mode: SeccompMode
-    private var thread: pthread_t?
-    private var programs: [SeccompRole: [UInt8]] = [:]
-    private var error: SeccompError?
-    private let lock = Mutex<Void>(())
+    private var programs: [SeccompRole: Result<[UInt8], SeccompError>] = [:]
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let ready = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
 
     init(mode: SeccompMode) {
         self.mode = mode
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(ready, nil)
         let box = Unmanaged.passRetained(self)
         var t = pthread_t()
         let rc = pthread_create(&t, nil, { arg in
@@ -233,35 +236,45 @@ final class CompiledFilters: @unchecked Sendable {
             return nil
         }, box.toOpaque())
         if rc == 0 {
-            thread = t
+            pthread_detach(t)
         } else {
             box.release()
             compileAll()
         }
     }
 
+    // Lives as long as the process (Seccomp.enable's hooks hold it).
+    deinit {
+        pthread_cond_destroy(ready)
+        pthread_mutex_destroy(mutex)
+        ready.deallocate()
+        mutex.deallocate()
+    }
+
     private func compileAll() {
-        do throws(SeccompError) {
-            for role in SeccompRole.allCases {
+        // Every role gets compiled, also one missing from `order`.
+        for role in Self.order + SeccompRole.allCases.filter({ !Self.order.contains($0) }) {
+            let result: Result<[UInt8], SeccompError>
+            do throws(SeccompError) {
                 let rules: [SeccompRule]
                 do { rules = try role.allowlist() } catch { throw .allowlist(error) }
-                programs[role] = try Seccomp.compile(rules, mode: mode)
+                result = .success(try Seccomp.compile(rules, mode: mode))
+            } catch {
+                result = .failure(error)
             }
-        } catch {
-            self.error = error
+            pthread_mutex_lock(mutex)
+            programs[role] = result
+            pthread_cond_broadcast(ready)
+            pthread_mutex_unlock(mutex)
         }
     }
 
-    /// The program for `role`, once the helper thread is done.
+    /// The program for `role`, waiting until the helper thread compiled it.
     func program(_ role: SeccompRole) throws(SeccompError) -> [UInt8] {
-        let result: Result<[UInt8], SeccompError> = lock.withLock { _ in
-            if let t = thread {
-                pthread_join(t, nil)
-                thread = nil
-            }
-            if let error { return .failure(error) }
-            return programs[role].map { .success($0) } ?? .failure(.libseccomp("no program for \(role.rawValue)", -ENOENT))
-        }
+        pthread_mutex_lock(mutex)
+        while programs[role] == nil { pthread_cond_wait(ready, mutex) }
+        let result = programs[role]!
+        pthread_mutex_unlock(mutex)
         return try result.get()
     }
 }

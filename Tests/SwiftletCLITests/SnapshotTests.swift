@@ -32,23 +32,26 @@ struct SnapshotTests {
         #expect(r.stderr.contains("start=snapshot"), "stderr: \(r.stderr)")
     }
 
-    @Test("after a restore the clock goes on from the snapshot's, the wall clock is the host's, and a 1 s timeout takes a second")
+    @Test("after a restore the clock goes on from the snapshot's, the wall clock is the host's, a 1 s timeout takes a second and sleep 1 at least one")
     func clockAndTimers() throws {
         let dir = try Self.cachedSnapshot()
         let show = try CLI.run(["snapshot", "show", dir])
         let parked = show.stdout.split(separator: "\n").first { $0.hasPrefix("guest-clock-ns=") }.flatMap { Double($0.dropFirst(15)) }
         let guestClockAtSnapshot = try #require(parked, "snapshot show: \(show.stdout)") / 1e9
         // Shell builtins only (no exec in between): uptime, a 1 s read timeout on an empty FIFO, uptime.
-        let script = "mkfifo /tmp/f; exec 3<>/tmp/f; read a b < /proc/uptime; read -t 1 x <&3; read c d < /proc/uptime; echo $a; echo $c; date +%s"
+        // Then `sleep 1`, which also pays for a fork and exec of the emulated guest kernel.
+        let script = "mkfifo /tmp/f; exec 3<>/tmp/f; read a b < /proc/uptime; read -t 1 x <&3; read c d < /proc/uptime; echo $a; echo $c; date +%s; "
+            + "sleep 1; read e f < /proc/uptime; echo $e"
         for _ in 0..<2 {
             let r = try CLI.run(["run", "--snapshot", dir, "--", "sh", "-c", script])
             try #require(r.status == 0, "stderr: \(r.stderr)")
             let v = r.stdout.split(separator: "\n").compactMap { Double($0) }
-            try #require(v.count == 3, "stdout: \(r.stdout)")
+            try #require(v.count == 4, "stdout: \(r.stdout)")
             let now = Double(time(nil))
             #expect(v[0] >= guestClockAtSnapshot - 0.01, "uptime \(v[0]) s after restore, \(guestClockAtSnapshot) s at the snapshot")
             #expect(v[1] - v[0] >= 0.95 && v[1] - v[0] < 2, "a 1 s timeout took \(v[1] - v[0]) s of guest uptime")
             #expect(abs(v[2] - now) < 30, "guest date \(v[2]), host \(now)")
+            #expect(v[3] - v[1] >= 1 && v[3] - v[1] < 6, "date and sleep 1 took \(v[3] - v[1]) s of guest uptime")
         }
     }
 
