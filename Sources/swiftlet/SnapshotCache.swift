@@ -55,16 +55,28 @@ enum SnapshotCache {
         }
         // Another run may have created it while this one waited.
         if let s = try? Snapshot.load(directory: final) { return s }
-        // A snapshot that no longer loads (an older format) is replaced.
+        // A snapshot that no longer loads (an older format) is replaced, and
+        // what creations that died left behind goes: under the lock, no other
+        // process is writing one.
         removeSnapshot(final)
+        removeAbandoned(prefix: String(final.split(separator: "/").last ?? "") + ".tmp-", in: root)
         let temporary = final + ".tmp-\(getpid())"
-        removeSnapshot(temporary)
         try create(shape, at: temporary)
         guard rename(temporary, final) == 0 else {
             removeSnapshot(temporary)
             throw RunFailure(message: "rename(\(temporary)): \(String(cString: strerror(errno)))")
         }
         do { return try Snapshot.load(directory: final) } catch { throw RunFailure(message: "\(error)") }
+    }
+
+    /// Removes the directories in `root` whose names start with `prefix`.
+    static func removeAbandoned(prefix: String, in root: String) {
+        guard let d = opendir(root) else { return }
+        defer { closedir(d) }
+        while let entry = readdir(d) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name.hasPrefix(prefix) { removeSnapshot(root + "/" + name) }
+        }
     }
 
     static func removeSnapshot(_ dir: String) {

@@ -163,7 +163,12 @@ struct SnapshotTests {
         #expect(shell("cp '\(Images.bzImage)' '\(kernel)' && printf x >> '\(kernel)'") == 0)
         try refused(try Self.cachedSnapshot(), ["--kernel", kernel], phrase: "snapshot mismatch: kernel \(kernel) is not the one")
 
-        for dir in [truncated, flipped, format, version] { _ = shell("rm -rf '\(dir)'") }
+        // A state "file" that is a device is refused unread.
+        let device = try CLI.tempDirectory("snapdev")
+        #expect(shell("ln -s /dev/zero '\(device)/state' && touch '\(device)/memory'") == 0)
+        try refused(device, phrase: "is not a regular file")
+
+        for dir in [truncated, flipped, format, version, device] { _ = shell("rm -rf '\(dir)'") }
     }
 }
 

@@ -89,8 +89,7 @@ public final class Snapshot: Sendable {
         let path = directory + "/" + stateFileName
         var st = stat()
         guard stat(directory, &st) == 0 else { throw .system(.last("stat(\(directory))")) }
-        let bytes: [UInt8]
-        do { bytes = try readToEnd(path) } catch { throw .system(error) }
+        let bytes = try readStateFile(path)
         guard bytes.count >= headerSize, Array(bytes[0..<8]) == magic else {
             throw .corrupt("\(path) is not a Swiftlet snapshot")
         }
@@ -121,6 +120,26 @@ public final class Snapshot: Sendable {
             throw .corrupt("\(memory) is \(mst.st_size) bytes, the snapshot's memory is \(manifest.memoryFileSize) (truncated?)")
         }
         return Snapshot(directory: directory, manifest: manifest, state: state)
+    }
+
+    /// The state file's bytes: a regular file of at most `maxStateSize`
+    /// (a path that leads to a device or a huge file is refused unread).
+    static let maxStateSize = 16 << 20
+    static func readStateFile(_ path: String) throws(SnapshotError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .system(.last("open(\(path))")) }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw .system(.last("fstat(\(path))")) }
+        guard st.st_mode & S_IFMT == S_IFREG, st.st_size <= maxStateSize else {
+            throw .corrupt("\(path) is not a regular file of at most \(maxStateSize >> 20) MiB")
+        }
+        var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
+        let n = bytes.withUnsafeMutableBytes { b in Result { () throws(SystemError) in try readFully(fd, into: b, offset: 0) } }
+        let count: Int
+        do { count = try n.get() } catch { throw .system(error) }
+        guard count == bytes.count else { throw .corrupt("\(path) changed while it was read") }
+        return bytes
     }
 
     // MARK: - Encoding
