@@ -15,8 +15,14 @@ struct Swiftlet: ParsableCommand {
     /// Parses and runs, printing errors as one line: `swiftlet: error: ...`.
     static func main() {
         do {
-            var command = try parseAsRoot()
-            try command.run()
+            // `run`, the hot path, skips ArgumentParser when it can (see Run.parseFast).
+            if var run = Run.parseFast(Array(CommandLine.arguments.dropFirst())) {
+                try run.validate()
+                try run.run()
+            } else {
+                var command = try parseAsRoot()
+                try command.run()
+            }
         } catch let exit as ExitCode {
             Glibc.exit(exit.rawValue)
         } catch {

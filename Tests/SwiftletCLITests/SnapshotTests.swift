@@ -25,9 +25,11 @@ struct SnapshotTests {
     @Test("run restores the cached snapshot by default: output, stderr and exit status as for a boot, in seconds")
     func restoredRun() throws {
         _ = try Self.cachedSnapshot()
-        let r = try CLI.run(["run", "--timings", "--", "sh", "-c", "echo out; echo err >&2; exit 7"])
+        // Options inline (`--opt=value`) and separate: `run`'s fast parser takes both.
+        let r = try CLI.run(["run", "--timings", "--env=GREETING=hi there", "--workdir", "/etc", "--",
+                             "sh", "-c", "echo out; echo \"$GREETING\" $(pwd); echo err >&2; exit 7"])
         #expect(r.status == 7, "stderr: \(r.stderr)")
-        #expect(r.stdout == "out\n")
+        #expect(r.stdout == "out\nhi there /etc\n")
         #expect(r.stderr.hasPrefix("err\n"))
         #expect(r.stderr.contains("start=snapshot"), "stderr: \(r.stderr)")
     }
@@ -51,7 +53,8 @@ struct SnapshotTests {
             #expect(v[0] >= guestClockAtSnapshot - 0.01, "uptime \(v[0]) s after restore, \(guestClockAtSnapshot) s at the snapshot")
             #expect(v[1] - v[0] >= 0.95 && v[1] - v[0] < 2, "a 1 s timeout took \(v[1] - v[0]) s of guest uptime")
             #expect(abs(v[2] - now) < 30, "guest date \(v[2]), host \(now)")
-            #expect(v[3] - v[1] >= 1 && v[3] - v[1] < 6, "date and sleep 1 took \(v[3] - v[1]) s of guest uptime")
+            // At least a second; the rest is two fork/execs of the emulated guest kernel, several seconds under load.
+            #expect(v[3] - v[1] >= 1 && v[3] - v[1] < 60, "date and sleep 1 took \(v[3] - v[1]) s of guest uptime")
         }
     }
 
