@@ -71,12 +71,7 @@ extension Vcpu {
         try set(SWL_KVM_SET_XCRS, "KVM_SET_XCRS", s.xcrs)
         try set(SWL_KVM_SET_DEBUGREGS, "KVM_SET_DEBUGREGS", s.debugRegs)
         try setLAPIC(s.lapic)
-        var start = 0
-        while start < s.msrs.count {
-            let batch = s.msrs[start..<min(start + Int(SWL_MAX_MSR_ENTRIES), s.msrs.count)]
-            try setMSRs(Array(batch))
-            start += batch.count
-        }
+        try setMSRs(s.msrs)
         try setEvents(s.events)
     }
 
@@ -85,10 +80,7 @@ extension Vcpu {
     public func completePendingIO() throws(KVMError) {
         setImmediateExit(true)
         defer { setImmediateExit(false) }
-        if ioctl(fd, SWL_KVM_RUN, 0) != 0 {
-            let err = Glibc.errno
-            guard err == EINTR || err == EAGAIN else { throw .system(SystemError("ioctl(KVM_RUN)", errno: err)) }
-        }
+        _ = try runOnce()
     }
 
     /// Reads `indices` in batches, skipping the ones KVM refuses (an MSR it

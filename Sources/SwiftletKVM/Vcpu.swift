@@ -170,12 +170,18 @@ public final class Vcpu: @unchecked Sendable {
     }
 
     /// Writes MSRs. Fails if KVM accepts fewer than all of them.
+    /// Any number of them: they go in batches of `SWL_MAX_MSR_ENTRIES`.
     public func setMSRs(_ msrs: [(index: UInt32, value: UInt64)]) throws(KVMError) {
-        var buf = try Vcpu.msrBuffer(msrs)
-        let n = try kvmIoctl(fd, SWL_KVM_SET_MSRS, &buf, "KVM_SET_MSRS")
-        if Int(n) != msrs.count {
-            let bad = msrs[Int(n)].index
-            throw .system(SystemError("KVM_SET_MSRS (MSR 0x\(String(bad, radix: 16)) refused)", errno: EINVAL))
+        var start = 0
+        while start < msrs.count {
+            let batch = Array(msrs[start..<min(start + Int(SWL_MAX_MSR_ENTRIES), msrs.count)])
+            var buf = try Vcpu.msrBuffer(batch)
+            let n = try kvmIoctl(fd, SWL_KVM_SET_MSRS, &buf, "KVM_SET_MSRS")
+            if Int(n) != batch.count {
+                let bad = batch[Int(n)].index
+                throw .system(SystemError("KVM_SET_MSRS (MSR 0x\(String(bad, radix: 16)) refused)", errno: EINVAL))
+            }
+            start += batch.count
         }
     }
 
