@@ -136,7 +136,7 @@ public enum Sandbox {
         } catch {
             throw .machine("\(error)")
         }
-        defer { if !complete { removeSnapshotDirectory(directory) } }
+        defer { if !complete { Snapshot.remove(directory: directory) } }
         let machine: Machine
         do {
             machine = try Machine(config: machineConfig)
@@ -178,13 +178,6 @@ public enum Sandbox {
         } catch {
             throw .machine("\(error)")
         }
-    }
-
-    /// Removes a half-written snapshot directory (its two files, then itself).
-    static func removeSnapshotDirectory(_ directory: String) {
-        unlink(directory + "/" + Snapshot.stateFileName)
-        unlink(directory + "/" + Snapshot.memoryFileName)
-        rmdir(directory)
     }
 
     /// The host's end of a sandbox, set up before the machine: the

@@ -58,12 +58,12 @@ enum SnapshotCache {
         // A snapshot that no longer loads (an older format) is replaced, and
         // what creations that died left behind goes: under the lock, no other
         // process is writing one.
-        removeSnapshot(final)
+        Snapshot.remove(directory: final)
         removeAbandoned(prefix: String(final.split(separator: "/").last ?? "") + ".tmp-", in: root)
         let temporary = final + ".tmp-\(getpid())"
         try create(shape, at: temporary)
         guard rename(temporary, final) == 0 else {
-            removeSnapshot(temporary)
+            Snapshot.remove(directory: temporary)
             throw RunFailure(message: "rename(\(temporary)): \(String(cString: strerror(errno)))")
         }
         do { return try Snapshot.load(directory: final) } catch { throw RunFailure(message: "\(error)") }
@@ -75,15 +75,10 @@ enum SnapshotCache {
         defer { closedir(d) }
         while let entry = readdir(d) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name.hasPrefix(prefix) { removeSnapshot(root + "/" + name) }
+            if name.hasPrefix(prefix) { Snapshot.remove(directory: root + "/" + name) }
         }
     }
 
-    static func removeSnapshot(_ dir: String) {
-        unlink(dir + "/" + Snapshot.stateFileName)
-        unlink(dir + "/" + Snapshot.memoryFileName)
-        rmdir(dir)
-    }
 
     /// Runs `swiftlet snapshot create` as a child, its stderr collected so
     /// that a failure is reported as one line.

@@ -83,6 +83,14 @@ public final class Snapshot: Sendable {
 
     public var memoryPath: String { directory + "/" + Self.memoryFileName }
 
+    /// Removes a snapshot directory, whole or half-written: its two files,
+    /// then itself. Anything else in it stays, and so does the directory.
+    public static func remove(directory: String) {
+        unlink(directory + "/" + stateFileName)
+        unlink(directory + "/" + memoryFileName)
+        rmdir(directory)
+    }
+
     /// Reads and checks a snapshot: magic, format, checksum, Swiftlet
     /// version, then the memory file's size.
     public static func load(directory: String) throws(SnapshotError) -> Snapshot {
