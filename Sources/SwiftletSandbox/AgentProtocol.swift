@@ -47,10 +47,7 @@ public enum AgentProtocol {
         appendLE(UInt32(job.seed.count), to: &p)
         if let t = wallClockNanos { appendLE(t, to: &p) }
         p += job.seed
-        for s in [job.workingDirectory] + job.argv + job.environment {
-            p += s.utf8
-            p.append(0)
-        }
+        appendStrings([job.workingDirectory] + job.argv + job.environment, to: &p)
         var frame: [UInt8] = []
         appendFrame(.job, p, to: &frame)
         return frame
@@ -59,13 +56,18 @@ public enum AgentProtocol {
     /// The PARK frame: run each of `warmUp` (absolute paths) once, then answer PARKED.
     public static func parkFrame(warmUp: [String]) -> [UInt8] {
         var p: [UInt8] = []
-        for path in warmUp {
-            p += path.utf8
-            p.append(0)
-        }
+        appendStrings(warmUp, to: &p)
         var frame: [UInt8] = []
         appendFrame(.park, p, to: &frame)
         return frame
+    }
+
+    /// Appends each string NUL-terminated, as JOB and PARK carry them.
+    static func appendStrings(_ strings: [String], to out: inout [UInt8]) {
+        for s in strings {
+            out += s.utf8
+            out.append(0)
+        }
     }
 
     static func appendLE<T: FixedWidthInteger>(_ v: T, to out: inout [UInt8]) {

@@ -46,6 +46,9 @@ public struct SandboxConfig: Sendable {
     /// otherwise reads its binary from the emulated disk.
     public var warmUpPrograms = ["/bin/sh", "/bin/true"]
 
+    /// The root drive (ephemeral, so the base image is never written), then the others.
+    var drives: [DriveConfig] { [DriveConfig(path: rootfsPath, ephemeral: true)] + extraDrives }
+
     public init(kernelPath: String, rootfsPath: String, job: AgentJob) {
         self.kernelPath = kernelPath
         self.rootfsPath = rootfsPath
@@ -87,7 +90,7 @@ public enum Sandbox {
             if let snapshot = config.snapshot {
                 var machineConfig = snapshot.machineConfig(vsockPath: uds)
                 machineConfig.payload = .linux(kernelPath: config.kernelPath, initrdPath: nil, cmdline: snapshot.manifest.cmdline)
-                machineConfig.drives = [DriveConfig(path: config.rootfsPath, ephemeral: true)] + config.extraDrives
+                machineConfig.drives = config.drives
                 apply(config, to: &machineConfig)
                 machine = try Machine(config: machineConfig, restoring: snapshot)
             } else {
@@ -219,7 +222,7 @@ public enum Sandbox {
     /// drives, the vsock device the agent talks through.
     static func machineConfig(_ config: SandboxConfig, uds: String) -> MachineConfig {
         var m = MachineConfig(kernelPath: config.kernelPath, cmdline: SandboxConfig.kernelCommandLine(extra: config.extraKernelArguments))
-        m.drives = [DriveConfig(path: config.rootfsPath, ephemeral: true)] + config.extraDrives
+        m.drives = config.drives
         m.vsock = VsockConfig(guestCID: config.guestCID, udsPath: uds)
         m.memoryMiB = config.memoryMiB
         m.vcpuCount = config.vcpuCount
