@@ -10,6 +10,7 @@
 #include <sys/syscall.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <malloc.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -83,4 +84,14 @@ int swl_close_from(int first) {
     if (max < 0 || max > 65536) max = 65536;
     for (int fd = first; fd < max; fd++) close(fd);
     return 0;
+}
+
+int swl_malloc_single_arena(void) {
+    // M_ARENA_MAX = 1: every thread allocates from the main (brk) arena. A
+    // thread arena's heap is an mmap that glibc shrinks with
+    // shrink_heap(), which reads /proc/sys/vm/overcommit_memory the first
+    // time (an openat no filtered thread may make); choosing the number of
+    // arenas reads /sys/devices/system/cpu/online. With one arena neither
+    // path exists. Thread caches (tcache) keep small allocations lock-free.
+    return mallopt(M_ARENA_MAX, 1) == 1 ? 0 : -1;
 }

@@ -18,7 +18,7 @@ public enum KVMError: Error, CustomStringConvertible, Sendable {
         case let .unavailable(e):
             switch e.errno {
             case 2: return "/dev/kvm does not exist: KVM is not available on this host"
-            case 13: return "permission denied on /dev/kvm: add the user to the kvm group or run as root"
+            case 13: return "permission denied on /dev/kvm: add this user to its group (usermod -aG kvm USER) or grant it an ACL (setfacl -m u:USER:rw /dev/kvm)"
             default: return "cannot open /dev/kvm: \(e)"
             }
         case let .apiVersion(v): return "unsupported KVM API version \(v) (need 12)"

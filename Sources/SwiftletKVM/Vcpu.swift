@@ -17,8 +17,10 @@ public enum VcpuExit {
     case internalError(suberror: UInt32, data: [UInt64])
     /// A reset, shutdown or crash requested through a system event.
     case systemEvent(type: UInt32)
-    /// `KVM_RUN` was interrupted (a kick). The caller checks its mailbox.
-    case interrupted
+    /// `KVM_RUN` returned without running the guest to an exit: a kick
+    /// (`EINTR`, or `KVM_EXIT_INTR` with `errno` 0), or `EAGAIN` (an AP
+    /// woken while it waits for INIT/SIPI). The caller checks its mailbox.
+    case interrupted(errno: Int32)
     /// The guest hit a debug event (breakpoint or single step).
     case debug(exception: UInt32, pc: UInt64)
     /// KVM failed to enter the guest.
@@ -40,6 +42,9 @@ public final class Vcpu: @unchecked Sendable {
     let runSize: Int
     /// The thread running this vCPU, once started.
     public let thread = Atomic<UInt>(0)
+    /// How many times another thread kicked this vCPU: the run loop tells a
+    /// kick from a `KVM_RUN` that returns on its own, again and again.
+    public let kicks = Atomic<UInt64>(0)
 
     init(id: Int, fd: Int32, run: UnsafeMutableRawPointer, runSize: Int) {
         self.id = id
@@ -66,7 +71,7 @@ public final class Vcpu: @unchecked Sendable {
             let err = Glibc.errno
             if err == EINTR || err == EAGAIN {
                 setImmediateExit(false)
-                return .interrupted
+                return .interrupted(errno: err)
             }
             throw .system(SystemError("ioctl(KVM_RUN)", errno: err))
         }
@@ -103,7 +108,7 @@ public final class Vcpu: @unchecked Sendable {
         case KVM_EXIT_FAIL_ENTRY:
             return .failEntry(reason: r.pointee.fail_entry.hardware_entry_failure_reason)
         case KVM_EXIT_INTR:
-            return .interrupted
+            return .interrupted(errno: 0)
         default:
             return .unknown(r.pointee.exit_reason)
         }
@@ -119,6 +124,7 @@ public final class Vcpu: @unchecked Sendable {
 
     /// Forces the vCPU out of `KVM_RUN`: sets `immediate_exit`, then signals its thread.
     public func kick(signal: Int32) {
+        kicks.add(1, ordering: .releasing)
         setImmediateExit(true)
         let t = thread.load(ordering: .acquiring)
         if t != 0 { pthread_kill(pthread_t(t), signal) }

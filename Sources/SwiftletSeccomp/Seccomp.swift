@@ -104,6 +104,9 @@ public enum Seccomp {
     /// main thread does the same (plus the resource limits) just before the
     /// vCPUs enter the guest. Call once, at the start, before opening anything.
     public static func enable(mode: SeccompMode) {
+        // Before any thread exists: one malloc arena, so that no allocator
+        // path on a filtered thread opens a file (the audit is in runtime.swift).
+        _ = swl_malloc_single_arena()
         _ = swl_close_from(3)
         _ = swl_set_rlimit(2, 0, 0) // RLIMIT_CORE: no core dumps of guest memory
         if mode == .off {
@@ -151,7 +154,12 @@ public enum Seccomp {
     static func hardenProcess() {
         let nofile = min(swl_nofile_hard(), 4096)
         _ = swl_set_rlimit(0, nofile, nofile) // RLIMIT_NOFILE: vsock connections, nothing more
-        _ = swl_set_rlimit(1, 0, 0) // RLIMIT_NPROC: no new processes or threads
+        // No RLIMIT_NPROC of 0: seccomp already refuses clone, clone3, fork
+        // and vfork to every role, and since Linux 6.13 KVM starts its per-VM
+        // worker (kvm-nx-lpage-recovery, a vhost task charged to this user)
+        // at the first KVM_RUN. With the limit at 0 that start fails for
+        // any user but root, and KVM_RUN returns EAGAIN forever
+        // (kernels/README.md has the trace).
         _ = swl_set_rlimit(2, 0, 0) // RLIMIT_CORE
         _ = swl_drop_capabilities()
         _ = swl_set_no_new_privs()

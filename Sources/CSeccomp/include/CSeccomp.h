@@ -33,6 +33,9 @@ int swl_set_no_new_privs(void);
 int swl_set_rlimit(int which, uint64_t soft, uint64_t hard);
 /// The hard RLIMIT_NOFILE.
 uint64_t swl_nofile_hard(void);
+/// mallopt(M_ARENA_MAX, 1): one malloc arena for every thread, set before
+/// any thread exists, so the allocator never opens a file (see shim.c). 0 or -1.
+int swl_malloc_single_arena(void);
 /// Closes every descriptor >= first (close_range, or one by one where missing).
 int swl_close_from(int first);
 

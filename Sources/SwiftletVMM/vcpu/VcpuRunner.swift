@@ -89,6 +89,7 @@ final class VcpuRunner: @unchecked Sendable {
             context.firstRunCPUMicros.store(Clock.processCPUNanos() / 1000, ordering: .relaxed)
         }
         var first = vcpu.id == 0
+        var spin = SpinDetector()
         defer { if context.latch.result == .paused { capture() } }
         while !stopRequested.load(ordering: .acquiring) {
             let exit: VcpuExit
@@ -102,7 +103,7 @@ final class VcpuRunner: @unchecked Sendable {
                 context.firstExitMicros.store(Clock.microsSinceStart(), ordering: .relaxed)
                 first = false
             }
-            if let ending = handle(exit) {
+            if let ending = handle(exit) ?? spin.check(exit, kicks: vcpu.kicks.load(ordering: .acquiring), vcpu: vcpu.id) {
                 context.latch.finish(ending)
                 return
             }
@@ -311,5 +312,35 @@ final class VcpuRunner: @unchecked Sendable {
         events.exception.error_code = errorCode ?? 0
         events.flags = 0
         try vcpu.setEvents(events)
+    }
+}
+
+/// A vCPU must never spin: `KVM_RUN` returning at once, over and over,
+/// without an exit and without anybody kicking it, is a host-side failure
+/// (KVM could not start its per-VM worker, say), never guest progress. A
+/// halted or waiting vCPU blocks inside `KVM_RUN`, and every kick (halt probe,
+/// stop) is counted, so legitimate returns are far fewer than the limit.
+struct SpinDetector {
+    /// Returns in a row with no kick between them. A spinning `KVM_RUN`
+    /// returns about 200,000 times a second here, so this is well under 1 s.
+    static let limit = 50_000
+    private var unexplained = 0
+    private var lastKicks: UInt64 = 0
+
+    /// The machine's end when `exit` is one spin too many, else nil.
+    mutating func check(_ exit: VcpuExit, kicks: UInt64, vcpu: Int) -> MachineExit? {
+        guard case let .interrupted(err) = exit else {
+            unexplained = 0
+            return nil
+        }
+        if kicks != lastKicks {
+            lastKicks = kicks
+            unexplained = 0
+            return nil
+        }
+        unexplained += 1
+        guard unexplained >= Self.limit else { return nil }
+        let why = err == 0 ? "KVM_EXIT_INTR" : String(cString: strerror(err))
+        return .vmmError("vCPU \(vcpu): KVM_RUN returned \(unexplained) times in a row without running the guest (\(why))")
     }
 }
