@@ -19,7 +19,23 @@ public enum AgentProtocol {
         // Guest to host.
         case hello = 0x01, stdout = 0x02, stderr = 0x03, started = 0x04, exit = 0x05, error = 0x06, ready = 0x07, parked = 0x08
         // Host to guest.
-        case job = 0x81, stdin = 0x82, signal = 0x83, park = 0x84
+        case job = 0x81, stdin = 0x82, signal = 0x83, park = 0x84, closeOutput = 0x85
+    }
+
+    /// CLOSE_OUTPUT's payload: which of the job's streams the host's reader closed.
+    public enum OutputStream: UInt32, Sendable {
+        case stdout = 1, stderr = 2
+    }
+
+    /// The CLOSE_OUTPUT frame: nobody reads `stream` on the host any more, so
+    /// the agent closes its end of the job's pipe and the job's next write
+    /// gets SIGPIPE, as in a local pipeline.
+    public static func closeOutputFrame(_ stream: OutputStream) -> [UInt8] {
+        var p: [UInt8] = []
+        appendLE(stream.rawValue, to: &p)
+        var frame: [UInt8] = []
+        appendFrame(.closeOutput, p, to: &frame)
+        return frame
     }
 
     /// Appends one frame to `out`.
@@ -208,10 +224,16 @@ public struct AgentFrameReader: Sendable {
             return .started(pid: le32(p), nanos: le64(p + 8))
         case .exit:
             try need(16)
-            let value = Int32(bitPattern: le32(p + 4))
+            // Checked before any arithmetic: a forged signal 128 would
+            // otherwise become status 128+128, which exit() turns into 0.
+            let value = le32(p + 4)
             switch le32(p) {
-            case 0: return .exit(.exited(value), nanos: le64(p + 8))
-            case 1: return .exit(.signaled(value), nanos: le64(p + 8))
+            case 0:
+                guard value <= 255 else { throw .protocolViolation("exit code \(value) from the agent") }
+                return .exit(.exited(Int32(value)), nanos: le64(p + 8))
+            case 1:
+                guard (1...64).contains(value) else { throw .protocolViolation("exit signal \(value) from the agent") }
+                return .exit(.signaled(Int32(value)), nanos: le64(p + 8))
             default: throw .protocolViolation("unknown exit kind \(le32(p)) from the agent")
             }
         case .error: return .error(String(decoding: buffer[p..<p + length], as: UTF8.self))

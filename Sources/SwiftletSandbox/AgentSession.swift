@@ -78,6 +78,10 @@ public final class AgentSession: @unchecked Sendable {
     /// The agent's connection when a parked session ended; written by the
     /// session thread before it ends, closed by `stop` after joining it.
     private var parkedConnection: Int32 = -1
+    /// The job's stdout and stderr on their way out (the session thread's;
+    /// made here, before any filter, as they may reopen the descriptors).
+    private let stdoutSink: OutputSink
+    private let stderrSink: OutputSink
     private let state = Mutex<(outcome: SessionOutcome?, timeline: SessionTimeline)>((nil, SessionTimeline()))
 
     public init(job: AgentJob, options: Options, onOutcome: @escaping @Sendable (SessionOutcome) -> Void) throws(SandboxError) {
@@ -85,6 +89,8 @@ public final class AgentSession: @unchecked Sendable {
         self.job = job
         self.options = options
         self.onOutcome = onOutcome
+        stdoutSink = OutputSink(fd: options.stdoutFD)
+        stderrSink = OutputSink(fd: options.stderrFD)
         var p: [Int32] = [-1, -1]
         guard swl_pipe2(&p, O_NONBLOCK | O_CLOEXEC) == 0 else { throw .system(.last("pipe2")) }
         injected = (p[0], p[1])
@@ -116,7 +122,10 @@ public final class AgentSession: @unchecked Sendable {
 
     public func start() throws(SandboxError) {
         do {
-            thread = try spawnThread(name: "agent") { [self] in loop() }
+            thread = try spawnThread(name: "agent") { [self] in
+                loop()
+                drainOutput()
+            }
         } catch {
             throw .system(error)
         }
@@ -160,7 +169,8 @@ public final class AgentSession: @unchecked Sendable {
         var outgoing: [UInt8] = []
         var outgoingSent = 0
         var stdinOpen = job.stdinAttached
-        var stdoutOpen = true, stderrOpen = true
+        // Streams whose host reader went away, already told to the agent.
+        var closedStreams: Set<AgentProtocol.OutputStream> = []
         var jobStarted = false
         var deadline: UInt64?
         var graceDeadline: UInt64?
@@ -168,10 +178,11 @@ public final class AgentSession: @unchecked Sendable {
         var pendingSignal: Int32 = 0
         var chunk = [UInt8](repeating: 0, count: AgentProtocol.maxChunk)
 
-        /// Reads the connection dry. Returns false at EOF or on an error.
+        /// Reads the connection dry, or until output waits for a slow reader.
+        /// Returns false at EOF or on an error.
         func receive() -> Bool {
             guard let c = connection else { return false }
-            while true {
+            while !outputFull {
                 let n = chunk.withUnsafeMutableBytes { recv(c, $0.baseAddress, $0.count, 0) }
                 if n > 0 {
                     chunk.withUnsafeBytes { reader.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
@@ -182,6 +193,23 @@ public final class AgentSession: @unchecked Sendable {
                 if errno == EINTR { continue }
                 return errno == EAGAIN
             }
+            return true
+        }
+
+        var outputFull: Bool { stdoutSink.isFull || stderrSink.isFull }
+
+        /// Job output to its host descriptor. When the reader has gone, the
+        /// agent is told once, and the job's next write to that stream gets
+        /// SIGPIPE, as in a local pipeline.
+        func emit(_ bytes: [UInt8], to sink: OutputSink, _ stream: AgentProtocol.OutputStream) {
+            if sink.write(bytes) { return }
+            readerGone(stream)
+        }
+
+        func readerGone(_ stream: AgentProtocol.OutputStream) {
+            guard closedStreams.insert(stream).inserted else { return }
+            queue(AgentProtocol.closeOutputFrame(stream))
+            _ = flush()
         }
 
         /// Handles decoded messages. Returns false when the session is over.
@@ -204,9 +232,9 @@ public final class AgentSession: @unchecked Sendable {
                     mark { $0.guestAgentStart = started; $0.guestAgentConnected = connected }
                     connectDeadline = nil
                 case let .stdout(bytes):
-                    if !bytes.isEmpty { noteOutput(); stdoutOpen = emit(bytes, to: options.stdoutFD, open: stdoutOpen) }
+                    if !bytes.isEmpty { noteOutput(); emit(bytes, to: stdoutSink, .stdout) }
                 case let .stderr(bytes):
-                    if !bytes.isEmpty { noteOutput(); stderrOpen = emit(bytes, to: options.stderrFD, open: stderrOpen) }
+                    if !bytes.isEmpty { noteOutput(); emit(bytes, to: stderrSink, .stderr) }
                 case let .started(_, nanos):
                     jobStarted = true
                     let now = Clock.monotonicNanos()
@@ -301,9 +329,15 @@ public final class AgentSession: @unchecked Sendable {
             let connIndex = fds.count
             if let c = connection {
                 let wantOut = outgoingSent < outgoing.count
-                fds.append(pollfd(fd: c, events: Int16(POLLIN) | (wantOut ? Int16(POLLOUT) : 0), revents: 0))
+                // While output waits for a slow reader, the agent waits too
+                // (not polled at all: its POLLHUP would wake this loop in vain).
+                fds.append(pollfd(fd: outputFull ? -1 : c, events: Int16(POLLIN) | (wantOut ? Int16(POLLOUT) : 0), revents: 0))
             } else {
                 fds.append(pollfd(fd: options.listener, events: Int16(POLLIN), revents: 0))
+            }
+            let sinkIndex = fds.count
+            for sink in [stdoutSink, stderrSink] {
+                fds.append(pollfd(fd: sink.hasPending ? sink.fd : -1, events: Int16(POLLOUT), revents: 0))
             }
             let stdinIndex = fds.count
             // Read stdin only while the queue to the guest is short: the guest's pace sets ours.
@@ -343,6 +377,10 @@ public final class AgentSession: @unchecked Sendable {
                 if read(injected.read, &signo, 4) == 4 { onSignal(signo) }
             }
             if outcome != nil { break }
+            for (k, (sink, stream)) in [(stdoutSink, AgentProtocol.OutputStream.stdout), (stderrSink, .stderr)].enumerated()
+            where fds[sinkIndex + k].revents != 0 && !sink.flush() {
+                readerGone(stream)
+            }
 
             let ev = fds[connIndex].revents
             if connection == nil {
@@ -384,23 +422,36 @@ public final class AgentSession: @unchecked Sendable {
         }
     }
 
-    /// Writes job output to a host descriptor, blocking as a pipe would.
-    /// Returns false once the reader went away (EPIPE): later output is dropped.
-    private func emit(_ bytes: [UInt8], to fd: Int32, open: Bool) -> Bool {
-        guard open else { return false }
-        var done = 0
-        while done < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, $0.count - done) }
-            if n > 0 { done += n; continue }
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 && errno == EAGAIN {
-                // A non-blocking descriptor inherited from the caller: wait until it drains.
-                var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-                _ = poll(&p, 1, -1)
-                continue
-            }
-            return false
+    /// After the session: hands the host descriptors what output still
+    /// waits. Once the command finished (or the machine ended) this waits for
+    /// slow readers, though a termination signal ends the wait, and the run
+    /// with it; after a timeout or a signal, what the reader has not taken by
+    /// now is dropped.
+    private func drainOutput() {
+        let sinks = [stdoutSink, stderrSink]
+        switch outcome {
+        case .timedOut?, .interrupted?:
+            for sink in sinks { sink.flush() }
+            return
+        default: break
         }
-        return true
+        while sinks.contains(where: \.hasPending) {
+            var fds = sinks.map { pollfd(fd: $0.hasPending ? $0.fd : -1, events: Int16(POLLOUT), revents: 0) }
+            fds.append(pollfd(fd: options.signalFD, events: Int16(POLLIN), revents: 0))
+            fds.append(pollfd(fd: injected.read, events: Int16(POLLIN), revents: 0))
+            if poll(&fds, nfds_t(fds.count), -1) < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            var signo: Int32 = 0
+            if options.signalFD >= 0 && fds[2].revents != 0 { signo = swl_signalfd_read(options.signalFD) }
+            if fds[3].revents != 0 { _ = read(injected.read, &signo, 4) }
+            if signo > 0 {
+                // The output the user is waiting for is lost: the run ends as a signal's.
+                state.withLock { $0.outcome = .interrupted(signal: signo) }
+                return
+            }
+            for (k, sink) in sinks.enumerated() where fds[k].revents != 0 { sink.flush() }
+        }
     }
 }

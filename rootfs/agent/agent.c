@@ -61,6 +61,7 @@ typedef unsigned long u64;
 #define X_OK 1
 #define CLOCK_MONOTONIC 1
 #define NR_clock_settime 227 /* only the agent sets the clock: not in swl_sys.h */
+#define NR_rt_sigaction 13 /* only the job's child resets a disposition */
 #define RNDADDENTROPY 0x40085203 /* _IOW('R', 0x03, int[2]) */
 #define RNDRESEEDCRNG 0x5207     /* _IO('R', 0x07) */
 #define VMADDR_CID_ANY 0xffffffffU
@@ -88,6 +89,7 @@ typedef unsigned long u64;
 #define T_STDIN 0x82
 #define T_SIGNAL 0x83
 #define T_PARK 0x84
+#define T_CLOSE_OUTPUT 0x85
 #define MAX_WARM 16 /* programs one PARK may warm up */
 #define JOB_STDIN 1u /* JOB flags */
 #define JOB_CLOCK 2u
@@ -278,6 +280,7 @@ static int is_pid1(void)
 }
 static void job_loop(void);
 static void setup_signals(void);
+static void pipe_eof(int *fd, int type, int *eof);
 
 static long send_frame(int type, const void *payload, u32 n)
 {
@@ -580,6 +583,11 @@ static __attribute__((noreturn, used)) void child_main(void *arg)
 	struct child_args *c = arg;
 	u64 empty = 0;
 	SC4(NR_rt_sigprocmask, SIG_SETMASK, &empty, 0, 8);
+	/* SIGPIPE back to its default, should whoever started the agent have
+	 * ignored it (an ignored signal survives execve): a job whose reader went
+	 * away (CLOSE_OUTPUT) must die of it, as in a local pipeline. */
+	struct { u64 handler, flags, restorer, mask; } dfl = { 0, 0, 0, 0 };
+	SC4(NR_rt_sigaction, SIGPIPE, &dfl, 0, 8);
 	SC0(NR_setsid);
 	int in = out_of_the_way(c->in), out = out_of_the_way(c->out), err_fd = out_of_the_way(c->err);
 	if (in < 0) in = (int)SC3(NR_open, "/dev/null", O_RDONLY, 0);
@@ -744,6 +752,20 @@ static void handle_frame(int type, const u8 *p, u32 len)
 		if (len == 4 && g.started) {
 			u32 sig = le32(p);
 			if (sig >= 1 && sig <= 64) SC2(NR_kill, -g.pid, sig);
+		}
+		break;
+	case T_CLOSE_OUTPUT:
+		/* Nobody reads this stream on the host any more: close our end, so
+		 * the job's next write gets SIGPIPE, as in a local pipeline. */
+		if (len == 4 && g.started) {
+			u32 which = le32(p);
+			if (which == 1 && g.out_fd >= 0) {
+				SC1(NR_close, g.out_fd);
+				pipe_eof(&g.out_fd, T_STDOUT, &g.out_eof);
+			} else if (which == 2 && g.err_fd >= 0) {
+				SC1(NR_close, g.err_fd);
+				pipe_eof(&g.err_fd, T_STDERR, &g.err_eof);
+			}
 		}
 		break;
 	default:

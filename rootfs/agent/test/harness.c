@@ -34,7 +34,7 @@
 extern char **environ;
 
 enum { T_HELLO = 1, T_STDOUT, T_STDERR, T_STARTED, T_EXIT, T_ERROR, T_READY, T_PARKED,
-       T_JOB = 0x81, T_STDIN, T_SIGNAL, T_PARK };
+       T_JOB = 0x81, T_STDIN, T_SIGNAL, T_PARK, T_CLOSE_OUTPUT };
 enum { F_STDIN = 1, F_CLOCK = 2 }; /* JOB flags */
 #define MAX_CHUNK 65536
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -333,7 +333,7 @@ struct result {
 
 static void result_free(struct result *r) { buf_free(&r->out); buf_free(&r->err); buf_free(&r->error); }
 
-enum { ACT_NONE, ACT_SIGNAL_FRAME, ACT_SIGNAL_AGENT, ACT_DROP };
+enum { ACT_NONE, ACT_SIGNAL_FRAME, ACT_SIGNAL_AGENT, ACT_DROP, ACT_CLOSE_OUTPUT };
 
 /* Reads frames until EXIT/ERROR and the agent's EOF, checking their order.
  * On STARTED, performs `act` (SIGNAL frame with `sig`, kill(agent, sig), or
@@ -366,6 +366,11 @@ static void collect(struct agent *a, struct result *r, int act, int sig, int ms)
 			} else if (act == ACT_SIGNAL_AGENT) {
 				usleep(100000);
 				kill(a->pid, sig);
+			} else if (act == ACT_CLOSE_OUTPUT) { /* sig: the stream, 1 or 2 */
+				uint8_t s[4];
+				put32(s, (uint32_t)sig);
+				usleep(100000);
+				send_frame(a->c, T_CLOSE_OUTPUT, s, 4);
 			} else if (act == ACT_DROP) {
 				usleep(100000);
 				buf_free(&b);
@@ -790,6 +795,32 @@ int main(int argc, char **argv)
 		tests++;
 		run(&j, &r, ACT_SIGNAL_AGENT, SIGHUP, 0);
 		expect_exit(&r, 1, 1);
+		result_free(&r);
+	}
+
+	/* CLOSE_OUTPUT: the host's reader went away; the job gets SIGPIPE */
+	{
+		struct result r;
+		struct job j = { .argv = ARGV("yes") };
+		current = "CLOSE_OUTPUT stdout: the job dies of SIGPIPE";
+		tests++;
+		run(&j, &r, ACT_CLOSE_OUTPUT, 1, 0);
+		expect_exit(&r, 1, SIGPIPE);
+		result_free(&r);
+
+		struct job j2 = { .argv = ARGV("sh", "-c", "exec yes >&2") };
+		current = "CLOSE_OUTPUT stderr: the job dies of SIGPIPE";
+		tests++;
+		run(&j2, &r, ACT_CLOSE_OUTPUT, 2, 0);
+		expect_exit(&r, 1, SIGPIPE);
+		result_free(&r);
+
+		struct job j3 = { .argv = ARGV("sh", "-c", "sleep 1; echo still-here >&2") };
+		current = "CLOSE_OUTPUT of an unknown stream is ignored";
+		tests++;
+		run(&j3, &r, ACT_CLOSE_OUTPUT, 7, 0);
+		expect_exit(&r, 0, 0);
+		expect_text(&r.err, "still-here\n", "stderr");
 		result_free(&r);
 	}
 
