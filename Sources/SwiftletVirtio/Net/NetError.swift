@@ -15,6 +15,8 @@ public enum NetError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidMAC(String)
     /// Creating a TAP device or setting its address needs CAP_NET_ADMIN.
     case notPermitted(String)
+    /// This user may not open `/dev/net/tun` at all (some hosts make it root's alone).
+    case tunNotAccessible
     /// No /30 in the private range is free for `--net auto`.
     case noFreeSubnet
     /// A `--net` value that is neither `auto` nor `tap=NAME` (with an optional `,mac=`).
@@ -29,6 +31,7 @@ public enum NetError: Error, Equatable, Sendable, CustomStringConvertible {
         case let .invalidTapName(name): return "net: invalid TAP name '\(name)' (1 to 15 bytes, no '/' or spaces)"
         case let .invalidMAC(mac): return "net: invalid MAC address '\(mac)' (want six hex pairs like 02:00:00:00:00:01, not multicast)"
         case let .notPermitted(what): return "net: \(what) needs CAP_NET_ADMIN (run as root, or use --net tap=NAME with a TAP you own)"
+        case .tunNotAccessible: return "net: permission denied on /dev/net/tun: grant this user access (setfacl -m u:USER:rw /dev/net/tun; most distributions ship it mode 0666)"
         case .noFreeSubnet: return "net: no free /30 left in \(NetAddressPlan.rangeDescription)"
         case let .invalidSpec(spec): return "net: invalid --net '\(spec)' (want auto[,mac=M] or tap=NAME[,mac=M])"
         case let .system(e): return "net: \(e)"

@@ -32,6 +32,9 @@ public final class TapDevice: @unchecked Sendable {
 
     deinit { close(fd) }
 
+    /// The clone device every TAP is opened through.
+    static let tunDevice = "/dev/net/tun"
+
     public static func isValidName(_ name: String) -> Bool {
         !name.isEmpty && name.utf8.count < 16 && !name.contains("/") && !name.contains(" ") && name != "." && name != ".."
     }
@@ -46,7 +49,9 @@ public final class TapDevice: @unchecked Sendable {
             let err = errno
             switch err {
             case EBUSY, EINVAL: throw .tapBusy(name)
-            case EPERM, EACCES: throw .notPermitted("attaching TAP '\(name)' (not owned by this user)")
+            case EPERM, EACCES:
+                if access(tunDevice, R_OK | W_OK) != 0 { throw .tunNotAccessible }
+                throw .notPermitted("attaching TAP '\(name)' (not owned by this user)")
             default: throw .system(SystemError("TUNSETIFF(\(name))", errno: err))
             }
         }
