@@ -23,6 +23,19 @@ struct SpinDetectorTests {
         }
     }
 
+    @Test("a spin is caught even while the halt probe kicks the vCPU every 20 ms (thousands of returns per kick)")
+    func spinBetweenProbeKicks() {
+        var d = SpinDetector()
+        var end: MachineExit?
+        var returns = 0
+        while end == nil && returns < 10 * SpinDetector.limit {
+            returns += 1
+            end = d.check(.interrupted(errno: EAGAIN), kicks: UInt64(returns / 4000), vcpu: 0)
+        }
+        #expect(end != nil)
+        #expect(returns == SpinDetector.limit, "caught at the limit, not later")
+    }
+
     @Test("any real exit starts the count again")
     func exitsReset() throws {
         var d = SpinDetector()

@@ -316,31 +316,30 @@ final class VcpuRunner: @unchecked Sendable {
 }
 
 /// A vCPU must never spin: `KVM_RUN` returning at once, over and over,
-/// without an exit and without anybody kicking it, is a host-side failure
-/// (KVM could not start its per-VM worker, say), never guest progress. A
-/// halted or waiting vCPU blocks inside `KVM_RUN`, and every kick (halt probe,
-/// stop) is counted, so legitimate returns are far fewer than the limit.
+/// without an exit, is a host-side failure (KVM could not start its per-VM
+/// worker, say), never guest progress. A halted or waiting vCPU blocks inside
+/// `KVM_RUN` and returns about once per kick (the 20 ms halt probe, a stop);
+/// a spinning one returns thousands of times per kick.
 struct SpinDetector {
-    /// Returns in a row with no kick between them. A spinning `KVM_RUN`
-    /// returns about 200,000 times a second here, so this is well under 1 s.
+    /// Returns in a row with no real exit before it may be a spin. A spinning
+    /// `KVM_RUN` returns about 200,000 times a second here: well under 1 s.
     static let limit = 50_000
-    private var unexplained = 0
-    private var lastKicks: UInt64 = 0
+    /// More returns than this per kick are not the kicks' doing.
+    static let returnsPerKick = 16
+    private var idle = 0
+    private var kicksAtStart: UInt64 = 0
 
     /// The machine's end when `exit` is one spin too many, else nil.
     mutating func check(_ exit: VcpuExit, kicks: UInt64, vcpu: Int) -> MachineExit? {
         guard case let .interrupted(err) = exit else {
-            unexplained = 0
+            idle = 0
             return nil
         }
-        if kicks != lastKicks {
-            lastKicks = kicks
-            unexplained = 0
-            return nil
-        }
-        unexplained += 1
-        guard unexplained >= Self.limit else { return nil }
+        if idle == 0 { kicksAtStart = kicks }
+        idle += 1
+        let kicked = Int(clamping: kicks &- kicksAtStart)
+        guard idle >= Self.limit, idle > Self.returnsPerKick * (kicked + 1) else { return nil }
         let why = err == 0 ? "KVM_EXIT_INTR" : String(cString: strerror(err))
-        return .vmmError("vCPU \(vcpu): KVM_RUN returned \(unexplained) times in a row without running the guest (\(why))")
+        return .vmmError("vCPU \(vcpu): KVM_RUN returned \(idle) times in a row without running the guest (\(why))")
     }
 }
