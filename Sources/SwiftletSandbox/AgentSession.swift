@@ -174,7 +174,7 @@ public final class AgentSession: @unchecked Sendable {
         var jobStarted = false
         var deadline: UInt64?
         var graceDeadline: UInt64?
-        var connectDeadline = options.connectTimeoutSeconds.map { Clock.monotonicNanos() + UInt64($0 * 1e9) }
+        var connectDeadline = options.connectTimeoutSeconds.map { Clock.deadline(afterSeconds: $0) }
         var pendingSignal: Int32 = 0
         var chunk = [UInt8](repeating: 0, count: AgentProtocol.maxChunk)
 
@@ -239,7 +239,7 @@ public final class AgentSession: @unchecked Sendable {
                     jobStarted = true
                     let now = Clock.monotonicNanos()
                     mark { $0.jobStarted = now; $0.guestJobStart = nanos }
-                    if let t = options.timeoutSeconds { deadline = now + UInt64(t * 1e9) }
+                    if let t = options.timeoutSeconds { deadline = Clock.deadline(afterSeconds: t) }
                 case let .exit(status, nanos):
                     let now = Clock.monotonicNanos()
                     mark { $0.jobExited = now; $0.guestJobEnd = nanos }
@@ -314,7 +314,7 @@ public final class AgentSession: @unchecked Sendable {
                 finish(.interrupted(signal: signo))
                 return
             }
-            graceDeadline = Clock.monotonicNanos() + UInt64(options.signalGraceSeconds * 1e9)
+            graceDeadline = Clock.deadline(afterSeconds: options.signalGraceSeconds)
             pendingSignal = signo
             queue(signalFrame(signo))
             _ = flush()
@@ -355,7 +355,7 @@ public final class AgentSession: @unchecked Sendable {
             if let d = graceDeadline, now >= d { finish(.interrupted(signal: pendingSignal)); break }
             if let d = deadline, now >= d { finish(.timedOut); break }
             if let d = connectDeadline, now >= d {
-                finish(.failed(.agentMissing("the guest agent did not connect within \(Int(options.connectTimeoutSeconds ?? 0)) s")))
+                finish(.failed(.agentMissing("the guest agent did not connect within \(Self.formatSeconds(options.connectTimeoutSeconds ?? 0)) s")))
                 break
             }
 
@@ -420,6 +420,11 @@ public final class AgentSession: @unchecked Sendable {
                 _ = flush()
             }
         }
+    }
+
+    /// Whole seconds as an integer, anything else as it is (never a trap).
+    public static func formatSeconds(_ s: Double) -> String {
+        s.isFinite && s == s.rounded() && abs(s) < 1e15 ? String(Int(s)) : "\(s)"
     }
 
     /// After the session: hands the host descriptors what output still

@@ -12,6 +12,17 @@ public enum Clock {
     /// CPU time used by the whole process, in nanoseconds.
     public static func processCPUNanos() -> UInt64 { swl_process_cpu_ns() }
 
+    /// The CLOCK_MONOTONIC deadline `seconds` from now: the one place a
+    /// duration becomes nanoseconds. Saturates instead of trapping: NaN or
+    /// a negative duration is now, an infinite or huge one never comes.
+    public static func deadline(afterSeconds seconds: Double) -> UInt64 {
+        let now = monotonicNanos()
+        guard seconds > 0 else { return now }
+        let nanos = seconds * 1e9
+        guard nanos < Double(UInt64.max - now) else { return .max }
+        return now + UInt64(nanos)
+    }
+
     /// CLOCK_REALTIME in nanoseconds since the epoch.
     public static func realtimeNanos() -> UInt64 {
         var ts = timespec()

@@ -387,7 +387,7 @@ public final class Machine: @unchecked Sendable {
     private func waitForEnd(runners: [VcpuRunner], signalFD: Int32) {
         let latch = context.latch
         let kick = swl_sigrtmin()
-        let deadline = config.timeoutSeconds.map { Clock.monotonicNanos() + UInt64($0 * 1e9) }
+        let deadline = config.timeoutSeconds.map { Clock.deadline(afterSeconds: $0) }
         var fds = [pollfd(fd: latch.event.fd, events: Int16(POLLIN), revents: 0)]
         if signalFD >= 0 { fds.append(pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0)) }
         var probe: UInt64 = 0

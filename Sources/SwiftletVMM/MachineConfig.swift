@@ -149,8 +149,9 @@ public struct MachineConfig: Sendable {
     /// virtio-mmio devices get GSIs 5-23 (see `Devices.firstVirtioGSI`).
     public static let maximumVirtioDevices = 16
 
-    /// Checks the values a user can get wrong, with one clear line for each.
-    public func validate(maxVcpus: Int) throws(VMMError) {
+    /// Guest memory in MiB: at least the minimum, at most the host's RAM
+    /// (also the CLI's parse-time check, before any size arithmetic).
+    public static func validate(memoryMiB: Int) throws(VMMError) {
         guard memoryMiB >= MachineConfig.minimumMemoryMiB else {
             throw .invalidConfig("guest memory of \(memoryMiB) MiB is too small (minimum \(MachineConfig.minimumMemoryMiB) MiB)")
         }
@@ -158,6 +159,19 @@ public struct MachineConfig: Sendable {
         guard memoryMiB <= hostMiB else {
             throw .invalidConfig("guest memory of \(memoryMiB) MiB is more than the host's \(hostMiB) MiB")
         }
+    }
+
+    /// A vCPU count from 1 to what the MP table (and KVM, when known) allow.
+    public static func validate(vcpuCount: Int, maxVcpus: Int = maximumVcpus) throws(VMMError) {
+        let limit = min(maxVcpus, MachineConfig.maximumVcpus)
+        guard vcpuCount >= 1 && vcpuCount <= limit else {
+            throw .invalidConfig("invalid vCPU count \(vcpuCount) (must be 1 to \(limit))")
+        }
+    }
+
+    /// Checks the values a user can get wrong, with one clear line for each.
+    public func validate(maxVcpus: Int) throws(VMMError) {
+        try MachineConfig.validate(memoryMiB: memoryMiB)
         guard drives.count + (vsock == nil ? 0 : 1) + (net == nil ? 0 : 1) <= MachineConfig.maximumVirtioDevices else {
             let plus = vsock == nil ? "" : " and a vsock device"
             throw .invalidConfig("too many drives (\(drives.count)\(plus); at most \(MachineConfig.maximumVirtioDevices) virtio devices)")
@@ -168,10 +182,7 @@ public struct MachineConfig: Sendable {
         for drive in drives where drive.readOnly && drive.ephemeral {
             throw .invalidConfig("drive \(drive.path): ro and ephemeral exclude each other (an ephemeral drive is writable, its writes dropped at exit)")
         }
-        let limit = min(maxVcpus, MachineConfig.maximumVcpus)
-        guard vcpuCount >= 1 && vcpuCount <= limit else {
-            throw .invalidConfig("invalid vCPU count \(vcpuCount) (must be 1 to \(limit))")
-        }
+        try MachineConfig.validate(vcpuCount: vcpuCount, maxVcpus: maxVcpus)
     }
 }
 

@@ -70,7 +70,8 @@ struct Boot: ParsableCommand {
         guard CPUTemplateChoice(rawValue: cpuTemplate) != nil else {
             throw ValidationError("invalid --cpu-template '\(cpuTemplate)' (use auto, host or pvm-safe)")
         }
-        if let t = timeout, !(t > 0) { throw ValidationError("--timeout must be positive") }
+        try OptionLimits.seconds(timeout, "--timeout")
+        try OptionLimits.guest(memoryMiB: mem, vcpus: cpus)
         guard cmdline == nil || append == nil else { throw ValidationError("use --cmdline or --append, not both") }
         guard initrd == nil || rootfs == nil else { throw ValidationError("use --initrd or --rootfs, not both") }
         for spec in drives + (rootfs.map { [$0] } ?? []) { _ = try DriveSpec.parse(spec) }

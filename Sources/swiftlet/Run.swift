@@ -82,8 +82,9 @@ struct Run: ParsableCommand {
 
     func validate() throws {
         guard !command.isEmpty else { throw ValidationError("no command given (usage: swiftlet run [options] -- CMD [ARGS...])") }
-        if let t = timeout, !(t > 0) { throw ValidationError("--timeout must be positive") }
-        guard bootTimeout > 0 else { throw ValidationError("--boot-timeout must be positive") }
+        try OptionLimits.seconds(timeout, "--timeout")
+        try OptionLimits.seconds(bootTimeout, "--boot-timeout")
+        try OptionLimits.guest(memoryMiB: mem, vcpus: cpus)
         for e in environment {
             guard let eq = e.firstIndex(of: "="), eq != e.startIndex else { throw ValidationError("--env '\(e)' is not KEY=VALUE") }
         }
@@ -198,9 +199,7 @@ func formatMillis(_ nanos: UInt64) -> String {
     return "\(tenths / 10).\(tenths % 10)"
 }
 
-func formatSeconds(_ s: Double) -> String {
-    s == s.rounded() ? String(Int(s)) : String(s)
-}
+func formatSeconds(_ s: Double) -> String { AgentSession.formatSeconds(s) }
 
 /// `--console FILE`: the file, created or truncated, or -1 without the option.
 func openConsoleFile(_ path: String?) throws -> Int32 {

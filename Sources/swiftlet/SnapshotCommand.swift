@@ -40,7 +40,8 @@ struct SnapshotGuestOptions: ParsableArguments {
     var seccomp: String = Seccomp.defaultModeName
 
     func validate() throws {
-        guard bootTimeout > 0 else { throw ValidationError("--boot-timeout must be positive") }
+        try OptionLimits.seconds(bootTimeout, "--boot-timeout")
+        try OptionLimits.guest(memoryMiB: mem, vcpus: cpus)
     }
 
     /// The kernel and rootfs paths, checked readable.

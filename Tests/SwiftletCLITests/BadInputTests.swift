@@ -25,6 +25,25 @@ struct BadInputTests {
         return b
     }
 
+    @Test("every numeric option is range-checked at parse time on every command: inf, nan, negatives and huge values get one line, never a trap",
+          arguments: [
+            ["boot", "--timeout", "inf"], ["boot", "--timeout", "nan"], ["boot", "--timeout", "1e300"], ["boot", "--timeout", "-1"],
+            ["boot", "--mem", "0"], ["boot", "--mem", "9223372036854775807"], ["boot", "--cpus", "0"], ["boot", "--cpus", "100000"],
+            ["boot", "--vsock-uds", "/tmp/swiftlet-test-never", "--vsock-cid", "2"], ["boot", "--vsock-uds", "/tmp/swiftlet-test-never", "--vsock-cid", "99999999999"],
+            ["run", "--timeout", "inf", "--", "true"], ["run", "--timeout", "nan", "--", "true"], ["run", "--timeout", "1e300", "--", "true"],
+            ["run", "--timeout", "-5", "--", "true"], ["run", "--boot-timeout", "inf", "--", "true"], ["run", "--boot-timeout", "0", "--", "true"],
+            ["run", "--mem", "9223372036854775807", "--", "true"], ["run", "--mem", "-1", "--", "true"], ["run", "--cpus", "100000", "--", "true"],
+            ["snapshot", "create", "--output", "/tmp/swiftlet-test-never", "--boot-timeout", "nan"],
+            ["snapshot", "create", "--output", "/tmp/swiftlet-test-never", "--mem", "1"],
+            ["snapshot", "cached", "--cpus", "0"], ["snapshot", "cached", "--boot-timeout", "1e300"],
+          ])
+    func numericRanges(args: [String]) throws {
+        let r = try CLI.run(args, timeout: 60)
+        #expect(r.status == (args[0] == "run" ? 125 : 1), "exit status for \(args); stderr: \(r.stderr)")
+        #expect(r.stderrLines.count == 1 && r.stderr.hasPrefix("swiftlet: error: "), "stderr: \(r.stderr)")
+        #expect(access("/tmp/swiftlet-test-never", F_OK) != 0, "nothing created")
+    }
+
     @Test func missingKernel() throws {
         try expectOneLineError(["boot", "--kernel", "/nonexistent/bzImage"], containing: "not found")
     }

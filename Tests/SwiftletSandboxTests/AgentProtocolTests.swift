@@ -68,6 +68,25 @@ struct AgentProtocolTests {
         #expect(throws: SandboxError.self) { _ = try decodeAll(frame(0x05, le32(7) + le32(0) + le64(0)), split: 64) }
     }
 
+    @Test("EXIT values a guest could forge are protocol errors, never a status: a signal outside 1-64, a code over 255",
+          arguments: [(1, 0), (1, 65), (1, 128), (1, 0xffff_ffff), (0, 256), (0, 0xffff_ffff)] as [(UInt32, UInt32)])
+    func forgedExit(kind: UInt32, value: UInt32) {
+        #expect(throws: SandboxError.self) { _ = try decodeAll(frame(0x05, le32(kind) + le32(value) + le64(0)), split: 64) }
+    }
+
+    @Test("the edges of EXIT's ranges decode")
+    func exitEdges() throws {
+        let m = try decodeAll(frame(0x05, le32(1) + le32(64) + le64(0)) + frame(0x05, le32(0) + le32(255) + le64(0)), split: 64)
+        #expect(m == [.exit(.signaled(64), nanos: 0), .exit(.exited(255), nanos: 0)])
+        #expect(JobStatus.signaled(64).shellStatus == 192)
+    }
+
+    @Test("CLOSE_OUTPUT names the stream")
+    func closeOutputFrame() {
+        #expect(AgentProtocol.closeOutputFrame(.stdout) == frame(0x85, le32(1)))
+        #expect(AgentProtocol.closeOutputFrame(.stderr) == frame(0x85, le32(2)))
+    }
+
     @Test("exit statuses map to the shell's convention")
     func shellStatus() {
         #expect(JobStatus.exited(0).shellStatus == 0)
