@@ -203,10 +203,15 @@ public enum Sandbox {
             let uds = config.vsockUDS ?? Sandbox.privateSocketName()
             let agentPath = Sandbox.agentSocketPath(uds)
             do {
-                listener = try UnixSocket.listen(at: agentPath, backlog: 4)
+                // A socket file a crashed run left behind is replaced; a live one is not.
+                listener = try UnixSocket.listenReplacingStale(at: agentPath, backlog: 4)
             } catch {
                 if fd >= 0 { close(fd) }
-                throw .usage(error.errno == EADDRINUSE ? "vsock socket \(agentPath) already exists" : "\(error)")
+                switch error {
+                case .inUse: throw .usage("vsock socket \(agentPath) is in use by another process")
+                case .notASocket: throw .usage("\(agentPath) exists and is not a socket")
+                case let .system(e): throw .system(e)
+                }
             }
             signalFD = fd
             self.uds = uds

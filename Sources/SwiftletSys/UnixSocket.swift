@@ -48,6 +48,45 @@ public enum UnixSocket {
         return s
     }
 
+    /// Why `listenReplacingStale` could not listen.
+    public enum ListenError: Error, Sendable {
+        /// A live listener holds the name.
+        case inUse
+        /// The path is something other than a socket: never removed.
+        case notASocket
+        case system(SystemError)
+    }
+
+    /// Listens at `path`, replacing a socket file a dead process left there
+    /// (one that refuses connections). A live listener, or a path that is not
+    /// a socket, is an error; an abstract name in use is always live.
+    public static func listenReplacingStale(at path: String, backlog: Int32 = 64) throws(ListenError) -> OwnedFD {
+        do {
+            return try listen(at: path, backlog: backlog)
+        } catch {
+            guard error.errno == EADDRINUSE else { throw .system(error) }
+        }
+        if path.hasPrefix("@") { throw .inUse }
+        var st = stat()
+        guard lstat(path, &st) == 0 else { throw .system(.last("lstat(\(path))")) }
+        guard st.st_mode & S_IFMT == S_IFSOCK else { throw .notASocket }
+        do {
+            _ = try connect(to: path) // closed again at once: someone accepts
+            throw ListenError.inUse
+        } catch let error as SystemError {
+            // EAGAIN: a live listener whose backlog is full.
+            guard error.errno == ECONNREFUSED else { throw error.errno == EAGAIN ? .inUse : .system(error) }
+        } catch {
+            throw .inUse
+        }
+        guard unlink(path) == 0 || errno == ENOENT else { throw .system(.last("unlink(\(path))")) }
+        do {
+            return try listen(at: path, backlog: backlog)
+        } catch {
+            throw error.errno == EADDRINUSE ? .inUse : .system(error)
+        }
+    }
+
     /// Connects without blocking. Unix sockets connect at once or fail
     /// (ECONNREFUSED, ENOENT; EAGAIN when the listener's backlog is full).
     public static func connect(to path: String) throws(SystemError) -> OwnedFD {

@@ -11,6 +11,31 @@ struct VsockRunTests {
     /// 100 MiB each way by default (`SWIFTLET_VSOCK_TEST_MIB` changes it).
     static var mebibytes: Int { getenv("SWIFTLET_VSOCK_TEST_MIB").flatMap { Int(String(cString: $0)) } ?? 100 }
 
+    @Test("a stale <uds> and <uds>_52 left by a crashed run do not break the next run; a live one, or a file that is not a socket, is one line")
+    func staleAgentSocket() throws {
+        try #require(access(Images.bzImage, R_OK) == 0 && access(Images.rootfs, R_OK) == 0, "run `make images` first")
+        let uds = "/tmp/swiftlet-test-stale-\(getpid()).sock"
+        defer { unlink(uds); unlink(uds + "_52") }
+        // What a SIGKILLed run leaves: socket files nobody accepts on.
+        for path in [uds, uds + "_52"] { _ = try UnixSocket.listen(at: path) } // closed at once, the files stay
+        #expect(access(uds + "_52", F_OK) == 0)
+        var r = try CLI.run(["run", "--vsock-uds", uds, "--", "echo", "ok"])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        #expect(r.stdout == "ok\n")
+        #expect(access(uds, F_OK) != 0 && access(uds + "_52", F_OK) != 0, "removed at the end")
+
+        let live = try UnixSocket.listen(at: uds + "_52")
+        r = try CLI.run(["run", "--vsock-uds", uds, "--", "true"])
+        #expect(r.status == 125)
+        #expect(r.stderrLines == ["swiftlet: error: vsock socket \(uds)_52 is in use by another process"])
+        _ = live
+        unlink(uds + "_52")
+        #expect(shell("touch '\(uds)_52'") == 0)
+        r = try CLI.run(["run", "--vsock-uds", uds, "--", "true"])
+        #expect(r.status == 125)
+        #expect(r.stderrLines == ["swiftlet: error: \(uds)_52 exists and is not a socket"])
+    }
+
     @Test("host to guest CONNECT and guest to host, byte-exact both ways; missing listeners refused cleanly")
     func roundTrip() throws {
         try #require(access(Images.bzImage, R_OK) == 0 && access(Images.rootfs, R_OK) == 0, "run `make images` first")

@@ -36,31 +36,13 @@ final class VsockListener {
 
     private static func bind(_ path: String) throws(VsockError) -> OwnedFD {
         do {
-            return try UnixSocket.listen(at: path)
+            return try UnixSocket.listenReplacingStale(at: path)
         } catch {
-            guard error.errno == EADDRINUSE else { throw .system(error) }
-        }
-        // Something holds the name. A live listener accepts a connection;
-        // a socket file left by a dead process refuses it.
-        if path.hasPrefix("@") { throw .inUse(path) }
-        var st = stat()
-        guard lstat(path, &st) == 0 else { throw .system(.last("lstat(\(path))")) }
-        guard st.st_mode & S_IFMT == S_IFSOCK else { throw .notASocket(path) }
-        var refused = false
-        do {
-            _ = try UnixSocket.connect(to: path) // closed again at once
-        } catch {
-            // EAGAIN: a live listener whose backlog is full.
-            if error.errno == EAGAIN { throw .inUse(path) }
-            guard error.errno == ECONNREFUSED else { throw .system(error) }
-            refused = true
-        }
-        guard refused else { throw .inUse(path) }
-        guard unlink(path) == 0 || errno == ENOENT else { throw .system(.last("unlink(\(path))")) }
-        do {
-            return try UnixSocket.listen(at: path)
-        } catch {
-            throw error.errno == EADDRINUSE ? .inUse(path) : .system(error)
+            switch error {
+            case .inUse: throw .inUse(path)
+            case .notASocket: throw .notASocket(path)
+            case let .system(e): throw .system(e)
+            }
         }
     }
 
