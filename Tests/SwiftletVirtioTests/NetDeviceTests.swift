@@ -241,6 +241,25 @@ struct NetDeviceRxTests {
         #expect(f.device.rxBadChains == 3)
     }
 
+    @Test("a guest that re-posts one tiny chain past 65,535 held chains gets them back unused; the frame is dropped, nothing traps")
+    func rePostedHeadsAreBounded() throws {
+        let f = try NetFixture(size: 128)
+        try f.postRx([12]) // the header fits; then 1-byte chains, forever the same head
+        let a = f.rx.alloc(1)
+        let tiny = try f.rx.chain([Buf(address: a, length: 1, writable: true)])
+        f.rxBuffers[tiny] = (a, 1)
+        try f.hostSend(frameBytes(65_535 + 14, seed: 9))
+        for _ in 0..<600 {
+            for _ in 0..<120 { try f.rx.publish(tiny) }
+            _ = try f.device.serveRx(f.rxQueue)
+            if f.device.rxDroppedFrames > 0 { break }
+        }
+        #expect(f.device.rxDroppedFrames == 1)
+        #expect(f.device.pendingLength == 0)
+        #expect(f.device.rxBadChains >= 128)
+        #expect(try f.takeUsedRx().allSatisfy { $0.length == 0 }, "every held chain went back unused")
+    }
+
     @Test func aBudgetLetsOtherDevicesRun() throws {
         let f = try NetFixture(size: 256)
         try f.postRx([Int](repeating: 128, count: 200))

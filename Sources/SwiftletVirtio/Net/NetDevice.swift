@@ -10,7 +10,9 @@ import SwiftletSys
 /// RX: a frame read from the fd stays *pending* in a host buffer until the
 /// guest has posted enough buffer space for all of it (with MRG_RXBUF, over
 /// several chains, `num_buffers` telling how many); it is never dropped or cut
-/// because a buffer is short. While a frame waits for buffers, the fd is taken
+/// because a buffer is short. Only a guest that offers more chains than its
+/// queue holds (re-posting heads it never got back) loses the frame: the
+/// chains go back unused, since `num_buffers` and a real driver stop there. While a frame waits for buffers, the fd is taken
 /// out of the poll set, so a guest that posts nothing costs no CPU; the
 /// guest's next rx notification serves the frame and re-arms the fd.
 ///
@@ -51,6 +53,8 @@ public final class NetDevice: @unchecked Sendable {
     public private(set) var rxStalls = 0
     /// Chains returned unused (too short, malformed) and failed TAP writes.
     public private(set) var rxBadChains = 0
+    /// Frames dropped because the guest offered more chains than its queue holds.
+    public private(set) var rxDroppedFrames = 0
     public private(set) var txErrors = 0
     /// Rx services, so the loop can tell "served" from "device not live".
     public private(set) var rxServices = 0
@@ -211,6 +215,18 @@ public final class NetDevice: @unchecked Sendable {
             }
             held.append(chain)
             heldSpace += space
+            // A driver has at most `size` chains outstanding; more means
+            // heads posted twice. Bounded here, before num_buffers (le16).
+            if held.count >= Int(queue.config.size) && heldSpace < total {
+                for c in held { try queue.pushUsed(head: c.head, length: 0) }
+                rxBadChains += held.count
+                rxDroppedFrames += 1
+                held = []
+                heldSpace = 0
+                pendingLength = 0
+                used = true
+                return true
+            }
         }
         // num_buffers, little-endian (the TAP leaves those bytes alone).
         let count = UInt16(held.count)
