@@ -11,7 +11,7 @@ DEBIAN_PACKAGES := build-essential zlib1g-dev liblz4-dev libzstd-dev libseccomp-
 RELEASE_FLAGS := -c release --static-swift-stdlib
 SWIFTLET := .build/release/swiftlet
 
-.PHONY: all deps kernel rootfs images release build demo demo-boot test unit-test bench bench-run bench-snapshot seccomp-log clean
+.PHONY: all deps kernel rootfs images release build demo demo-boot test unit-test stress bench bench-run bench-snapshot seccomp-log clean
 
 all: release
 
@@ -61,6 +61,16 @@ test: deps images release
 	swift test --skip-build
 	rootfs/agent/test.sh
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-60} Tests/Fuzz/run.sh
+	Tests/stress/run.py --profile short --json .build/stress-short.json
+	Tests/stress/run.py --profile audit --json .build/stress-audit.json
+
+## The stress and soak suite under --seccomp strict (Tests/stress/README.md):
+## PROFILE=long (the default here: 64 MiB floods, 50 signals, 200 runs, 10-minute
+## jobs; well over an hour), short (part of `make test`), audit (short under
+## --seccomp log: any syscall outside an allowlist fails it).
+stress: export SWIFTLET_SNAPSHOT_CACHE ?= $(CURDIR)/.build/test-snapshots
+stress: deps images release
+	Tests/stress/run.py --profile $(or $(PROFILE),long) --json .build/stress-$(or $(PROFILE),long).json
 
 ## The seccomp allowlists' guide: syscalls per thread role under --seccomp=log (README, Security).
 seccomp-log: deps images

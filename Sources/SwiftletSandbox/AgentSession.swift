@@ -175,6 +175,7 @@ public final class AgentSession: @unchecked Sendable {
         var deadline: UInt64?
         var graceDeadline: UInt64?
         var connectDeadline = options.connectTimeoutSeconds.map { Clock.deadline(afterSeconds: $0) }
+        var reconnects = 0
         var pendingSignal: Int32 = 0
         var chunk = [UInt8](repeating: 0, count: AgentProtocol.maxChunk)
 
@@ -261,6 +262,22 @@ public final class AgentSession: @unchecked Sendable {
             }
         }
 
+        /// A connection lost before the job started is one the agent replaces
+        /// (PROTOCOL.md: it reconnects until a JOB arrives), as after a
+        /// restore, when the vsock transport reset can also take a connection
+        /// made just before it: listen again and send the job on the next.
+        func dropBeforeStart() -> Bool {
+            guard !jobStarted, outcome == nil, reconnects < Self.maxReconnects, let c = connection else { return false }
+            close(c)
+            connection = nil
+            reconnects += 1
+            reader = AgentFrameReader()
+            outgoing.removeAll()
+            outgoingSent = 0
+            connectDeadline = options.connectTimeoutSeconds.map { Clock.deadline(afterSeconds: $0) }
+            return true
+        }
+
         func noteOutput() {
             let now = Clock.monotonicNanos()
             mark { if $0.firstOutput == 0 { $0.firstOutput = now } }
@@ -340,8 +357,10 @@ public final class AgentSession: @unchecked Sendable {
                 fds.append(pollfd(fd: sink.hasPending ? sink.fd : -1, events: Int16(POLLOUT), revents: 0))
             }
             let stdinIndex = fds.count
-            // Read stdin only while the queue to the guest is short: the guest's pace sets ours.
-            if stdinOpen && connection != nil && outgoing.count - outgoingSent < AgentProtocol.maxChunk * 4 {
+            // Read stdin only once the job runs (bytes sent earlier could go
+            // down with a connection the agent drops and replaces), and only
+            // while the queue to the guest is short: the guest's pace sets ours.
+            if stdinOpen && jobStarted && connection != nil && outgoing.count - outgoingSent < AgentProtocol.maxChunk * 4 {
                 fds.append(pollfd(fd: options.stdinFD, events: Int16(POLLIN), revents: 0))
             }
 
@@ -405,13 +424,14 @@ public final class AgentSession: @unchecked Sendable {
             }
             if ev & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
                 if !receive() {
-                    if outcome == nil {
-                        finish(.failed(.agentLost("the guest agent disconnected before the command finished")))
-                    }
+                    if outcome != nil { break }
+                    if dropBeforeStart() { continue }
+                    finish(.failed(.agentLost("the guest agent disconnected before the command finished")))
                     break
                 }
             }
             if ev & Int16(POLLOUT) != 0 && !flush() {
+                if dropBeforeStart() { continue }
                 finish(.failed(.agentLost("the guest agent disconnected before the command finished")))
                 break
             }
@@ -421,6 +441,9 @@ public final class AgentSession: @unchecked Sendable {
             }
         }
     }
+
+    /// Connections the agent may drop and replace before its job starts.
+    static let maxReconnects = 8
 
     /// Whole seconds as an integer, anything else as it is (never a trap).
     public static func formatSeconds(_ s: Double) -> String {

@@ -17,7 +17,8 @@ struct AgentSessionTests {
     }
 
     /// Runs `job` through a session and a native agent; `stdin` is fed from a file when given.
-    func run(_ job: AgentJob, stdin: [UInt8]? = nil, timeout: Double? = nil, signalAfter: (Double, Int32)? = nil) throws -> Finished {
+    func run(_ job: AgentJob, stdin: [UInt8]? = nil, timeout: Double? = nil, signalAfter: (Double, Int32)? = nil,
+             droppedConnections: Int = 0) throws -> Finished {
         let dir = try TempDir()
         let path = dir.path + "/agent.sock"
         let listener = try UnixSocket.listen(at: path)
@@ -41,6 +42,13 @@ struct AgentSessionTests {
         let done = Atomic<Bool>(false)
         let session = try AgentSession(job: job, options: options) { _ in done.store(true, ordering: .releasing) }
         try session.start()
+        // Connections that drop before the job starts, as a vsock transport
+        // reset after a restore can make them: the session must listen again.
+        for _ in 0..<droppedConnections {
+            let c = try UnixSocket.connect(to: path)
+            usleep(50_000) // the session accepts it and sends the JOB into it
+            _ = c
+        }
         let agent = try NativeAgent.spawn(socket: path)
         if let (delay, signo) = signalAfter {
             usleep(UInt32(delay * 1e6))
@@ -69,6 +77,13 @@ struct AgentSessionTests {
         #expect(r.timeline.agentConnected > 0 && r.timeline.jobStarted >= r.timeline.agentConnected)
         #expect(r.timeline.jobExited >= r.timeline.jobStarted)
         #expect(r.timeline.guestAgentStart > 0 && r.timeline.guestAgentConnected >= r.timeline.guestAgentStart)
+    }
+
+    @Test("connections dropped before the job starts are replaced: the job runs once on the agent's next connection, stdin intact")
+    func reconnectBeforeStart() throws {
+        let r = try run(AgentJob(argv: ["sh", "-c", "cat; exit 5"], stdinAttached: true), stdin: Array("kept\n".utf8), droppedConnections: 3)
+        #expect(r.outcome.map { "\($0)" } == "\(SessionOutcome.finished(.exited(5)))")
+        #expect(r.stdout == Array("kept\n".utf8))
     }
 
     @Test("a signal and a missing command")
