@@ -61,7 +61,8 @@ typedef unsigned long u64;
 #define X_OK 1
 #define CLOCK_MONOTONIC 1
 #define NR_clock_settime 227 /* only the agent sets the clock: not in swl_sys.h */
-#define NR_rt_sigaction 13 /* only the job's child resets a disposition */
+#define NR_rt_sigaction 13 /* only the agent's start resets dispositions */
+#define SIGSTOP 19
 #define RNDADDENTROPY 0x40085203 /* _IOW('R', 0x03, int[2]) */
 #define RNDRESEEDCRNG 0x5207     /* _IO('R', 0x07) */
 #define VMADDR_CID_ANY 0xffffffffU
@@ -583,11 +584,6 @@ static __attribute__((noreturn, used)) void child_main(void *arg)
 	struct child_args *c = arg;
 	u64 empty = 0;
 	SC4(NR_rt_sigprocmask, SIG_SETMASK, &empty, 0, 8);
-	/* SIGPIPE back to its default, should whoever started the agent have
-	 * ignored it (an ignored signal survives execve): a job whose reader went
-	 * away (CLOSE_OUTPUT) must die of it, as in a local pipeline. */
-	struct { u64 handler, flags, restorer, mask; } dfl = { 0, 0, 0, 0 };
-	SC4(NR_rt_sigaction, SIGPIPE, &dfl, 0, 8);
 	SC0(NR_setsid);
 	int in = out_of_the_way(c->in), out = out_of_the_way(c->out), err_fd = out_of_the_way(c->err);
 	if (in < 0) in = (int)SC3(NR_open, "/dev/null", O_RDONLY, 0);
@@ -967,6 +963,15 @@ static void setup_signals(void)
 
 static void run_agent(char **envp)
 {
+	/* Every signal at its default: whoever started the agent may have
+	 * ignored some (nohup ignores SIGHUP), an ignored disposition survives
+	 * execve, and the job must start as a process init started would: a
+	 * forwarded SIGHUP ends it, a reader that went away (CLOSE_OUTPUT) is
+	 * SIGPIPE. Once per agent, not per job. */
+	struct { u64 handler, flags, restorer, mask; } dfl = { 0, 0, 0, 0 };
+	for (int sig = 1; sig < 32; sig++)
+		if (sig != SIGKILL && sig != SIGSTOP) SC4(NR_rt_sigaction, sig, &dfl, 0, 8);
+
 	g.sock = g.sigfd = g.out_fd = g.err_fd = g.in_fd = -1;
 	g.cid = HOST_CID;
 	g.port = DEFAULT_PORT;
