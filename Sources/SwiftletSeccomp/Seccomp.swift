@@ -159,7 +159,7 @@ public enum Seccomp {
         // worker (kvm-nx-lpage-recovery, a vhost task charged to this user)
         // at the first KVM_RUN. With the limit at 0 that start fails for
         // any user but root, and KVM_RUN returns EAGAIN forever
-        // (kernels/README.md has the trace).
+        // (the README's "Running as an ordinary user" has the trace).
         _ = swl_set_rlimit(2, 0, 0) // RLIMIT_CORE
         _ = swl_drop_capabilities()
         _ = swl_set_no_new_privs()

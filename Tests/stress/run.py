@@ -408,26 +408,27 @@ def reap_orphans(ctx):
 
 # ---------------------------------------------------------------- cases
 
-def case_flood_stdout(ctx):
-    """`seq 1 N` (~4/64 MiB) on stdout, byte-exact against Python's."""
+def flood_one(ctx, stream):
+    """`seq 1 N` (~4/64 MiB) on `stream`, byte-exact against Python's; the other stream stays empty."""
     n = seq_n_for(ctx.P["flood"])
     want = seq_bytes(n)
-    r = run_job(ctx, ["seq", "1", str(n)], timeout=job_timeout(len(want)))
-    expect_status(r, 0, f"seq 1 {n}")
-    compare(r.out, want, "stdout")
-    compare(r.err, b"", "stderr")
-    return dict(bytes=len(want), stdout_Bps=stream_rate(r, "stdout", len(want)), wall_s=r.wall)
+    command = f"seq 1 {n}" if stream == "stdout" else f"seq 1 {n} >&2"
+    r = run_job(ctx, ["sh", "-c", command], timeout=job_timeout(len(want)))
+    expect_status(r, 0, command)
+    got, other = (r.out, r.err) if stream == "stdout" else (r.err, r.out)
+    compare(got, want, stream)
+    compare(other, b"", "stderr" if stream == "stdout" else "stdout")
+    return {"bytes": len(want), f"{stream}_Bps": stream_rate(r, stream, len(want)), "wall_s": r.wall}
+
+
+def case_flood_stdout(ctx):
+    """The flood on stdout."""
+    return flood_one(ctx, "stdout")
 
 
 def case_flood_stderr(ctx):
-    """The same flood on stderr; stdout stays empty."""
-    n = seq_n_for(ctx.P["flood"])
-    want = seq_bytes(n)
-    r = run_job(ctx, ["sh", "-c", f"seq 1 {n} >&2"], timeout=job_timeout(len(want)))
-    expect_status(r, 0, f"seq 1 {n} >&2")
-    compare(r.err, want, "stderr")
-    compare(r.out, b"", "stdout")
-    return dict(bytes=len(want), stderr_Bps=stream_rate(r, "stderr", len(want)), wall_s=r.wall)
+    """The same flood on stderr."""
+    return flood_one(ctx, "stderr")
 
 
 def case_flood_both(ctx):

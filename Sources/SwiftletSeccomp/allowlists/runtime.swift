@@ -54,6 +54,6 @@ extension Allowlists {
     exit                                   # a thread ends
     exit_group                             # the process ends (also what a Swift trap ends in)
     gettid                                 # Swift's Mutex records its owner thread (priority-inheritance futex)
-    clock_gettime                          # the vDSO's fallback when the clocksource cannot be read in user space
+    clock_gettime                          # the vDSO's fallback when the clocksource cannot be read in user space; the process CPU clock (vcpu0's --boot-timer figure) is never in the vDSO
     """
 }
