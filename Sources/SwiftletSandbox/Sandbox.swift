@@ -121,7 +121,12 @@ public enum Sandbox {
             }
         }
         let report = try run(machine, with: session)
-        let outcome = session.outcome ?? .abandoned
+        var outcome = session.outcome ?? .abandoned
+        // The agent's connection went because the guest reset its device
+        // (a job can unbind the vsock driver): say so, not "disconnected".
+        if case .failed(.agentLost) = outcome, machine.vsockDriverResets > 0 {
+            outcome = .failed(.agentLost("the guest reset the agent's vsock device before the command finished"))
+        }
         return SandboxResult(outcome: outcome, timeline: session.timeline, machine: report, tornDown: Clock.monotonicNanos(),
                              restored: config.snapshot != nil)
     }

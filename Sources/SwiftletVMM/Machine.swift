@@ -279,6 +279,8 @@ public final class Machine: @unchecked Sendable {
     public var netAddresses: NetAddressPlan? { net?.tap?.plan }
     /// The guest's MAC address, when the machine has a network device.
     public var netMAC: MACAddress? { net?.device.mac }
+    /// Times the guest's driver reset the vsock device (0 without one).
+    public var vsockDriverResets: Int { vsock?.muxer.statistics.driverResets ?? 0 }
 
     /// Closes the vsock listener and removes its socket file at once, rather
     /// than whenever the last reference to the device goes.

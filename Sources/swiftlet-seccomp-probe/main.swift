@@ -6,6 +6,8 @@ import CSeccomp
 import CSwiftlet
 import Glibc
 import SwiftletSeccomp
+import SwiftletSys
+import SwiftletVirtio
 
 func say(_ s: String, fd: Int32 = 1) {
     let b = Array((s + "\n").utf8)
@@ -22,6 +24,22 @@ _ = swl_set_rlimit(2, 0, 0) // no core file from the expected SIGSYS
 let path = "/tmp/swiftlet-seccomp-probe-\(getpid())"
 // Only roles that may write say "alive" (memslots may not).
 let canWrite = (try? role.allowlist())?.contains { $0.name == "write" } ?? false
+// vsock-reset: the virtio-vsock driver's reset, which a vCPU thread runs,
+// on a muxer holding a live host connection (set up before the filter).
+var muxer: VsockMuxer?
+var client: OwnedFD?
+if action == "vsock-reset" {
+    do {
+        let m = try VsockMuxer(guestCID: 3, udsPath: "@swiftlet-seccomp-probe-\(getpid())")
+        client = try UnixSocket.connect(to: m.udsPath)
+        m.process()
+        guard m.statistics.connections == 1 else { say("no connection", fd: 2); exit(3) }
+        muxer = m
+    } catch {
+        say("swiftlet-seccomp-probe: \(error)", fd: 2)
+        exit(3)
+    }
+}
 do {
     try Seccomp.install(role: role, mode: .strict)
 } catch {
@@ -54,6 +72,9 @@ case "mmap-exec":
 case "mmap":
     let p = mmap(nil, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
     rc = p == MAP_FAILED ? -1 : 0
+case "vsock-reset":
+    muxer?.reset()
+    rc = muxer?.statistics.connections ?? -1
 default:
     say("unknown action \(action)")
     exit(2)

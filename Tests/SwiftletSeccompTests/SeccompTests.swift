@@ -79,6 +79,17 @@ let firecrackerCounts = ["vmm": 50, "api": 31, "vcpu": 27]
         let unix = try Probe.run(role: role.rawValue, action: "socket-unix")
         #expect(unix.signal == (role == .devices ? 0 : SIGSYS), "\(role.rawValue) socket(AF_UNIX): \(unix)")
     }
+
+    /// A guest's write of 0 to the vsock device's status register resets the
+    /// device on the vCPU thread that took the exit: the reset must stay
+    /// inside the vcpu role (it used to close sockets and call epoll_ctl there:
+    /// a job that unbound the vsock driver killed the VMM by SIGSYS).
+    @Test("the vsock driver reset stays inside the vcpu role")
+    func vsockResetOnVcpuThread() throws {
+        let r = try Probe.run(role: SeccompRole.vcpu.rawValue, action: "vsock-reset")
+        #expect(r.signal == 0 && r.status == 0, "\(r)")
+        #expect(r.stdout.contains("alive rc=0"), "the connection was not dropped: \(r)")
+    }
 }
 
 enum Probe {

@@ -143,6 +143,8 @@ struct VsockModelTests {
         // The driver resets the device: the connection closes.
         rig.write(Reg.status, 0)
         #expect(rig.muxer.statistics.connections == 0)
+        #expect(isReadable(rig.muxer.pollFD), "the reset wakes the loop, which closes the socket")
+        rig.model.handlePollEvents()
         var byte: UInt8 = 0
         #expect(recv(accepted, &byte, 1, Int32(MSG_DONTWAIT)) == 0, "the host end sees EOF")
     }

@@ -162,6 +162,11 @@ struct VsockShutdownTests {
         f.muxer.reset()
         #expect(f.muxer.statistics.connections == 0)
         #expect(f.muxer.statistics.queuedPackets == 0)
+        #expect(f.muxer.statistics.driverResets == 1)
+        // The reset (a vCPU thread's) only wakes the loop; its thread closes the sockets.
+        #expect(!handshaking.closedByPeer)
+        #expect(isReadable(f.muxer.pollFD))
+        f.muxer.process()
         for end in [guestInitiated, hostInitiated, handshaking, requested] { #expect(end.closedByPeer) }
         // The listener still works after the reset, with a new driver.
         let g2 = try FakeGuest(muxer: f.muxer)
@@ -179,6 +184,7 @@ struct VsockShutdownTests {
         let listener = try f.listen(5106)
         let (_, h) = try f.guestConnect(listener, port: 5106)
         f.muxer.transportReset()
+        f.muxer.process()
         #expect(h.closedByPeer)
         try f.guest.pump()
         #expect(f.guest.events == [[0, 0, 0, 0]])

@@ -15,7 +15,10 @@ protocol VirtioDeviceModel: AnyObject, Sendable {
     /// Serves queue `index` until it is empty. Returns whether the driver
     /// asked to be interrupted. Throws when the queue itself is unusable.
     func serve(queue: Virtqueue, index: Int, memory: GuestMemory) throws(VirtqueueError) -> Bool
-    /// The driver reset the device.
+    /// The driver reset the device. Runs on the vCPU thread that took the
+    /// status write, whose seccomp role (`vcpu`) allows no system call but
+    /// eventfd writes: work that needs one (closing sockets) is handed to the
+    /// device's event loop handler, as `VsockMuxer.reset` does.
     func reset()
     /// The driver set DRIVER_OK having accepted `features` (default: nothing to do).
     func activate(features: UInt64)

@@ -47,6 +47,8 @@ public final class VsockMuxer: @unchecked Sendable {
         public var resetsSent = 0
         /// Connections whose sockets are waiting to be read into rx buffers.
         public var readyToRead = 0
+        /// Times the driver reset the device (wrote 0 to its status).
+        public var driverResets = 0
     }
 
     let lock = Mutex(())
@@ -81,6 +83,11 @@ public final class VsockMuxer: @unchecked Sendable {
     var transportResetPending = false
     var closed = false
     var stats = Statistics()
+    /// Connections a reset took from the device, whose sockets are not closed
+    /// yet: a driver reset runs on a vCPU thread, whose seccomp role allows
+    /// no `close` or `epoll_ctl`, so the loop thread closes them, first thing
+    /// in `processEvents` (the reset wakes it).
+    var retired: [VsockConnection] = []
 
     /// Stop taking tx packets while this many packets wait for rx buffers:
     /// a guest that sends without receiving is throttled, not buffered.
@@ -151,13 +158,16 @@ public final class VsockMuxer: @unchecked Sendable {
     }
 
     /// The driver reset the device: every connection is closed (host clients
-    /// see their sockets close) and everything queued is dropped.
+    /// see their sockets close) and everything queued is dropped. Called on a
+    /// vCPU thread: no system call here but the wake eventfd's write; the
+    /// sockets close on the loop thread.
     public func reset() {
         lock.withLock { _ in
             dropAllConnections()
             transportResetPending = false
             heldRx = nil
             txStalled = false
+            stats.driverResets += 1
         }
     }
 
@@ -178,6 +188,7 @@ public final class VsockMuxer: @unchecked Sendable {
             guard !closed else { return }
             closed = true
             dropAllConnections()
+            closeRetired()
             heldRx = nil
             listener.close()
         }
@@ -207,6 +218,7 @@ public final class VsockMuxer: @unchecked Sendable {
     /// `pollFD` readable again, so the loop comes back.
     func processEvents() {
         guard !closed else { return }
+        closeRetired()
         for (events, tag) in poller.poll(max: 64) {
             switch tag {
             case VsockPoller.wakeTag: poller.drainWake()
@@ -439,14 +451,25 @@ public final class VsockMuxer: @unchecked Sendable {
 
     /// Closes the socket and forgets the connection; queued packets for it are skipped.
     func close(_ conn: VsockConnection) {
-        if conn.registered { poller.remove(conn.fd) }
-        conn.registered = false
+        forget(conn)
+        release(conn)
+    }
+
+    /// Takes the connection out of the device's tables (no system call).
+    private func forget(_ conn: VsockConnection) {
         conn.inRxReady = false
         byTag[conn.tag] = nil
         if let key = conn.key, byKey[key] === conn {
             byKey[key] = nil
             if conn.hostInitiated { hostPorts.remove(key.local) }
         }
+    }
+
+    /// Closes a forgotten connection's socket; a listener that ran out of
+    /// descriptors is watched again.
+    private func release(_ conn: VsockConnection) {
+        if conn.registered { poller.remove(conn.fd) }
+        conn.registered = false
         conn.close()
         if listenerPaused {
             listenerPaused = false
@@ -454,10 +477,21 @@ public final class VsockMuxer: @unchecked Sendable {
         }
     }
 
+    /// Forgets every connection and everything queued; the sockets close on
+    /// the loop thread (`closeRetired`), which the wake brings round.
     func dropAllConnections() {
-        for conn in Array(byTag.values) { close(conn) }
+        let all = Array(byTag.values)
+        for conn in all { forget(conn) }
+        retired += all
         pending.removeAll()
         rxReady.removeAll()
+        if !retired.isEmpty { poller.signalWake() }
+    }
+
+    func closeRetired() {
+        guard !retired.isEmpty else { return }
+        for conn in retired { release(conn) }
+        retired.removeAll()
     }
 
     // MARK: - Packets for the guest (lock held)

@@ -184,6 +184,7 @@ func hostAction(_ arg: UInt8, _ bytes: UnsafeRawBufferPointer) {
 public func fuzz(_ data: UnsafePointer<UInt8>, _ count: Int) -> Int32 {
     // A clean device and clean guest memory per input.
     muxer.reset()
+    muxer.process() // the loop's turn: the reset's sockets close there
     for fd in hostEnds { close(fd) }
     hostEnds = []
     while let end = try? UnixSocket.accept(hostListener) { _ = end }
