@@ -63,6 +63,10 @@ public final class AgentSession: @unchecked Sendable {
         /// Park mode: send PARK with these warm-up programs instead of the
         /// job, and end with `.parked` when the agent answers PARKED.
         public var park: [String]?
+        /// Who may be the agent's end: by default this process only (its own
+        /// vsock device connects to the listener). A connection from anyone
+        /// else is closed unread, and the session goes on waiting.
+        public var peers: PeerPolicy = .thisProcess
 
         public init(listener: Int32) { self.listener = listener }
     }
@@ -405,7 +409,8 @@ public final class AgentSession: @unchecked Sendable {
             if connection == nil {
                 if ev != 0 {
                     do {
-                        if let c = try UnixSocket.accept(options.listener) {
+                        // A refused peer's socket closes here, before a byte is sent.
+                        if let c = try UnixSocket.accept(options.listener), options.peers.admits(c.raw) {
                             connection = c.release()
                             let t = Clock.monotonicNanos()
                             mark { $0.agentConnected = t }

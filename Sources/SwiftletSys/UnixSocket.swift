@@ -113,3 +113,32 @@ public enum UnixSocket {
         }
     }
 }
+
+/// Who may be at the other end of a Unix socket, checked with SO_PEERCRED on
+/// each accepted (or connected) socket. Abstract names carry no permission
+/// check and are listed in the world-readable `/proc/net/unix`, so a socket
+/// that only this process's own devices should reach says so here.
+public enum PeerPolicy: Sendable, Equatable {
+    /// Whoever can reach the socket (a filesystem socket's mode decides).
+    case anyone
+    /// Processes of this effective user id, and root.
+    case user(uid_t)
+    /// This one process.
+    case process(pid_t)
+
+    public static var thisProcess: PeerPolicy { .process(getpid()) }
+    public static var thisUser: PeerPolicy { .user(geteuid()) }
+
+    /// Whether the peer of connected socket `fd` is admitted (false when its
+    /// credentials cannot be read).
+    public func admits(_ fd: Int32) -> Bool {
+        if self == .anyone { return true }
+        var pid: Int32 = 0, uid: UInt32 = 0, gid: UInt32 = 0
+        guard swl_peer_credentials(fd, &pid, &uid, &gid) == 0 else { return false }
+        switch self {
+        case .anyone: return true
+        case let .user(u): return uid == u || uid == 0
+        case let .process(p): return pid == p
+        }
+    }
+}

@@ -90,7 +90,7 @@ public final class Machine: @unchecked Sendable {
         var vsock: VsockModel?
         if let v = config.vsock {
             do {
-                vsock = VsockModel(muxer: try VsockMuxer(guestCID: v.guestCID, udsPath: v.udsPath))
+                vsock = VsockModel(muxer: try VsockMuxer(guestCID: v.guestCID, udsPath: v.udsPath, peers: v.peers))
             } catch {
                 throw .invalidConfig("\(error)")
             }

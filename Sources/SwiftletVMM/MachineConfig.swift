@@ -1,3 +1,4 @@
+import SwiftletSys
 import Glibc
 import SwiftletVirtio
 import SwiftletX86
@@ -50,10 +51,16 @@ public struct VsockConfig: Sendable, Equatable {
     public var guestCID: UInt32
     /// Where the listener is bound; removed again when the machine goes away.
     public var udsPath: String
+    /// Who may connect to the listener, and which listeners the guest's
+    /// connections to `<udsPath>_<port>` may reach. By default the same user
+    /// (or root) for an abstract name, which has no permission check of its
+    /// own, and anyone for a filesystem socket, whose mode decides.
+    public var peers: PeerPolicy
 
-    public init(guestCID: UInt32 = 3, udsPath: String) {
+    public init(guestCID: UInt32 = 3, udsPath: String, peers: PeerPolicy? = nil) {
         self.guestCID = guestCID
         self.udsPath = udsPath
+        self.peers = peers ?? (udsPath.hasPrefix("@") ? .thisUser : .anyone)
     }
 }
 

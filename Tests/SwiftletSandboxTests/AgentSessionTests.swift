@@ -34,6 +34,7 @@ struct AgentSessionTests {
         defer { if inFD >= 0 { close(inFD) } }
 
         var options = AgentSession.Options(listener: listener.raw)
+        options.peers = .anyone // the native agent is a child process
         options.stdinFD = inFD
         options.stdoutFD = out
         options.stderrFD = err

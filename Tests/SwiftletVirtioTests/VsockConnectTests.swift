@@ -9,9 +9,9 @@ struct VsockFixture {
     let muxer: VsockMuxer
     let guest: FakeGuest
 
-    init(cid: UInt32 = 3, rxLayout: FakeGuest.RxLayout = .split, rxBuffers: Int = 64) throws {
+    init(cid: UInt32 = 3, rxLayout: FakeGuest.RxLayout = .split, rxBuffers: Int = 64, peers: PeerPolicy = .anyone) throws {
         dir = try TempSocketDir()
-        muxer = try VsockMuxer(guestCID: cid, udsPath: dir.uds)
+        muxer = try VsockMuxer(guestCID: cid, udsPath: dir.uds, peers: peers)
         guest = try FakeGuest(muxer: muxer, cid: cid, rxLayout: rxLayout, rxBuffers: rxBuffers)
     }
 
@@ -47,6 +47,32 @@ struct VsockFixture {
 
 @Suite("Vsock connections: hybrid CONNECT and guest-initiated")
 struct VsockConnectTests {
+    /// A peer policy (SO_PEERCRED) the other end fails: a host client is
+    /// closed before its CONNECT line is read, and a guest connection to a
+    /// listener of that process gets RST. Here the policy admits only pid 1,
+    /// which this test process is not; with `.thisProcess` both work.
+    @Test func peerPolicyRefusesOtherProcessesBothWays() throws {
+        let f = try VsockFixture(peers: .process(1))
+        f.guest.listening.insert(1234)
+        let host = try HostEnd.connect(f.dir.uds)
+        host.write("CONNECT 1234\n")
+        try f.guest.pump()
+        #expect(host.closedByPeer)
+        #expect(f.muxer.statistics.connections == 0)
+        let listener = try f.listen(5000)
+        let socket = try f.guest.connect(to: 5000)
+        try f.guest.pump()
+        #expect(socket.gotRST && !socket.established)
+        #expect(try listener.accept() != nil, "the connect itself happened; the peer check refused it")
+
+        let ours = try VsockFixture(peers: .thisProcess)
+        let l2 = try ours.listen(5001)
+        let outward = try ours.guestConnect(l2, port: 5001)
+        let inward = try ours.hostConnect(port: 1235)
+        #expect(ours.muxer.statistics.connections == 2)
+        withExtendedLifetime((outward, inward)) {}
+    }
+
     @Test func hostConnectSendsRequestThenOK() throws {
         let f = try VsockFixture()
         f.guest.listening.insert(1234)

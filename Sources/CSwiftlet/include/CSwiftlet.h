@@ -141,6 +141,10 @@ static inline uint8_t swl_atomic_load_u8(const uint8_t *p) { return __atomic_loa
 /// accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC) (a _GNU_SOURCE call).
 int swl_accept_nonblocking(int fd);
 
+/// getsockopt(SO_PEERCRED) (struct ucred is _GNU_SOURCE): the peer's pid, uid
+/// and gid when it connected (for a connecting socket: the listener's at listen()).
+int swl_peer_credentials(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid);
+
 // ---- epoll with an explicit interest mask (the virtio-vsock muxer) ------------
 // Linux ABI values, so the header needs no <sys/epoll.h>.
 static const uint32_t SWL_EPOLLIN = 0x001;

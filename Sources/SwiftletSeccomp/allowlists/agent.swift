@@ -11,6 +11,7 @@ extension Allowlists {
     read                                   # the command's stdin; the signalfd; eventfds
     write                                  # the command's stdout and stderr
     close                                  # the connection and stdin end
+    getsockopt                             # SO_PEERCRED: only this process's own vsock device may be the agent's end
     shutdown                               # half-close towards the agent
     """
 }

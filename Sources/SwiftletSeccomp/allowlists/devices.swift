@@ -22,6 +22,7 @@ extension Allowlists {
     recvfrom                               # vsock host sockets (recv)
     sendto                                 # vsock host sockets (send)
     sendmsg                                # vsock host sockets (gathered send)
+    getsockopt                             # SO_PEERCRED: hybrid vsock peers the socket's policy admits (both directions)
     shutdown                               # vsock half-close
     close                                  # vsock connections end
     """

@@ -93,19 +93,34 @@ public final class TapDevice: @unchecked Sendable {
     public func setOffloads(_ flags: UInt32) -> Bool { swl_tap_set_offload(fd, flags) == 0 }
 }
 
-/// A mutex across processes with nothing on disk: a bound abstract Unix
-/// socket, whose name is per network namespace and which the kernel releases
-/// when its holder closes it or dies.
+/// A mutex across Swiftlet processes: an flock on a root-only file.
+///
+/// It used to be a bound abstract socket name, which any local user could
+/// bind first and hold, stalling every `--net auto` for the wait below. The
+/// file lives in a directory only its owner (root: `--net auto` needs
+/// CAP_NET_ADMIN) may write, is opened without following links and checked
+/// on the descriptor, and the kernel drops the lock when its holder closes
+/// it or dies. The file itself stays, empty, as lock files in /run do.
 enum AddressPlanLock {
-    static let name = "@swiftlet-net-address-plan"
+    static let path = "/run/swiftlet/net-address-plan.lock"
 
-    /// Waits (up to about 10 s, then goes on without it) until the name is free and holds it.
-    static func acquire() -> OwnedFD? {
-        for _ in 0..<10_000 {
-            guard let s = try? UnixSocket.make() else { return nil }
-            let rc = (try? UnixSocket.withAddress(name) { bind(s.raw, $0, $1) }) ?? -1
-            if rc == 0 { return s }
-            if errno != EADDRINUSE { return nil }
+    /// Waits (up to `waitMillis`, then goes on without it) until the lock is
+    /// free and holds it. Nil, too, when the file is not safe to trust.
+    static func acquire(path: String = path, waitMillis: Int = 10_000) -> OwnedFD? {
+        let directory = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
+        if !directory.isEmpty { _ = mkdir(directory, 0o755) }
+        var st = stat()
+        guard lstat(directory.isEmpty ? "/" : directory, &st) == 0, st.st_mode & S_IFMT == S_IFDIR,
+              st.st_uid == geteuid() || st.st_uid == 0, st.st_mode & 0o022 == 0 else { return nil }
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else { return nil }
+        let lock = OwnedFD(taking: fd)
+        guard fstat(lock.raw, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_uid == geteuid(), st.st_mode & 0o077 == 0 else {
+            return nil
+        }
+        for _ in 0...max(waitMillis, 0) {
+            if flock(lock.raw, LOCK_EX | LOCK_NB) == 0 { return lock }
+            guard errno == EWOULDBLOCK || errno == EINTR else { return nil }
             usleep(1000)
         }
         return nil

@@ -93,7 +93,7 @@ extension VsockMuxer {
     /// The guest connects to host port `h.dstPort`: connect to `<udsPath>_<port>`.
     func openHostSocket(_ h: VsockHeader) {
         guard byTag.count < VirtioVsock.maxConnections,
-              let socket = try? UnixSocket.connect(to: "\(udsPath)_\(h.dstPort)")
+              let socket = try? UnixSocket.connect(to: "\(udsPath)_\(h.dstPort)"), peers.admits(socket.raw)
         else { return replyReset(h) }
         let conn = VsockConnection(tag: allocateTag(), fd: socket.release(), state: .established,
                                    key: VsockConnectionKey(local: h.dstPort, peer: h.srcPort), hostInitiated: false)

@@ -30,6 +30,9 @@ public final class VsockMuxer: @unchecked Sendable {
     public let guestCID: UInt32
     /// The listener's path; guest-initiated connections go to `<udsPath>_<port>`.
     public let udsPath: String
+    /// Who may connect to the listener, and which `<udsPath>_<port>`
+    /// listeners the guest may reach (SO_PEERCRED); others are turned away.
+    public let peers: PeerPolicy
 
     /// Counters for tests and statistics.
     public struct Statistics: Sendable, Equatable {
@@ -93,10 +96,10 @@ public final class VsockMuxer: @unchecked Sendable {
     /// a guest that sends without receiving is throttled, not buffered.
     static let maxPendingPackets = 512
 
-    /// Listens at `udsPath`. Fails with `.inUse` when something listens there
+    /// Listens at `udsPath`, admitting `peers`. Fails with `.inUse` when something listens there
     /// already, `.notASocket` when the path is some other file; a stale socket
     /// file is replaced.
-    public init(guestCID: UInt32, udsPath: String) throws(VsockError) {
+    public init(guestCID: UInt32, udsPath: String, peers: PeerPolicy = .anyone) throws(VsockError) {
         guard VirtioVsock.isValidGuestCID(guestCID) else { throw .invalidCID(guestCID) }
         // On failure, the listener's deinit removes the socket file again.
         let listener = try VsockListener(path: udsPath)
@@ -107,6 +110,7 @@ public final class VsockMuxer: @unchecked Sendable {
         }
         self.guestCID = guestCID
         self.udsPath = udsPath
+        self.peers = peers
         self.listener = listener
     }
 
@@ -244,9 +248,10 @@ public final class VsockMuxer: @unchecked Sendable {
                 try? poller.modify(listener.fd, events: 0, tag: Self.listenerTag)
                 return
             }
-            // Too many connections, or a guest that takes no packets: the
-            // client is turned away (closed here) rather than queued for.
-            guard byTag.count < VirtioVsock.maxConnections, pending.count < Self.maxPendingPackets else { continue }
+            // Too many connections, a guest that takes no packets, or a peer
+            // the policy refuses: the client is turned away (closed here).
+            guard byTag.count < VirtioVsock.maxConnections, pending.count < Self.maxPendingPackets,
+                  peers.admits(client.raw) else { continue }
             let conn = VsockConnection(tag: allocateTag(), fd: client.release(), state: .awaitingConnectLine([]),
                                        key: nil, hostInitiated: true)
             guard register(conn) else { continue }
