@@ -89,6 +89,17 @@ void swl_test_cpuid(uint32_t *eax, uint32_t *ebx, uint32_t *ecx, uint32_t *edx) 
 #include <sys/socket.h>
 int swl_accept_nonblocking(int fd) { return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }
 
+#include <sys/timerfd.h>
+int swl_timerfd_new(void) { return timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC); }
+
+int swl_timerfd_every(int fd, uint64_t nanos) {
+    struct itimerspec t = {
+        .it_interval = { .tv_sec = (time_t)(nanos / 1000000000u), .tv_nsec = (long)(nanos % 1000000000u) },
+    };
+    t.it_value = t.it_interval;
+    return timerfd_settime(fd, 0, &t, NULL);
+}
+
 int swl_peer_credentials(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid) {
     struct ucred cred;
     socklen_t len = sizeof cred;

@@ -141,6 +141,11 @@ static inline uint8_t swl_atomic_load_u8(const uint8_t *p) { return __atomic_loa
 /// accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC) (a _GNU_SOURCE call).
 int swl_accept_nonblocking(int fd);
 
+/// timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC).
+int swl_timerfd_new(void);
+/// Arms the timer to expire every `nanos` ns from now; 0 disarms it.
+int swl_timerfd_every(int fd, uint64_t nanos);
+
 /// getsockopt(SO_PEERCRED) (struct ucred is _GNU_SOURCE): the peer's pid, uid
 /// and gid when it connected (for a connecting socket: the listener's at listen()).
 int swl_peer_credentials(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid);

@@ -23,6 +23,7 @@ extension Allowlists {
     sendto                                 # vsock host sockets (send)
     sendmsg                                # vsock host sockets (gathered send)
     getsockopt                             # SO_PEERCRED: hybrid vsock peers the socket's policy admits (both directions)
+    timerfd_settime                        # hybrid vsock: the handshake deadline timer ticks only while a handshake is pending
     shutdown                               # vsock half-close
     close                                  # vsock connections end
     """

@@ -43,6 +43,15 @@ public enum VirtioVsock {
     public static let maxConnectLine = 32
     /// The most connections (established, pending and handshaking) at once.
     public static let maxConnections = 1024
+    /// The most host clients in their handshake at once (sending the CONNECT
+    /// line, or waiting for the guest's answer): idle clients can never take
+    /// the connection slots the guest's own connections need.
+    public static let maxHandshakes = 64
+    /// How long a host client may take to send its CONNECT line, and the
+    /// guest to answer the REQUEST that follows (Firecracker allows 2 s).
+    public static let handshakeTimeoutNanos: UInt64 = 2_000_000_000
+    /// How often deadlines are checked while any is pending.
+    public static let deadlineTickNanos: UInt64 = 250_000_000
 
     /// `virtio_vsock_event.id` of VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.
     public static let eventTransportReset: UInt32 = 0

@@ -44,6 +44,9 @@ final class VsockConnection {
     var key: VsockConnectionKey?
     /// Whether the host side connected to us (hybrid CONNECT) rather than the guest.
     let hostInitiated: Bool
+    /// CLOCK_MONOTONIC ns by which a handshake must be done (the client's
+    /// CONNECT line, then the guest's answer); 0 when there is none.
+    var deadline: UInt64 = 0
 
     // MARK: Credit
 

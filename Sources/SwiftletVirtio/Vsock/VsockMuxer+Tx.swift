@@ -107,6 +107,7 @@ extension VsockMuxer {
     func establish(_ conn: VsockConnection) {
         guard let key = conn.key else { return resetConnection(conn) }
         conn.state = .established
+        endHandshake(conn)
         let ok = VsockConnectLine.okLine(hostPort: key.local)
         ok.withUnsafeBytes { conn.writeBuffer.append($0) }
         conn.controlPrefix += ok.count

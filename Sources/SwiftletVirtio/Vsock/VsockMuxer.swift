@@ -52,6 +52,10 @@ public final class VsockMuxer: @unchecked Sendable {
         public var readyToRead = 0
         /// Times the driver reset the device (wrote 0 to its status).
         public var driverResets = 0
+        /// Host clients dropped because their handshake ran out of time.
+        public var handshakesTimedOut = 0
+        /// Host clients in their handshake now.
+        public var handshakes = 0
     }
 
     let lock = Mutex(())
@@ -67,6 +71,10 @@ public final class VsockMuxer: @unchecked Sendable {
     var nextHostPort = VirtioVsock.firstHostPort
     /// Whether the listener's EPOLLIN is off (accept ran out of fds).
     var listenerPaused = false
+    /// Tags of host clients in their handshake, each with a deadline; the
+    /// poller's timer ticks while there are any.
+    var handshakes: Set<UInt64> = []
+    var ticking = false
 
     /// Packets for the guest, waiting for rx buffers, in order.
     var pending = VsockPacketQueue()
@@ -205,6 +213,7 @@ public final class VsockMuxer: @unchecked Sendable {
             s.connections = byTag.count
             s.queuedPackets = pending.count
             s.readyToRead = rxReady.count
+            s.handshakes = handshakes.count
             s.bufferedGuestBytes = 0
             s.maxBufferedGuestBytes = 0
             for c in byTag.values {
@@ -226,6 +235,9 @@ public final class VsockMuxer: @unchecked Sendable {
         for (events, tag) in poller.poll(max: 64) {
             switch tag {
             case VsockPoller.wakeTag: poller.drainWake()
+            case VsockPoller.timerTag:
+                poller.drainTimer()
+                expireHandshakes()
             case Self.listenerTag: acceptClients()
             default:
                 guard let conn = byTag[tag] else { continue }
@@ -248,13 +260,15 @@ public final class VsockMuxer: @unchecked Sendable {
                 try? poller.modify(listener.fd, events: 0, tag: Self.listenerTag)
                 return
             }
-            // Too many connections, a guest that takes no packets, or a peer
-            // the policy refuses: the client is turned away (closed here).
-            guard byTag.count < VirtioVsock.maxConnections, pending.count < Self.maxPendingPackets,
-                  peers.admits(client.raw) else { continue }
+            // Too many connections or handshakes, a guest that takes no
+            // packets, or a peer the policy refuses: the client is turned
+            // away (closed here).
+            guard byTag.count < VirtioVsock.maxConnections, handshakes.count < VirtioVsock.maxHandshakes,
+                  pending.count < Self.maxPendingPackets, peers.admits(client.raw) else { continue }
             let conn = VsockConnection(tag: allocateTag(), fd: client.release(), state: .awaitingConnectLine([]),
                                        key: nil, hostInitiated: true)
             guard register(conn) else { continue }
+            startHandshake(conn)
         }
     }
 
@@ -460,8 +474,45 @@ public final class VsockMuxer: @unchecked Sendable {
         release(conn)
     }
 
+    // MARK: - Handshake deadlines (lock held)
+
+    /// The client's CONNECT line, then the guest's answer, must come within
+    /// the handshake timeout from its accept.
+    func startHandshake(_ conn: VsockConnection) {
+        conn.deadline = Clock.monotonicNanos() &+ VirtioVsock.handshakeTimeoutNanos
+        handshakes.insert(conn.tag)
+        if !ticking {
+            ticking = true
+            poller.tick(every: VirtioVsock.deadlineTickNanos)
+        }
+    }
+
+    /// The handshake is over (established, or the connection gone).
+    func endHandshake(_ conn: VsockConnection) {
+        conn.deadline = 0
+        handshakes.remove(conn.tag)
+    }
+
+    /// Drops the clients whose handshake ran out of time: one still sending
+    /// its line is closed; one whose REQUEST the guest never answered is
+    /// reset (the guest gets RST for it too). The timer stops when none is left.
+    func expireHandshakes() {
+        let now = Clock.monotonicNanos()
+        for tag in handshakes {
+            guard let conn = byTag[tag] else { handshakes.remove(tag); continue }
+            guard conn.deadline <= now else { continue }
+            stats.handshakesTimedOut += 1
+            resetConnection(conn)
+        }
+        if handshakes.isEmpty && ticking {
+            ticking = false
+            poller.tick(every: 0)
+        }
+    }
+
     /// Takes the connection out of the device's tables (no system call).
     private func forget(_ conn: VsockConnection) {
+        endHandshake(conn)
         conn.inRxReady = false
         byTag[conn.tag] = nil
         if let key = conn.key, byKey[key] === conn {

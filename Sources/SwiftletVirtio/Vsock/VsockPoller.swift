@@ -3,7 +3,8 @@ import Glibc
 import SwiftletSys
 
 /// The vsock muxer's own epoll set, plus an eventfd in it that wakes the
-/// device loop when queued work needs the rx queue served.
+/// device loop when queued work needs the rx queue served, and a timerfd
+/// that wakes it to enforce deadlines.
 ///
 /// Why its own epoll: the device event loop only knows "readable fd → call
 /// handler". The muxer's interest in each socket changes all the time (EPOLLIN
@@ -18,9 +19,13 @@ struct VsockPoller: ~Copyable {
     static let hangup = SWL_EPOLLHUP
     /// The tag of the wake eventfd's events.
     static let wakeTag = UInt64.max
+    /// The tag of the deadline timer's events.
+    static let timerTag = UInt64.max - 1
 
     let epoll: OwnedFD
     let wake: OwnedFD
+    /// Ticks while some connection has a deadline (handshakes).
+    let timer: OwnedFD
 
     /// An epoll set holding the wake eventfd and `fd` (for reading, tagged `tag`).
     init(watching fd: Int32, tag: UInt64) throws(SystemError) {
@@ -33,11 +38,18 @@ struct VsockPoller: ~Copyable {
         guard swl_epoll_ctl(epoll.raw, SWL_EPOLL_CTL_ADD, wake.raw, SWL_EPOLLIN, Self.wakeTag) == 0 else {
             throw .last("epoll_ctl(ADD eventfd)")
         }
+        let t = swl_timerfd_new()
+        guard t >= 0 else { throw .last("timerfd_create") }
+        let timer = OwnedFD(taking: t)
+        guard swl_epoll_ctl(epoll.raw, SWL_EPOLL_CTL_ADD, timer.raw, SWL_EPOLLIN, Self.timerTag) == 0 else {
+            throw .last("epoll_ctl(ADD timerfd)")
+        }
         guard swl_epoll_ctl(epoll.raw, SWL_EPOLL_CTL_ADD, fd, SWL_EPOLLIN, tag) == 0 else {
             throw .last("epoll_ctl(ADD)")
         }
         self.epoll = epoll
         self.wake = wake
+        self.timer = timer
     }
 
     func add(_ fd: Int32, events: UInt32, tag: UInt64) throws(SystemError) {
@@ -57,6 +69,16 @@ struct VsockPoller: ~Copyable {
     func signalWake() {
         var one: UInt64 = 1
         _ = Glibc.write(wake.raw, &one, 8)
+    }
+
+    /// Makes the epoll fd readable every `nanos` ns (0: never) until changed.
+    func tick(every nanos: UInt64) {
+        _ = swl_timerfd_every(timer.raw, nanos)
+    }
+
+    func drainTimer() {
+        var expirations: UInt64 = 0
+        _ = Glibc.read(timer.raw, &expirations, 8)
     }
 
     func drainWake() {
