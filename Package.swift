@@ -45,7 +45,7 @@ let package = Package(
         .target(name: "CSeccomp", linkerSettings: [.linkedLibrary("seccomp")]),
         .target(name: "SwiftletSeccomp", dependencies: ["CSeccomp", "CSwiftlet", "SwiftletSys"]),
         // Test-only: installs one role's filter and makes one syscall (the seccomp tests); not a product.
-        .executableTarget(name: "swiftlet-seccomp-probe", dependencies: ["SwiftletSeccomp", "SwiftletVirtio", "SwiftletSys", "CSeccomp", "CSwiftlet"]),
+        .executableTarget(name: "swiftlet-seccomp-probe", dependencies: ["SwiftletSeccomp", "SwiftletVirtio", "SwiftletMemory", "SwiftletSys", "CSeccomp", "CSwiftlet"]),
         .executableTarget(
             name: "swiftlet",
             dependencies: [

@@ -187,3 +187,52 @@ int swl_ipv4_net_in_use(uint32_t net, uint32_t mask) {
     freeifaddrs(list);
     return found;
 }
+
+// ---- SIGBUS on guest memory (a snapshot's memory file cut short) ----------
+#include <signal.h>
+#include <stdint.h>
+#define SWL_GUARD_MAX 8
+static uintptr_t guard_start[SWL_GUARD_MAX], guard_end[SWL_GUARD_MAX];
+static int guard_count;
+static char guard_message[512];
+static size_t guard_length;
+static int guard_status;
+static struct sigaction guard_previous;
+
+static void guard_handler(int sig, siginfo_t *info, void *context) {
+    uintptr_t at = (uintptr_t)info->si_addr;
+    for (int i = 0; i < guard_count; i++) {
+        if (at >= guard_start[i] && at < guard_end[i]) {
+            ssize_t written = write(2, guard_message, guard_length);
+            (void)written;
+            _exit(guard_status);
+        }
+    }
+    // Not guest memory: whoever handled SIGBUS before (the Swift runtime's
+    // backtracer), or the default action, which the re-executed access meets.
+    if ((guard_previous.sa_flags & SA_SIGINFO) && guard_previous.sa_sigaction) {
+        guard_previous.sa_sigaction(sig, info, context);
+    } else if (guard_previous.sa_handler != SIG_DFL && guard_previous.sa_handler != SIG_IGN) {
+        guard_previous.sa_handler(sig);
+    } else {
+        signal(SIGBUS, SIG_DFL);
+    }
+}
+
+int swl_sigbus_guard(void *const *starts, const size_t *sizes, int count, const char *message, int status) {
+    if (count > SWL_GUARD_MAX) { errno = EINVAL; return -1; }
+    for (int i = 0; i < count; i++) {
+        guard_start[i] = (uintptr_t)starts[i];
+        guard_end[i] = (uintptr_t)starts[i] + sizes[i];
+    }
+    guard_count = count;
+    guard_length = strlen(message);
+    if (guard_length >= sizeof guard_message) guard_length = sizeof guard_message - 1;
+    memcpy(guard_message, message, guard_length);
+    guard_status = status;
+    struct sigaction action = { 0 };
+    action.sa_sigaction = guard_handler;
+    action.sa_flags = SA_SIGINFO;
+    sigemptyset(&action.sa_mask);
+    return sigaction(SIGBUS, &action, &guard_previous);
+}

@@ -248,6 +248,7 @@ public enum Sandbox {
         m.captureConsole = true
         m.captureConsoleLimit = 16 << 10
         m.kvmPath = config.kvmPath
+        m.memoryLostExitStatus = 125
         // A private socket name is this process's alone: no other process
         // may connect to it, or pose as a host service the guest connects to.
         if config.vsockUDS == nil { m.vsock?.peers = .thisProcess }

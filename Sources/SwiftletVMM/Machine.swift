@@ -86,6 +86,9 @@ public final class Machine: @unchecked Sendable {
                 throw .invalidConfig("drive \(drive.path): \(error)")
             }
         }
+        if let snapshot {
+            do { try snapshot.checkDrives(blockBackends) } catch { throw .snapshot(error) }
+        }
         // The vsock listener is bound now too, so a path in use fails early.
         var vsock: VsockModel?
         if let v = config.vsock {
@@ -266,11 +269,22 @@ public final class Machine: @unchecked Sendable {
         guard let snapshot else {
             do { return try GuestMemory(ranges: Layout.ramRanges(memoryBytes: config.memoryMiB << 20)) } catch { throw .memory(error) }
         }
-        let fd = open(snapshot.memoryPath, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .snapshot(.system(.last("open(\(snapshot.memoryPath))"))) }
+        let file: OwnedFD
+        do { file = try snapshot.openMemory() } catch { throw .snapshot(error) }
         // The mappings keep the file; the descriptor is not needed after mmap.
-        defer { close(fd) }
-        do { return try GuestMemory(privateMappingOf: fd, ranges: snapshot.manifest.memoryRanges) } catch { throw .memory(error) }
+        let memory: GuestMemory
+        do { memory = try GuestMemory(privateMappingOf: file.raw, ranges: snapshot.manifest.memoryRanges) } catch { throw .memory(error) }
+        // Pages not yet read in come from the file: if it shrinks under the
+        // mapping, touching one raises SIGBUS, in the VMM's own accesses to
+        // guest memory (devices, instruction completion). That ends the
+        // process with one line instead of a crash.
+        let message = "swiftlet: error: the snapshot memory file \(snapshot.memoryPath) was cut short while the guest ran: its memory is lost\n"
+        var starts = memory.regions.map { UnsafeMutableRawPointer?($0.host) }
+        var sizes = memory.regions.map(\.size)
+        guard swl_sigbus_guard(&starts, &sizes, Int32(starts.count), message, config.memoryLostExitStatus) == 0 else {
+            throw .system(.last("sigaction(SIGBUS)"))
+        }
+        return memory
     }
 
     /// The TAP device's name, when the machine has a network device.

@@ -138,6 +138,10 @@ public struct MachineConfig: Sendable {
     public var handleTerminationSignals = false
     /// The /dev/kvm path (tests point it elsewhere to check the error).
     public var kvmPath = "/dev/kvm"
+    /// The exit status when the process must end at once, with one line on
+    /// stderr: a restored guest's memory file was cut short while it ran
+    /// (the CLI's error status: 1 for `boot`, 125 for `run`).
+    public var memoryLostExitStatus: Int32 = 1
 
     public init(payload: BootPayload) {
         self.payload = payload

@@ -125,6 +125,15 @@ public final class BlockBackend: @unchecked Sendable {
         }
     }
 
+    /// The image's descriptor (an ephemeral drive's base), for checks that
+    /// must be made on the file the drive reads rather than on its path.
+    public var imageFD: Int32 {
+        switch store {
+        case .raw(let fd): return fd.raw
+        case .copyOnWrite(let cow): return cow.base.raw
+        }
+    }
+
     /// The overlay's descriptor when the drive is ephemeral (for tests).
     var overlayFD: Int32? {
         switch store {

@@ -5,6 +5,7 @@
 import CSeccomp
 import CSwiftlet
 import Glibc
+import SwiftletMemory
 import SwiftletSeccomp
 import SwiftletSys
 import SwiftletVirtio
@@ -40,6 +41,23 @@ if action == "vsock-reset" {
         exit(3)
     }
 }
+// guest-memory-cut: guest memory mapped from a file (as a snapshot's is),
+// guarded, then the file cut to nothing; the action touches a page that
+// was never read in. The guard's line goes to stdout (stderr is made a copy).
+var guarded: GuestMemory?
+if action == "guest-memory-cut" {
+    let file = "/tmp/swiftlet-seccomp-probe-memory-\(getpid())"
+    let fd = open(file, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    unlink(file)
+    guard fd >= 0, ftruncate(fd, 2 << 20) == 0,
+          let memory = try? GuestMemory(privateMappingOf: fd, ranges: [(base: 0, size: 2 << 20)]) else { exit(3) }
+    var starts = memory.regions.map { UnsafeMutableRawPointer?($0.host) }
+    var sizes = memory.regions.map(\.size)
+    dup2(1, 2)
+    guard swl_sigbus_guard(&starts, &sizes, 1, "guest memory lost\n", 125) == 0, ftruncate(fd, 0) == 0 else { exit(3) }
+    close(fd)
+    guarded = memory
+}
 do {
     try Seccomp.install(role: role, mode: .strict)
 } catch {
@@ -72,6 +90,9 @@ case "mmap-exec":
 case "mmap":
     let p = mmap(nil, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
     rc = p == MAP_FAILED ? -1 : 0
+case "guest-memory-cut":
+    let value: UInt64? = try? guarded?.load(UInt64.self, at: 1 << 20)
+    rc = Int(value ?? 0)
 case "vsock-reset":
     muxer?.reset()
     rc = muxer?.statistics.connections ?? -1

@@ -193,4 +193,12 @@ int swl_if_set_ipv4_up(const char *name, uint32_t addr, uint32_t mask);
 /// order), 0 when none, -1 with errno when getifaddrs fails.
 int swl_ipv4_net_in_use(uint32_t net, uint32_t mask);
 
+
+/// Turns SIGBUS on an address inside one of `count` (at most 8) ranges into
+/// `message` on stderr and _exit(status): a file-backed guest memory page
+/// whose file was cut short. Other SIGBUS go to the previous handler.
+/// Install before any thread starts; on guest memory the handler makes no
+/// system call but write and exit_group (every thread role allows both).
+int swl_sigbus_guard(void *const *starts, const size_t *sizes, int count, const char *message, int status);
+
 #endif

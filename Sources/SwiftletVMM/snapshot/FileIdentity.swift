@@ -22,6 +22,11 @@ public struct FileIdentity: Sendable, Equatable {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw .system(.last("open(\(path))")) }
         defer { close(fd) }
+        return try of(fd: fd, path: path)
+    }
+
+    /// Hashes the open file `fd` (named `path` in errors), read with pread.
+    static func of(fd: Int32, path: String) throws(SnapshotError) -> FileIdentity {
         let st = try stat(fd, path)
         var hash = SHA256()
         let chunk = 1 << 20
@@ -40,19 +45,25 @@ public struct FileIdentity: Sendable, Equatable {
                             ctimeNanos: nanos(st.st_ctim))
     }
 
-    /// Checks that the file at `path` has the content this identity recorded.
-    public func check(_ path: String, what: String) throws(SnapshotError) {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .system(.last("open(\(path))")) }
-        let st: stat
-        do { st = try Self.stat(fd, path) } catch { close(fd); throw error }
-        close(fd)
+    /// Checks that the open file `fd` (the descriptor the machine goes on to
+    /// use, so the file cannot be swapped between check and use) has the
+    /// content this identity recorded.
+    public func check(fd: Int32, path: String, what: String) throws(SnapshotError) {
+        let st = try Self.stat(fd, path)
         if UInt64(st.st_dev) == device && UInt64(st.st_ino) == inode && UInt64(st.st_size) == size && Self.nanos(st.st_ctim) == ctimeNanos {
             return
         }
-        guard UInt64(st.st_size) == size, try Self.of(path).sha256 == sha256 else {
+        guard UInt64(st.st_size) == size, try Self.of(fd: fd, path: path).sha256 == sha256 else {
             throw .mismatch("\(what) \(path) is not the one the snapshot was taken with (sha256 \(SHA256.hex(sha256).prefix(16))...)")
         }
+    }
+
+    /// Checks the file at `path` (opened for the check alone).
+    public func check(_ path: String, what: String) throws(SnapshotError) {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .system(.last("open(\(path))")) }
+        defer { close(fd) }
+        try check(fd: fd, path: path, what: what)
     }
 
     private static func stat(_ fd: Int32, _ path: String) throws(SnapshotError) -> stat {

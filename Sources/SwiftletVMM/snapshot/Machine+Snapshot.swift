@@ -2,6 +2,7 @@ import CSwiftlet
 import Glibc
 import SwiftletKVM
 import SwiftletSys
+import SwiftletVirtio
 import SwiftletX86
 
 extension Machine {
@@ -96,8 +97,15 @@ extension Snapshot {
             throw .corrupt("its device states do not match its machine")
         }
         try m.kernel.check(kernelPath, what: "kernel")
-        for (d, saved) in zip(config.drives, m.drives) {
-            if let identity = saved.identity { try identity.check(d.path, what: "drive image") }
+        // The drive images are checked on the descriptors their backends
+        // opened (`checkDrives`), not here by path.
+    }
+
+    /// Checks each drive image, on the descriptor its backend reads, against
+    /// the identity the snapshot recorded (read-only and ephemeral drives).
+    func checkDrives(_ backends: [BlockBackend]) throws(SnapshotError) {
+        for (backend, saved) in zip(backends, manifest.drives) {
+            if let identity = saved.identity { try identity.check(fd: backend.imageFD, path: backend.path, what: "drive image") }
         }
     }
 }

@@ -121,13 +121,23 @@ public final class Snapshot: Sendable {
         }
         let state = try decodeState(&r, manifest: manifest)
         guard r.isAtEnd else { throw .corrupt("\(path) has trailing bytes") }
-        var mst = stat()
-        let memory = directory + "/" + memoryFileName
-        guard stat(memory, &mst) == 0 else { throw .system(.last("stat(\(memory))")) }
-        guard Int(mst.st_size) == manifest.memoryFileSize else {
-            throw .corrupt("\(memory) is \(mst.st_size) bytes, the snapshot's memory is \(manifest.memoryFileSize) (truncated?)")
-        }
+        // The memory file is checked on the descriptor that maps it (`openMemory`).
         return Snapshot(directory: directory, manifest: manifest, state: state)
+    }
+
+    /// Opens the memory file and checks it on that descriptor, which the
+    /// machine then maps: a regular file of exactly the manifest's size.
+    public func openMemory() throws(SnapshotError) -> OwnedFD {
+        let fd = open(memoryPath, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .system(.last("open(\(memoryPath))")) }
+        let file = OwnedFD(taking: fd)
+        var st = stat()
+        guard fstat(file.raw, &st) == 0 else { throw .system(.last("fstat(\(memoryPath))")) }
+        guard st.st_mode & S_IFMT == S_IFREG else { throw .corrupt("\(memoryPath) is not a regular file") }
+        guard Int(st.st_size) == manifest.memoryFileSize else {
+            throw .corrupt("\(memoryPath) is \(st.st_size) bytes, the snapshot's memory is \(manifest.memoryFileSize) (truncated?)")
+        }
+        return file
     }
 
     /// The state file's bytes: a regular file of at most `maxStateSize`
