@@ -21,6 +21,18 @@ public struct JailContext: Sendable {
     public let root: JailRoot
     /// The supervisor's pid (in the host's pid namespace).
     public let supervisorPid: pid_t
+    /// The child's end of the socket pair to the supervisor, open for the
+    /// child's life: it reads EOF once the supervisor is gone (see
+    /// `Jail.enter`, which needs that after the uid change).
+    public var supervisorLink: Int32 = -1
+
+    /// Whether the supervisor is gone: its end of the link is closed.
+    public func supervisorGone() -> Bool {
+        guard supervisorLink >= 0 else { return false }
+        var byte: UInt8 = 0
+        let n = recv(supervisorLink, &byte, 1, Int32(MSG_DONTWAIT) | Int32(MSG_PEEK))
+        return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+    }
 }
 
 /// How the jailed child ended.
@@ -115,7 +127,7 @@ public enum Jail {
             try? cgroup.remove()
             throw error
         }
-        let context = JailContext(config: config, credentials: credentials, cgroup: cgroup, root: root, supervisorPid: me)
+        var context = JailContext(config: config, credentials: credentials, cgroup: cgroup, root: root, supervisorPid: me)
         func cleanUp() {
             try? cgroup.remove()
             try? root.remove()
@@ -160,8 +172,9 @@ public enum Jail {
             // supervisor's write end is closed, and the read gets EOF.
             var go: UInt8 = 0
             let n = recv(goRead, &go, 1, 0)
-            close(goRead)
             if n != 1 || go != UInt8(ascii: "g") { _exit(1) }
+            // Kept open: Jail.enter checks it again after the uid change.
+            context.supervisorLink = goRead
             return .child(context)
         }
 
@@ -174,15 +187,17 @@ public enum Jail {
             var go = UInt8(ascii: "g")
             if send(goWrite, &go, 1, Int32(MSG_NOSIGNAL)) != 1 { joined = .last("send(jail go byte)") }
         }
-        close(goWrite)
         if joined != nil { _ = kill(pid, SIGKILL) }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 {
             if errno == EINTR { continue }
             let e = JailError.last("waitpid(\(pid))")
+            close(goWrite)
             cleanUp()
             throw e
         }
+        // Closed only now: the child reads EOF on its end when the supervisor is gone.
+        close(goWrite)
         if let joined {
             cleanUp()
             throw joined
@@ -215,6 +230,12 @@ public enum Jail {
         guard rc == 0 else { throw .last("sethostname(\(config.hostname))") }
         try context.root.enter(binds: config.bindDirectories, writable: config.writableRoot)
         try context.credentials.apply()
+        // Changing the effective uid or gid clears PR_SET_PDEATHSIG: set it
+        // again, then check that the supervisor did not die in between (its
+        // SIGKILL would have been lost). Without this a supervisor killed by
+        // SIGKILL leaves its jailed child running.
+        guard swl_jail_set_pdeathsig(SIGKILL) == 0 else { throw .last("prctl(PR_SET_PDEATHSIG)") }
+        if context.supervisorGone() { _exit(1) }
     }
 
     /// The number of threads of this process (from /proc/self/status).

@@ -28,14 +28,15 @@ int swl_jail_set_pdeathsig(int signo);
 int swl_jail_block_termination(void);
 /// Supervisor side, after fork: SIGINT/SIGTERM/SIGHUP are sent on to `child`
 /// (SA_RESTART handlers), then the mask saved by swl_jail_block_termination
-/// comes back (pending signals are forwarded at that moment).
+/// comes back with the three unblocked (pending ones are forwarded then).
 int swl_jail_forward_termination(pid_t child);
 /// The signal the supervisor last forwarded, or 0.
 int swl_jail_last_forwarded(void);
 /// Child side, after fork: SIGINT/SIGTERM/SIGHUP get handlers that _exit with
-/// 128+signo, then the saved mask comes back. The child is pid 1 of a new pid
-/// namespace, and the kernel drops a signal at default disposition sent to
-/// such an init, even from the parent namespace: without a handler, a
-/// forwarded SIGTERM would do nothing until the VMM blocks it into its signalfd.
+/// 128+signo, then the saved mask comes back, the three unblocked. The
+/// child is pid 1 of a new pid namespace, and the kernel drops a signal at
+/// default disposition sent to such an init, even from the parent
+/// namespace: without a handler, a forwarded SIGTERM would do nothing until
+/// the VMM blocks it into its signalfd.
 int swl_jail_child_termination(void);
 #endif
