@@ -65,4 +65,15 @@ int swl_jail_forward_termination(pid_t child) {
     return install(forward, SA_RESTART);
 }
 int swl_jail_last_forwarded(void) { return last_forwarded; }
+int swl_jail_restore_mask(void) { return sigprocmask(SIG_SETMASK, &saved_mask, NULL); }
+void swl_jail_stop_forwarding(void) { forward_pid = 0; }
+int swl_jail_default_termination(void) {
+    struct sigaction sa = { 0 };
+    sa.sa_handler = SIG_DFL;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < 3; i++) {
+        if (sigaction(termination[i], &sa, NULL) != 0) return -1;
+    }
+    return 0;
+}
 int swl_jail_child_termination(void) { return install(exit_by_signal, 0); }

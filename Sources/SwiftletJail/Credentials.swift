@@ -52,6 +52,9 @@ public struct Credentials: Sendable, Equatable {
 /// supervisor). The files are never removed; a stale one is harmless since
 /// the lock goes with the process. An id is skipped if the user or group
 /// database names it, or a process runs with it.
+///
+/// `@unchecked Sendable`: the only mutation, `closeDescriptor`, is for the
+/// forked child, which has a single thread.
 public final class DynamicID: @unchecked Sendable {
     public static let range: Range<UInt32> = 900_000..<965_536
     public static let lockDirectory = "/run/swiftlet/ids"

@@ -50,6 +50,18 @@ public struct JailOutcome: Sendable, Equatable {
     public var memoryMax: UInt64?
     /// The last termination signal the supervisor forwarded, or 0.
     public var forwardedSignal: Int32
+    /// Removing the cgroup or the root directory failed (what is left goes
+    /// at the next run's sweep); nil when everything is gone.
+    public var cleanupError: JailError?
+
+    public init(status: Status, oomKills: Int?, killedByMemoryLimit: Bool, memoryMax: UInt64?, forwardedSignal: Int32, cleanupError: JailError? = nil) {
+        self.status = status
+        self.oomKills = oomKills
+        self.killedByMemoryLimit = killedByMemoryLimit
+        self.memoryMax = memoryMax
+        self.forwardedSignal = forwardedSignal
+        self.cleanupError = cleanupError
+    }
 
     /// The shell's convention: the exit code, or 128 + the signal.
     public var exitCode: Int32 {
@@ -128,9 +140,12 @@ public enum Jail {
             throw error
         }
         var context = JailContext(config: config, credentials: credentials, cgroup: cgroup, root: root, supervisorPid: me)
+        // Best effort on the error paths; the outcome reports a failure on
+        // the normal one. What stays is swept by the next run.
+        var cleanupError: JailError?
         func cleanUp() {
-            try? cgroup.remove()
-            try? root.remove()
+            do throws(JailError) { try cgroup.remove() } catch { cleanupError = cleanupError ?? error }
+            do throws(JailError) { try root.remove() } catch { cleanupError = cleanupError ?? error }
         }
 
         // The child waits for a go byte on this pair; EOF means the
@@ -155,7 +170,7 @@ public enum Jail {
         let pid = fork()
         if pid < 0 {
             let e = JailError.last("fork")
-            _ = swl_jail_forward_termination(0)
+            _ = swl_jail_restore_mask()
             close(goRead); close(goWrite)
             cleanUp()
             throw e
@@ -189,18 +204,19 @@ public enum Jail {
         }
         if joined != nil { _ = kill(pid, SIGKILL) }
         var status: Int32 = 0
+        var waitError: JailError?
         while waitpid(pid, &status, 0) < 0 {
             if errno == EINTR { continue }
-            let e = JailError.last("waitpid(\(pid))")
-            close(goWrite)
-            cleanUp()
-            throw e
+            waitError = .last("waitpid(\(pid))")
+            break
         }
+        swl_jail_stop_forwarding()
         // Closed only now: the child reads EOF on its end when the supervisor is gone.
         close(goWrite)
-        if let joined {
+        if let error = waitError ?? joined {
             cleanUp()
-            throw joined
+            _ = swl_jail_default_termination()
+            throw error
         }
         let outcomeStatus: JailOutcome.Status = (status & 0x7f) == 0 ? .exited((status >> 8) & 0xff) : .signaled(status & 0x7f)
         let oomKills = cgroup.oomKills()
@@ -212,9 +228,11 @@ public enum Jail {
         // The child was the namespace's init: its death killed every other
         // member. The leaf may still be busy for a moment; remove retries.
         cleanUp()
+        _ = swl_jail_default_termination()
         return .supervisor(JailOutcome(
             status: outcomeStatus, oomKills: oomKills, killedByMemoryLimit: byLimit,
-            memoryMax: config.memoryMax, forwardedSignal: swl_jail_last_forwarded()
+            memoryMax: config.memoryMax, forwardedSignal: swl_jail_last_forwarded(),
+            cleanupError: cleanupError
         ))
     }
 

@@ -14,6 +14,7 @@ import SwiftletJail
 func say(_ s: String, fd: Int32 = 1) {
     // Unbuffered: a test may kill the probe at any moment and reads what came before.
     let b = Array((s + "\n").utf8)
+    // SAFETY: `b` outlives the write, which reads b.count bytes of it.
     _ = b.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
 }
 
@@ -96,6 +97,7 @@ case .supervisor(let outcome):
     say("outcome.code=\(outcome.exitCode)")
     say("outcome.oom_kills=\(outcome.oomKills.map(String.init) ?? "unknown")")
     say("outcome.forwarded=\(outcome.forwardedSignal)")
+    say("outcome.cleanup=\(outcome.cleanupError.map { "\($0)" } ?? "ok")")
     if let report = outcome.report { say(report, fd: 2) }
     exit(outcome.exitCode)
 

@@ -166,6 +166,9 @@ enum Probe {
     /// cgroup leaves, its root directory, any mount of it.
     static func expectNothingLeft(_ r: ProbeRun, sourceLocation: SourceLocation = #_sourceLocation) {
         #expect(!r.leaves.isEmpty, "the probe printed no cgroup leaf\n\(r)", sourceLocation: sourceLocation)
+        if let cleanup = r["outcome.cleanup"] {
+            #expect(cleanup == "ok", "the supervisor's clean-up failed\n\(r)", sourceLocation: sourceLocation)
+        }
         for leaf in r.leaves {
             #expect(!exists(leaf), "cgroup leaf \(leaf) is left", sourceLocation: sourceLocation)
         }

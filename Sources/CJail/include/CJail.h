@@ -30,8 +30,15 @@ int swl_jail_block_termination(void);
 /// (SA_RESTART handlers), then the mask saved by swl_jail_block_termination
 /// comes back with the three unblocked (pending ones are forwarded then).
 int swl_jail_forward_termination(pid_t child);
-/// The signal the supervisor last forwarded, or 0.
+/// The signal the supervisor last forwarded (or swallowed once stopped), or 0.
 int swl_jail_last_forwarded(void);
+/// Back to the mask swl_jail_block_termination saved (when fork failed).
+int swl_jail_restore_mask(void);
+/// Forward no more (the child is reaped: its pid may be reused); the
+/// handlers stay, swallowing the signals while the supervisor cleans up.
+void swl_jail_stop_forwarding(void);
+/// SIGINT, SIGTERM and SIGHUP back to their default action.
+int swl_jail_default_termination(void);
 /// Child side, after fork: SIGINT/SIGTERM/SIGHUP get handlers that _exit with
 /// 128+signo, then the saved mask comes back, the three unblocked. The
 /// child is pid 1 of a new pid namespace, and the kernel drops a signal at
