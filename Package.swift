@@ -15,6 +15,7 @@ import PackageDescription
 /// - `SwiftletVMM`: assembles a machine and runs it.
 /// - `SwiftletSandbox`: `swiftlet run`: the guest agent's protocol and one command in a throwaway VM.
 /// - `CSeccomp`, `SwiftletSeccomp`: per-thread seccomp filters over Debian's libseccomp, allowlists as data.
+/// - `CJail`, `SwiftletJail`: the jailer (`--jail`): cgroup leaf, namespaces, pivot_root, unprivileged uid, supervisor.
 /// - `swiftlet`: the command-line tool.
 let package = Package(
     name: "Swiftlet",
@@ -44,6 +45,10 @@ let package = Package(
         .target(name: "SwiftletSandbox", dependencies: ["SwiftletVMM", "SwiftletSys", "CSwiftlet"]),
         .target(name: "CSeccomp", linkerSettings: [.linkedLibrary("seccomp")]),
         .target(name: "SwiftletSeccomp", dependencies: ["CSeccomp", "CSwiftlet", "SwiftletSys"]),
+        .target(name: "CJail"),
+        .target(name: "SwiftletJail", dependencies: ["CJail", "SwiftletSys"]),
+        // Test-only: jails itself as configured and prints what it sees (the jail tests); not a product.
+        .executableTarget(name: "swiftlet-jail-probe", dependencies: ["SwiftletJail", "SwiftletSys"]),
         // Test-only: installs one role's filter and makes one syscall (the seccomp tests); not a product.
         .executableTarget(name: "swiftlet-seccomp-probe", dependencies: ["SwiftletSeccomp", "SwiftletVirtio", "SwiftletMemory", "SwiftletSys", "CSeccomp", "CSwiftlet"]),
         .executableTarget(
@@ -59,6 +64,7 @@ let package = Package(
         .testTarget(name: "SwiftletCLITests", dependencies: ["SwiftletSys"]),
         .testTarget(name: "SwiftletSandboxTests", dependencies: ["SwiftletSandbox", "SwiftletSys"]),
         .testTarget(name: "SwiftletSeccompTests", dependencies: ["SwiftletSeccomp", "SwiftletSys"]),
+        .testTarget(name: "SwiftletJailTests", dependencies: ["SwiftletJail", "SwiftletSys"]),
         .testTarget(
             name: "SwiftletVMMTests",
             dependencies: ["SwiftletVMM", "SwiftletKVM", "SwiftletMemory", "SwiftletX86", "SwiftletSys", "SwiftletVirtio", "CSwiftlet"],

@@ -1,0 +1,74 @@
+import Glibc
+import SwiftletSys
+
+// Small file helpers over SwiftletSys for the text files of /proc and cgroupfs.
+
+/// The text of `path` (read to EOF: /proc and cgroupfs files have no size).
+func readText(_ path: String) throws(JailError) -> String {
+    String(decoding: try sys { () throws(SystemError) in try readToEnd(path) }, as: UTF8.self)
+}
+
+/// Writes `text` to an existing file at `path` in one write (cgroupfs takes
+/// one value per write and rejects a partial one).
+func writeText(_ path: String, _ text: String) throws(JailError) {
+    let fd: OwnedFD
+    do { fd = try OwnedFD(opening: path, flags: O_WRONLY) } catch { throw .system(error) }
+    let bytes = Array(text.utf8)
+    let raw = fd.raw
+    while true {
+        // SAFETY: `bytes` outlives the call, which reads bytes.count bytes of it.
+        let n = bytes.withUnsafeBytes { write(raw, $0.baseAddress, $0.count) }
+        if n == bytes.count { return }
+        if n < 0 && errno == EINTR { continue }
+        // A short write of a cgroupfs value is a rejected value.
+        throw .system(SystemError("write(\(path))", errno: n < 0 ? errno : EIO))
+    }
+}
+
+func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+
+/// The names in directory `path`, without `.` and `..` (empty if unreadable).
+func listDirectory(_ path: String) -> [String] {
+    guard let dir = opendir(path) else { return [] }
+    defer { closedir(dir) }
+    var names: [String] = []
+    while let entry = readdir(dir) {
+        // SAFETY: d_name is a NUL-terminated char array inside the dirent that
+        // readdir returned; it is valid until the next readdir on `dir`.
+        let name = withUnsafePointer(to: &entry.pointee.d_name) {
+            String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self))
+        }
+        if name != "." && name != ".." { names.append(name) }
+    }
+    return names
+}
+
+/// Whether `path` is a directory (not following a final symlink).
+func isDirectory(_ path: String) -> Bool {
+    var st = stat()
+    return lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+}
+
+/// Whether process `pid` exists (it may belong to another user: EPERM counts).
+func processAlive(_ pid: pid_t) -> Bool {
+    kill(pid, 0) == 0 || errno == EPERM
+}
+
+/// Sleeps `ms` milliseconds (EINTR just shortens it).
+func sleepMilliseconds(_ ms: Int) {
+    var ts = timespec(tv_sec: ms / 1000, tv_nsec: (ms % 1000) * 1_000_000)
+    _ = nanosleep(&ts, nil)
+}
+
+/// A random lowercase hex suffix for a leaf or directory name.
+func randomSuffix() -> String {
+    let n = UInt32.random(in: 0...UInt32.max)
+    let hex = String(n, radix: 16)
+    return String(repeating: "0", count: 8 - hex.count) + hex
+}
+
+/// The supervisor pid encoded at the front of a `<pid>-<suffix>` name.
+func ownerPid(ofName name: String) -> pid_t? {
+    guard let dash = name.firstIndex(of: "-"), let pid = pid_t(name[..<dash]), pid > 0 else { return nil }
+    return pid
+}
