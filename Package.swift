@@ -54,7 +54,7 @@ let package = Package(
         .executableTarget(
             name: "swiftlet",
             dependencies: [
-                "SwiftletVMM", "SwiftletSandbox", "SwiftletSeccomp", "SwiftletSys", "SwiftletX86", "CSwiftlet",
+                "SwiftletVMM", "SwiftletSandbox", "SwiftletSeccomp", "SwiftletJail", "SwiftletSys", "SwiftletX86", "CSwiftlet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

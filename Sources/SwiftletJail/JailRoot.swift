@@ -11,7 +11,16 @@ public enum Namespaces {
     public static func unshare(keepNet: Bool) throws(JailError) {
         var flags = SWL_JAIL_CLONE_NEWNS | SWL_JAIL_CLONE_NEWIPC | SWL_JAIL_CLONE_NEWUTS
         if !keepNet { flags |= SWL_JAIL_CLONE_NEWNET }
-        guard swl_jail_unshare(flags) == 0 else { throw .last("unshare(\(keepNet ? "NEWNS|NEWIPC|NEWUTS" : "NEWNS|NEWIPC|NEWUTS|NEWNET"))") }
+        // A new mount namespace unshares the fs struct too, which fails
+        // (EINVAL) while another thread shares it. The VMM's setup thread
+        // (memslots) is joined by then, but pthread_join can return before
+        // the exiting thread drops its fs reference: retry briefly.
+        for _ in 0..<1000 {
+            if swl_jail_unshare(flags) == 0 { return }
+            guard errno == EINVAL else { break }
+            sleepMilliseconds(1)
+        }
+        throw .last("unshare(\(keepNet ? "NEWNS|NEWIPC|NEWUTS" : "NEWNS|NEWIPC|NEWUTS|NEWNET"))")
     }
 
     /// Makes every mount in this (new) mount namespace private, so that the

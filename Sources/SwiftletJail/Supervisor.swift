@@ -94,7 +94,7 @@ public enum Jail {
     /// jail root directories whose owner pid is gone. Returns the paths.
     @discardableResult
     public static func sweepStale() -> [String] {
-        Cgroup.sweepStale() + JailRoot.sweepStale()
+        Cgroup.sweepStale() + JailRoot.sweepStale() + SocketDirectory.sweepStale()
     }
 
     /// Forks the jailed child in a new pid namespace under a supervisor.

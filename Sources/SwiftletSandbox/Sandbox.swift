@@ -19,6 +19,13 @@ public struct SandboxConfig: Sendable {
     /// Expose the guest's vsock as this hybrid-vsock Unix socket; nil keeps
     /// it private (an abstract socket nobody else can name).
     public var vsockUDS: String?
+    /// Who may connect to the vsock sockets (see `VsockConfig.peers`). nil:
+    /// this process only for a private socket, else the path's default.
+    public var vsockPeers: PeerPolicy?
+    /// Runs once the machine is built (every descriptor open, the sockets
+    /// bound) and before any of its threads starts: `--jail` enters the
+    /// jail here. A failure ends the run before the guest does anything.
+    public var beforeGuestRuns: (@Sendable () throws(SandboxError) -> Void)?
     public var guestCID: UInt32 = 3
     /// A virtio-net device (`--net`); with `auto` the command also gets
     /// SWIFTLET_HOST_IP and SWIFTLET_GUEST_IP in its environment.
@@ -120,6 +127,7 @@ public enum Sandbox {
             case let .failed(e): machine.stop("\(e)")
             }
         }
+        try config.beforeGuestRuns?()
         let report = try run(machine, with: session)
         var outcome = session.outcome ?? .abandoned
         // The agent's connection went because the guest reset its device
@@ -251,7 +259,7 @@ public enum Sandbox {
         m.memoryLostExitStatus = 125
         // A private socket name is this process's alone: no other process
         // may connect to it, or pose as a host service the guest connects to.
-        if config.vsockUDS == nil { m.vsock?.peers = .thisProcess }
+        if let peers = config.vsockPeers ?? (config.vsockUDS == nil ? .thisProcess : nil) { m.vsock?.peers = peers }
     }
 
     /// An abstract socket name only this process knows.

@@ -98,17 +98,28 @@ public enum Seccomp {
         getenv("SWIFTLET_SECCOMP").map { String(cString: $0) } ?? "strict"
     }
 
+    /// The first step of `enable`, alone: one malloc arena, inherited
+    /// descriptors closed, no core dumps; no thread started. Once per
+    /// process: `--jail` calls it before it forks (the jailed child keeps a
+    /// descriptor to its supervisor, which `enable` must not close then).
+    public static func prepareProcess() {
+        guard !prepared else { return }
+        prepared = true
+        // Before any thread exists: one malloc arena, so that no allocator
+        // path on a filtered thread opens a file (the audit is in runtime.swift).
+        _ = swl_malloc_single_arena()
+        _ = swl_close_from(3)
+        _ = swl_set_rlimit(2, 0, 0) // RLIMIT_CORE: no core dumps of guest memory
+    }
+    nonisolated(unsafe) private static var prepared = false
+
     /// Sandboxes the CLI's VMM process: closes inherited descriptors and turns
     /// off core dumps now; from then on every thread `spawnThread` starts
     /// drops its capabilities and installs its role's filter first, and the
     /// main thread does the same (plus the resource limits) just before the
     /// vCPUs enter the guest. Call once, at the start, before opening anything.
     public static func enable(mode: SeccompMode) {
-        // Before any thread exists: one malloc arena, so that no allocator
-        // path on a filtered thread opens a file (the audit is in runtime.swift).
-        _ = swl_malloc_single_arena()
-        _ = swl_close_from(3)
-        _ = swl_set_rlimit(2, 0, 0) // RLIMIT_CORE: no core dumps of guest memory
+        prepareProcess()
         if mode == .off {
             printStderr("swiftlet: warning: --seccomp=off: the VMM runs without syscall filters")
             ThreadSandbox.threadStart = { _ in _ = swl_drop_capabilities() }

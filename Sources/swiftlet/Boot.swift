@@ -66,7 +66,11 @@ struct Boot: ParsableCommand {
     @Option(help: ArgumentHelp("Add a virtio-net device on a TAP: `auto` creates one (host 172.30.x.1/30, guest .2 via ip=, removed at exit; needs CAP_NET_ADMIN), `tap=NAME` attaches an existing one.", valueName: "auto|tap=NAME[,mac=M]"))
     var net: String?
 
+    @OptionGroup var jail: JailOptions
+
     func validate() throws {
+        try jail.validate()
+        if jail.jail && vsockUDS != nil { throw ValidationError("--vsock-uds cannot be used with --jail yet (the jailed VMM's sockets live in its own directory)") }
         guard CPUTemplateChoice(rawValue: cpuTemplate) != nil else {
             throw ValidationError("invalid --cpu-template '\(cpuTemplate)' (use auto, host or pvm-safe)")
         }
@@ -88,7 +92,15 @@ struct Boot: ParsableCommand {
     func run() throws {
         // First, before anything is opened: inherited descriptors closed, and
         // every thread started from here on sandboxed (see SwiftletSeccomp).
-        Seccomp.enable(mode: try seccompMode(seccomp))
+        let mode = try seccompMode(seccomp)
+        Seccomp.prepareProcess()
+        // --jail: from here on this is the VMM, forked under a supervisor
+        // (which waits for it and cleans up, and never gets past this line).
+        let jailed = jail.jail
+            ? try JailedRun.start(jail, memoryMiB: mem, vcpus: cpus, keepNet: false,
+                                  failureStatus: ExitStatus.usage, fail: { ValidationError($0) })
+            : nil
+        Seccomp.enable(mode: mode)
         let kernelPath = kernel ?? Paths.defaultKernel
         try requireReadable(kernelPath, what: "kernel", hint: kernel == nil ? " (run `make kernel` first)" : "")
         var attached: [DriveConfig] = []
@@ -127,6 +139,9 @@ struct Boot: ParsableCommand {
         }
         // Opened now: the main thread's filter allows no open once the guest runs.
         let smapsFD = stats ? open("/proc/self/smaps", O_RDONLY | O_CLOEXEC) : -1
+        if let jailed {
+            do { try jailed.confine() } catch { throw ValidationError("jail: \(error)") }
+        }
         let report = try machine.run()
 
         if bootTimer {

@@ -77,6 +77,8 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Syscall filters on every VMM thread: strict (a syscall outside its thread's allowlist kills the VMM), log (it runs, and is reported on stderr by thread role at the end), off (debugging only).", valueName: "strict|log|off"))
     var seccomp: String = Seccomp.defaultModeName
 
+    @OptionGroup var jail: JailOptions
+
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
     var command: [String] = []
 
@@ -93,16 +95,27 @@ struct Run: ParsableCommand {
         if let net { _ = try parseNet(net) }
         if cold && snapshot != nil { throw ValidationError("--cold and --snapshot exclude each other") }
         if net != nil && snapshot != nil { throw ValidationError("--net cannot be used with --snapshot (a snapshot has no network device)") }
+        try jail.validate()
+        if jail.jail && vsockUds != nil { throw ValidationError("--vsock-uds cannot be used with --jail (the jailed VMM's sockets live in its own directory)") }
     }
 
     func run() throws {
         // First, before anything is opened: inherited descriptors closed, and
         // every thread started from here on sandboxed (see SwiftletSeccomp).
-        Seccomp.enable(mode: try seccompMode(seccomp))
+        let mode = try seccompMode(seccomp)
+        Seccomp.prepareProcess()
         var restored: Snapshot?
         if let dir = snapshot {
             do { restored = try Snapshot.load(directory: dir) } catch { throw RunFailure(message: "\(error)") }
         }
+        // --jail: from here on this is the VMM, forked under a supervisor
+        // (which waits for it and cleans up, and never gets past this line).
+        let jailed = jail.jail
+            ? try JailedRun.start(jail, memoryMiB: mem ?? restored?.manifest.memoryMiB ?? Run.defaultMemoryMiB,
+                                  vcpus: cpus ?? restored?.manifest.vcpuCount ?? Run.defaultVcpus, keepNet: false,
+                                  failureStatus: ExitStatus.runFailure, fail: { RunFailure(message: $0) })
+            : nil
+        Seccomp.enable(mode: mode)
         let kernelPath = kernel ?? restored?.manifest.kernelPath ?? Paths.defaultKernel
         try requireReadable(kernelPath, what: "kernel", hint: kernel == nil ? " (run `make kernel` first)" : "")
         let rootfsPath = rootfs ?? restored?.manifest.drives.first?.config.path ?? Paths.defaultRootfs
@@ -124,6 +137,13 @@ struct Run: ParsableCommand {
         config.timeoutSeconds = timeout
         config.bootTimeoutSeconds = bootTimeout
         config.vsockUDS = vsockUds
+        if let jailed {
+            config.vsockUDS = jailed.sockets.path + "/vsock"
+            config.vsockPeers = .thisProcess
+            config.beforeGuestRuns = { () throws(SandboxError) in
+                do { try jailed.confine() } catch { throw .machine("jail: \(error)") }
+            }
+        }
         config.extraDrives = try drives.map(DriveSpec.parse)
         if let restored, drives.isEmpty { config.extraDrives = restored.manifest.drives.dropFirst().map(\.config) }
         config.extraKernelArguments = append.map { [$0] } ?? []
@@ -224,6 +244,7 @@ extension Run {
         (r.kernel, r.rootfs, r.drives, r.mem, r.cpus, r.snapshot, r.cold) = (nil, nil, [], nil, nil, nil, false)
         (r.timeout, r.bootTimeout, r.environment, r.workdir, r.vsockUds, r.append) = (nil, defaultBootTimeout, [], nil, nil, nil)
         (r.net, r.console, r.timings, r.kvmDevice, r.seccomp, r.command) = (nil, nil, false, defaultKVMDevice, Seccomp.defaultModeName, [])
+        r.jail = .off
         var i = 1
         while i < arguments.count {
             let argument = arguments[i]
