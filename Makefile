@@ -53,14 +53,16 @@ demo-boot: deps images release
 ## Set everything up, then run the whole test suite (KVM tests included).
 ## The sandbox tests restore one snapshot of the default guest, created once per run
 ## in a fresh cache (.build/test-snapshots); a few tests still boot cold (--cold).
+## RunTests run twice: as they are, and with every `run` jailed (--jail).
 test: export SWIFTLET_SNAPSHOT_CACHE := $(CURDIR)/.build/test-snapshots
 test: deps images release
 	swift build --build-tests
 	rm -rf "$$SWIFTLET_SNAPSHOT_CACHE"
 	.build/debug/swiftlet snapshot cached
 	swift test --skip-build
+	SWIFTLET_TEST_JAIL=1 swift test --skip-build --filter RunTests
 	rootfs/agent/test.sh
-	FUZZ_SECONDS=$${FUZZ_SECONDS:-60} Tests/Fuzz/run.sh
+	FUZZ_TARGET=$${FUZZ_TARGET:-all} FUZZ_SECONDS=$${FUZZ_SECONDS:-30} Tests/Fuzz/run.sh
 	Tests/stress/run.py --profile short --json .build/stress-short.json
 	Tests/stress/run.py --profile audit --json .build/stress-audit.json
 

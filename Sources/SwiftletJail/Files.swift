@@ -72,3 +72,25 @@ func ownerPid(ofName name: String) -> pid_t? {
     guard let dash = name.firstIndex(of: "-"), let pid = pid_t(name[..<dash]), pid > 0 else { return nil }
     return pid
 }
+
+/// Makes `<base>/<owner>-<random>` (mode 0700), `base` first if needed: the
+/// naming every per-supervisor directory shares, so that a sweep can tell
+/// whose it is.
+func makeOwnedDirectory(in base: String, owner: pid_t, baseMode: mode_t) throws(JailError) -> String {
+    try sys { () throws(SystemError) in try makeDirectories(base, mode: baseMode) }
+    let path = base + "/\(owner)-\(randomSuffix())"
+    guard mkdir(path, 0o700) == 0 else { throw .last("mkdir(\(path))") }
+    return path
+}
+
+/// The `<owner>-<random>` entries of `base` whose owner is dead, for which
+/// `remove` succeeds. Returns their paths.
+func sweepOwnedEntries(in base: String, remove: (String) -> Bool) -> [String] {
+    var removed: [String] = []
+    for name in listDirectory(base) {
+        let path = base + "/" + name
+        guard let owner = ownerPid(ofName: name), !processAlive(owner), remove(path) else { continue }
+        removed.append(path)
+    }
+    return removed
+}

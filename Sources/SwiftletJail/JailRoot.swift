@@ -51,10 +51,7 @@ public struct JailRoot: Sendable, Equatable {
 
     /// Makes a fresh root directory owned by the supervisor `owner`.
     public static func create(owner: pid_t = getpid()) throws(JailError) -> JailRoot {
-        try sys { () throws(SystemError) in try makeDirectories(base, mode: 0o700) }
-        let path = base + "/\(owner)-\(randomSuffix())"
-        guard mkdir(path, 0o700) == 0 else { throw .last("mkdir(\(path))") }
-        return JailRoot(path: path)
+        JailRoot(path: try makeOwnedDirectory(in: base, owner: owner, baseMode: 0o700))
     }
 
     /// Removes the (host side, empty) root directory.
@@ -65,13 +62,7 @@ public struct JailRoot: Sendable, Equatable {
     /// Removes root directories whose supervisor is gone. Returns them.
     @discardableResult
     public static func sweepStale() -> [String] {
-        var removed: [String] = []
-        for name in listDirectory(base) {
-            let path = base + "/" + name
-            guard let owner = ownerPid(ofName: name), !processAlive(owner), isDirectory(path) else { continue }
-            if rmdir(path) == 0 { removed.append(path) }
-        }
-        return removed
+        sweepOwnedEntries(in: base) { isDirectory($0) && rmdir($0) == 0 }
     }
 
     /// Checks and normalizes the directories to bind: absolute, existing,

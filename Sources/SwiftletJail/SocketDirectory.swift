@@ -19,10 +19,7 @@ public struct SocketDirectory: Sendable, Equatable {
     public init(path: String) { self.path = path }
 
     public static func create(owner: pid_t = getpid()) throws(JailError) -> SocketDirectory {
-        try sys { () throws(SystemError) in try makeDirectories(base, mode: 0o755) }
-        let path = base + "/\(owner)-\(randomSuffix())"
-        guard mkdir(path, 0o700) == 0 else { throw .last("mkdir(\(path))") }
-        return SocketDirectory(path: path)
+        SocketDirectory(path: try makeOwnedDirectory(in: base, owner: owner, baseMode: 0o755))
     }
 
     /// Gives the directory and each entry in it (not following links) to
@@ -45,12 +42,6 @@ public struct SocketDirectory: Sendable, Equatable {
     /// Removes the directories whose supervisor is gone. Returns them.
     @discardableResult
     public static func sweepStale() -> [String] {
-        var removed: [String] = []
-        for name in listDirectory(base) {
-            guard let owner = ownerPid(ofName: name), !processAlive(owner) else { continue }
-            let dir = SocketDirectory(path: base + "/" + name)
-            if (try? dir.remove()) != nil { removed.append(dir.path) }
-        }
-        return removed
+        sweepOwnedEntries(in: base) { (try? SocketDirectory(path: $0).remove()) != nil }
     }
 }
