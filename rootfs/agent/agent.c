@@ -104,7 +104,9 @@ typedef unsigned long u64;
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #define LINGER_MS 2000 /* after EXIT/ERROR: wait this long at most for the host to close */
 
-/* gcc may emit calls to these even when freestanding. */
+/* gcc may emit calls to these even when freestanding. (Not in the native
+ * build of Tests/Fuzz/AgentFuzz, AGENT_FUZZ, which uses libc's.) */
+#ifndef AGENT_FUZZ
 void *memcpy(void *d, const void *s, unsigned long n)
 {
 	u8 *dp = d;
@@ -133,6 +135,7 @@ int memcmp(const void *a, const void *b, unsigned long n)
 		if (*x != *y) return *x - *y;
 	return 0;
 }
+#endif
 
 struct pollfd { int fd; short events, revents; };
 struct iovec { void *base; u64 len; };
@@ -445,56 +448,58 @@ static int has_prefix(const char *s, const char *pre)
 	return 1;
 }
 
-/* Validates the JOB payload and fills g and job_argv/job_envp (pointers into p). */
-static void parse_job(const u8 *p, u32 len)
+/* Validates the JOB payload and fills g and job_argv/job_envp (pointers into p).
+ * Returns 0, or why the JOB is malformed. Reads only p[0..len). */
+static const char *parse_job(const u8 *p, u32 len)
 {
-	if (len < 16) fail("malformed JOB", "truncated header");
+	if (len < 16) return "truncated header";
 	u32 flags = le32(p), argc = le32(p + 4), envc = le32(p + 8), seed_len = le32(p + 12);
-	if (flags & ~(JOB_STDIN | JOB_CLOCK)) fail("malformed JOB", "unknown flags");
-	if (argc < 1 || argc > MAX_ARGS) fail("malformed JOB", "argc out of range");
-	if (envc > MAX_ENV) fail("malformed JOB", "envc out of range");
+	if (flags & ~(JOB_STDIN | JOB_CLOCK)) return "unknown flags";
+	if (argc < 1 || argc > MAX_ARGS) return "argc out of range";
+	if (envc > MAX_ENV) return "envc out of range";
 	u32 off = 16;
 	if (flags & JOB_CLOCK) {
-		if (len - off < 8) fail("malformed JOB", "truncated wall clock");
+		if (len - off < 8) return "truncated wall clock";
 		g.wall_ns = le64(p + off);
 		off += 8;
 	}
-	if (seed_len > MAX_SEED) fail("malformed JOB", "seed too long");
-	if (seed_len > len - off) fail("malformed JOB", "truncated seed");
+	if (seed_len > MAX_SEED) return "seed too long";
+	if (seed_len > len - off) return "truncated seed";
 	g.flags = flags;
 	g.seed = p + off;
 	g.seed_len = seed_len;
 	off += seed_len;
 	const char *dir = next_str(p, len, &off, MAX_DIR);
-	if (!dir) fail("malformed JOB", "bad working directory");
+	if (!dir) return "bad working directory";
 	g.workdir = *dir ? dir : "/";
 	g.in_root = dir[0] == 0 || (dir[0] == '/' && dir[1] == 0);
 	char **argv = job_argv + 1;
 	for (u32 i = 0; i < argc; i++) {
 		const char *a = next_str(p, len, &off, MAX_STR);
-		if (!a) fail("malformed JOB", "bad argument string");
+		if (!a) return "bad argument string";
 		argv[i] = (char *)a;
 	}
 	argv[argc] = 0;
-	if (!argv[0][0]) fail("malformed JOB", "empty argv[0]");
+	if (!argv[0][0]) return "empty argv[0]";
 	int have_path = 0, have_home = 0;
 	g.path = DEFAULT_PATH;
 	for (u32 i = 0; i < envc; i++) {
 		const char *e = next_str(p, len, &off, MAX_STR);
-		if (!e) fail("malformed JOB", "bad environment string");
-		if (e[0] == '=' || !e[0]) fail("malformed JOB", "environment string without a name");
+		if (!e) return "bad environment string";
+		if (e[0] == '=' || !e[0]) return "environment string without a name";
 		const char *q = e;
 		while (*q && *q != '=') q++;
-		if (!*q) fail("malformed JOB", "environment string without '='");
+		if (!*q) return "environment string without '='";
 		if (has_prefix(e, "PATH=")) { have_path = 1; g.path = e + 5; }
 		if (has_prefix(e, "HOME=")) have_home = 1;
 		job_envp[i] = (char *)e;
 	}
-	if (off != len) fail("malformed JOB", "trailing bytes");
+	if (off != len) return "trailing bytes";
 	u32 n = envc;
 	if (!have_path) job_envp[n++] = "PATH=" DEFAULT_PATH;
 	if (!have_home) job_envp[n++] = "HOME=/root";
 	job_envp[n] = 0;
+	return 0;
 }
 
 /* Mixes the host's seed into the guest RNG. */
@@ -643,7 +648,8 @@ __asm__(".text\n.global swl_clone_vfork\n.type swl_clone_vfork,@function\nswl_cl
 
 static void start_job(const u8 *p, u32 len)
 {
-	parse_job(p, len);
+	const char *malformed = parse_job(p, len);
+	if (malformed) fail("malformed JOB", malformed);
 	set_clock();
 	seed_rng();
 	int out[2], err[2], in[2] = { -1, -1 };
@@ -769,17 +775,30 @@ static void handle_frame(int type, const u8 *p, u32 len)
 	}
 }
 
+/* The frame at h, of which avail bytes have arrived: 1 when it is complete
+ * (its payload length in *len), 0 while more bytes are needed, -1 when its
+ * header breaks the protocol (*why says how). Reads only h[0..avail). */
+static int frame_header(const u8 *h, u64 avail, u32 *len, const char **why)
+{
+	if (avail < 8) return 0;
+	u32 n = le32(h);
+	if (n > MAX_FRAME) { *why = "frame longer than 1 MiB"; return -1; }
+	if (h[5] | h[6] | h[7]) { *why = "reserved header bytes not zero"; return -1; }
+	if (avail < 8 + (u64)n) return 0;
+	*len = n;
+	return 1;
+}
+
 /* Handles the complete frames in rx, until STDIN data is left pending. */
 static void process_rx(void)
 {
 	while (!g.pending_len) {
-		u64 avail = g.rx_end - g.rx_start;
-		if (avail < 8) break;
 		const u8 *h = rx + g.rx_start;
-		u32 len = le32(h);
-		if (len > MAX_FRAME) fail("protocol error", "frame longer than 1 MiB");
-		if (h[5] | h[6] | h[7]) fail("protocol error", "reserved header bytes not zero");
-		if (avail < 8 + (u64)len) break;
+		u32 len = 0;
+		const char *why = 0;
+		int r = frame_header(h, g.rx_end - g.rx_start, &len, &why);
+		if (r < 0) fail("protocol error", why);
+		if (r == 0) break;
 		g.rx_start += 8 + (u64)len;
 		handle_frame(h[4], h + 8, len);
 	}
@@ -1138,6 +1157,7 @@ static __attribute__((noreturn)) void vsock_tool(int argc, char **argv)
 
 /* ------------------------------------------------------------------------- */
 
+#ifndef AGENT_FUZZ /* the fuzz harness has its own main (libFuzzer's) */
 __attribute__((noreturn, used)) void start_c(long *sp) /* called from _start */
 {
 	g.t_start = now_ns();
@@ -1163,3 +1183,4 @@ __attribute__((noreturn, used)) void start_c(long *sp) /* called from _start */
 }
 
 SWL_DEFINE_START
+#endif
