@@ -36,18 +36,27 @@ int swl_jail_block_termination(void) {
     return sigprocmask(SIG_BLOCK, &set, &saved_mask);
 }
 
-static void forward(int signo) {
+static void forward(int signo, siginfo_t *info, void *context) {
+    (void)context;
     int saved = errno; // a handler must leave errno as it found it
     last_forwarded = signo;
-    if (forward_pid > 0) kill((pid_t)forward_pid, signo);
+    // The terminal's own signals (Ctrl-C, a hang-up: si_code SI_KERNEL) go
+    // to the whole foreground process group, the child included: passing
+    // them on would make one Ctrl-C two, and `run` stops at once on a second.
+    if (forward_pid > 0 && info->si_code != SI_KERNEL) kill((pid_t)forward_pid, signo);
     errno = saved;
 }
 
 static void exit_by_signal(int signo) { _exit(128 + signo); }
 
-static int install(void (*handler)(int), int flags) {
+static int install(void (*handler)(int), void (*action)(int, siginfo_t *, void *), int flags) {
     struct sigaction sa = { 0 };
-    sa.sa_handler = handler;
+    if (action) {
+        sa.sa_sigaction = action;
+        flags |= SA_SIGINFO;
+    } else {
+        sa.sa_handler = handler;
+    }
     sa.sa_flags = flags;
     sigemptyset(&sa.sa_mask);
     for (size_t i = 0; i < 3; i++) {
@@ -62,7 +71,7 @@ static int install(void (*handler)(int), int flags) {
 
 int swl_jail_forward_termination(pid_t child) {
     forward_pid = child;
-    return install(forward, SA_RESTART);
+    return install(NULL, forward, SA_RESTART);
 }
 int swl_jail_last_forwarded(void) { return last_forwarded; }
 int swl_jail_restore_mask(void) { return sigprocmask(SIG_SETMASK, &saved_mask, NULL); }
@@ -76,4 +85,4 @@ int swl_jail_default_termination(void) {
     }
     return 0;
 }
-int swl_jail_child_termination(void) { return install(exit_by_signal, 0); }
+int swl_jail_child_termination(void) { return install(exit_by_signal, NULL, 0); }

@@ -135,6 +135,26 @@ struct JailCLITests {
         #expect(Self.leftovers(of: run.pid).isEmpty, "\(Self.leftovers(of: run.pid))")
     }
 
+    static let interrupt = String(#filePath).split(separator: "/").dropLast(2).reduce("") { $0 + "/" + $1 } + "/security/terminal-interrupt.py"
+
+    /// Ctrl-C on a terminal reaches the whole foreground process group: the
+    /// supervisor and the jailed VMM. The supervisor used to pass it on as
+    /// well, so `run` saw two and stopped at once (130) instead of letting the
+    /// job handle it, as an unjailed run does.
+    @Test("Ctrl-C on a terminal: the job's trap runs and its status comes back, jailed as unjailed")
+    func terminalInterrupt() throws {
+        try Self.requireRoot()
+        try RunTests.requireImages()
+        let job = "trap 'echo got INT; exit 3' INT; echo started; sleep 20; echo missed"
+        for jail in [[], ["--jail"]] {
+            let out = try CLI.tempFile("pty"), err = try CLI.tempFile("pty-err")
+            let driver = CLI.Running(pid: try CLI.spawn(["/usr/bin/python3", Self.interrupt, "started", CLI.binary, "run"] + jail + ["--", "sh", "-c", job],
+                                                          stdout: out, stderr: err), stdoutPath: out, stderrPath: err)
+            let r = try driver.wait(seconds: 180)
+            #expect(r.stdout.hasPrefix("status=3 ") && r.stdout.contains("got INT"), "\(jail): \(r.stdout) \(r.stderr)")
+        }
+    }
+
     @Test("SIGKILL of the jailed VMM, then of a supervisor: nothing is left (the next run sweeps what a killed supervisor left)")
     func sigkillLeavesNothing() throws {
         try Self.requireRoot()
