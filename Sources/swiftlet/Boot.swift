@@ -97,7 +97,7 @@ struct Boot: ParsableCommand {
         // --jail: from here on this is the VMM, forked under a supervisor
         // (which waits for it and cleans up, and never gets past this line).
         let jailed = jail.jail
-            ? try JailedRun.start(jail, memoryMiB: mem, vcpus: cpus, keepNet: false,
+            ? try JailedRun.start(jail, memoryMiB: mem, vcpus: cpus,
                                   failureStatus: ExitStatus.usage, fail: { ValidationError($0) })
             : nil
         Seccomp.enable(mode: mode)

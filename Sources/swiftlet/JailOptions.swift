@@ -48,13 +48,15 @@ struct JailOptions: ParsableArguments {
         if let c = jailCpus, !(c.isFinite && c >= 0.01 && c <= 4096) { throw ValidationError("--jail-cpus must be 0.01 to 4096, not \(c)") }
     }
 
-    func config(memoryMiB: Int, vcpus: Int, keepNet: Bool, bind: [String]) -> JailConfig {
+    /// Always a new net namespace: the TAP, the only network the VMM uses,
+    /// is open before the jail is entered and keeps working there.
+    func config(memoryMiB: Int, vcpus: Int, bind: [String]) -> JailConfig {
         JailConfig(
             uid: uid, gid: gid,
             memoryMax: UInt64(memoryMiB + (jailMemoryMargin ?? Self.defaultMemoryMarginMiB)) << 20,
             pidsMax: jailPids ?? JailConfig.pidsMax(vcpus: vcpus),
             cpuMax: jailCpus.map { CPUMax(quota: max(1000, Int($0 * 100_000))) },
-            keepNet: keepNet, bindDirectories: bind)
+            keepNet: false, bindDirectories: bind)
     }
 }
 
@@ -69,8 +71,10 @@ struct JailedRun {
     /// supervisor this never returns: it waits for the VMM, cleans up and
     /// exits with the VMM's status, or `failureStatus` with one line when
     /// the jail's memory limit killed it. Call it right after
-    /// `Seccomp.enable`, before anything else is opened.
-    static func start(_ options: JailOptions, memoryMiB: Int, vcpus: Int, keepNet: Bool,
+    /// `Seccomp.prepareProcess` and before `Seccomp.enable` (whose filter
+    /// compiler is a thread, and the fork must come first), before anything
+    /// else is opened.
+    static func start(_ options: JailOptions, memoryMiB: Int, vcpus: Int,
                       failureStatus: Int32, fail: (String) -> any Error) throws -> JailedRun {
         let sockets: SocketDirectory
         let role: Role
@@ -81,7 +85,7 @@ struct JailedRun {
             throw fail("\(error)")
         }
         do {
-            role = try Jail.spawnSupervised(options.config(memoryMiB: memoryMiB, vcpus: vcpus, keepNet: keepNet, bind: [sockets.path]))
+            role = try Jail.spawnSupervised(options.config(memoryMiB: memoryMiB, vcpus: vcpus, bind: [sockets.path]))
         } catch {
             try? sockets.remove()
             throw fail("\(error)")

@@ -112,7 +112,7 @@ struct Run: ParsableCommand {
         // (which waits for it and cleans up, and never gets past this line).
         let jailed = jail.jail
             ? try JailedRun.start(jail, memoryMiB: mem ?? restored?.manifest.memoryMiB ?? Run.defaultMemoryMiB,
-                                  vcpus: cpus ?? restored?.manifest.vcpuCount ?? Run.defaultVcpus, keepNet: false,
+                                  vcpus: cpus ?? restored?.manifest.vcpuCount ?? Run.defaultVcpus,
                                   failureStatus: ExitStatus.runFailure, fail: { RunFailure(message: $0) })
             : nil
         Seccomp.enable(mode: mode)
