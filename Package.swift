@@ -16,15 +16,28 @@ import PackageDescription
 /// - `SwiftletSandbox`: `swiftlet run`: the guest agent's protocol and one command in a throwaway VM.
 /// - `CSeccomp`, `SwiftletSeccomp`: per-thread seccomp filters over Debian's libseccomp, allowlists as data.
 /// - `CJail`, `SwiftletJail`: the jailer (`--jail`): cgroup leaf, namespaces, pivot_root, unprivileged uid, supervisor.
+/// - `CRunner`, `SwiftletRunner`: the job runner's core (functions, jobs, the SQLite store, the
+///   scheduler, the VMM processes it starts), without any HTTP.
+/// - `swiftletd`: the job runner daemon (Hummingbird, GRDB, swift-prometheus): a separate
+///   executable, so the `swiftlet` VMM binary links none of the server libraries.
 /// - `swiftlet`: the command-line tool.
 let package = Package(
     name: "Swiftlet",
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "swiftlet", targets: ["swiftlet"]),
+        .executable(name: "swiftletd", targets: ["swiftletd"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        // The job runner daemon only (swiftletd); the VMM binary links none of these.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         .target(name: "CSwiftlet"),
@@ -58,6 +71,32 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        .target(name: "CRunner"),
+        .target(
+            name: "SwiftletRunner",
+            dependencies: [
+                "CRunner",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+        .executableTarget(
+            name: "swiftletd",
+            dependencies: [
+                "SwiftletRunner",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            resources: [.copy("openapi.yaml")]
+        ),
+        .testTarget(name: "SwiftletRunnerTests", dependencies: ["SwiftletRunner"]),
         .testTarget(name: "SwiftletX86Tests", dependencies: ["SwiftletX86", "SwiftletMemory"]),
         .testTarget(name: "SwiftletDevicesTests", dependencies: ["SwiftletDevices"]),
         .testTarget(name: "SwiftletVirtioTests", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletSys"]),

@@ -76,15 +76,18 @@ uint64_t swl_nofile_hard(void) {
     return r.rlim_max;
 }
 
-int swl_close_from(int first) {
+int swl_close_range(unsigned first, unsigned last) {
+    if (first > last) return 0;
 #ifdef SYS_close_range
-    if (syscall(SYS_close_range, (unsigned)first, ~0U, 0) == 0) return 0;
+    if (syscall(SYS_close_range, first, last, 0) == 0) return 0;
 #endif
     long max = sysconf(_SC_OPEN_MAX);
     if (max < 0 || max > 65536) max = 65536;
-    for (int fd = first; fd < max; fd++) close(fd);
+    for (long fd = first; fd < max && fd <= (long)last; fd++) close((int)fd);
     return 0;
 }
+
+int swl_close_from(int first) { return swl_close_range((unsigned)first, ~0U); }
 
 int swl_malloc_single_arena(void) {
     // M_ARENA_MAX = 1: every thread allocates from the main (brk) arena. A

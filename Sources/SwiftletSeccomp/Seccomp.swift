@@ -102,13 +102,20 @@ public enum Seccomp {
     /// descriptors closed, no core dumps; no thread started. Once per
     /// process: `--jail` calls it before it forks (the jailed child keeps a
     /// descriptor to its supervisor, which `enable` must not close then).
-    public static func prepareProcess() {
+    /// `keeping`: inherited descriptors the caller was handed on purpose
+    /// (`run --start-fd`, `--report-fd`); every other one above 2 is closed.
+    public static func prepareProcess(keeping: [Int32] = []) {
         guard !prepared else { return }
         prepared = true
         // Before any thread exists: one malloc arena, so that no allocator
         // path on a filtered thread opens a file (the audit is in runtime.swift).
         _ = swl_malloc_single_arena()
-        _ = swl_close_from(3)
+        var next: UInt32 = 3
+        for fd in Set(keeping.filter { $0 >= 3 }).sorted() {
+            _ = swl_close_range(next, UInt32(fd) - 1)
+            next = UInt32(fd) + 1
+        }
+        _ = swl_close_from(Int32(next))
         _ = swl_set_rlimit(2, 0, 0) // RLIMIT_CORE: no core dumps of guest memory
     }
     nonisolated(unsafe) private static var prepared = false

@@ -74,6 +74,12 @@ struct Run: ParsableCommand {
     @Option(help: "The KVM device node.")
     var kvmDevice: String = Run.defaultKVMDevice
 
+    @Option(help: ArgumentHelp("Restore (or boot) the machine, then wait for one byte on this inherited descriptor before the guest runs; EOF ends the run unstarted (status 125). The job runner's warm pool uses it.", valueName: "fd"))
+    var startFd: Int32?
+
+    @Option(help: ArgumentHelp("Write the --timings line to this inherited descriptor at the end, not to stderr (the job runner keeps stderr as the function's log).", valueName: "fd"))
+    var reportFd: Int32?
+
     @Option(help: ArgumentHelp("Syscall filters on every VMM thread: strict (a syscall outside its thread's allowlist kills the VMM), log (it runs, and is reported on stderr by thread role at the end), off (debugging only).", valueName: "strict|log|off"))
     var seccomp: String = Seccomp.defaultModeName
 
@@ -97,13 +103,19 @@ struct Run: ParsableCommand {
         if net != nil && snapshot != nil { throw ValidationError("--net cannot be used with --snapshot (a snapshot has no network device)") }
         try jail.validate()
         if jail.jail && vsockUds != nil { throw ValidationError("--vsock-uds cannot be used with --jail (the jailed VMM's sockets live in its own directory)") }
+        for (fd, name) in [(startFd, "--start-fd"), (reportFd, "--report-fd")] {
+            guard let fd else { continue }
+            guard fd > 2, fcntl(fd, F_GETFD) >= 0 else { throw ValidationError("\(name) \(fd) is not an open descriptor above 2") }
+        }
     }
 
     func run() throws {
         // First, before anything is opened: inherited descriptors closed, and
         // every thread started from here on sandboxed (see SwiftletSeccomp).
         let mode = try seccompMode(seccomp)
-        Seccomp.prepareProcess()
+        // Before prepareProcess closes inherited descriptors: these two are kept.
+        let keptFDs = [startFd, reportFd].compactMap { $0 }
+        Seccomp.prepareProcess(keeping: keptFDs)
         var restored: Snapshot?
         if let dir = snapshot {
             do { restored = try Snapshot.load(directory: dir) } catch { throw RunFailure(message: "\(error)") }
@@ -137,12 +149,16 @@ struct Run: ParsableCommand {
         config.timeoutSeconds = timeout
         config.bootTimeoutSeconds = bootTimeout
         config.vsockUDS = vsockUds
+        let startWait = StartGate(fd: startFd)
         if let jailed {
             config.vsockUDS = jailed.sockets.path + "/vsock"
             config.vsockPeers = .thisProcess
             config.beforeGuestRuns = { () throws(SandboxError) in
                 do { try jailed.confine() } catch { throw .machine("jail: \(error)") }
+                try startWait.wait()
             }
+        } else if startFd != nil {
+            config.beforeGuestRuns = { () throws(SandboxError) in try startWait.wait() }
         }
         config.extraDrives = try drives.map(DriveSpec.parse)
         if let restored, drives.isEmpty { config.extraDrives = restored.manifest.drives.dropFirst().map(\.config) }
@@ -163,7 +179,12 @@ struct Run: ParsableCommand {
             throw RunFailure(message: "\(error)")
         }
         Seccomp.reportLog()
-        if timings { printTimings(result) }
+        if let reportFd {
+            var bytes = Array((timingLine(result, startWait: startWait) + "\n").utf8)
+            _ = bytes.withUnsafeMutableBytes { write(reportFd, $0.baseAddress, $0.count) }
+        } else if timings {
+            printStderr(timingLine(result, startWait: startWait))
+        }
 
         switch result.outcome {
         case let .finished(status):
@@ -185,7 +206,8 @@ struct Run: ParsableCommand {
         }
     }
 
-    private func printTimings(_ r: SandboxResult) {
+    /// The `--timings` line: where the time went, in milliseconds.
+    private func timingLine(_ r: SandboxResult, startWait: StartGate) -> String {
         let t = r.timeline
         let start = Clock.processStartNanos
         func ms(_ a: UInt64, _ b: UInt64) -> String {
@@ -204,7 +226,41 @@ struct Run: ParsableCommand {
         line += " first-kvm-run-us=\(r.machine.firstRunMicros)"
         // Exit counts transfer to hardware KVM better than wall times on an emulated guest.
         line += " exits-io=\(r.machine.exits.io) exits-mmio=\(r.machine.exits.mmio)"
-        printStderr(line)
+        if startWait.fd != nil {
+            line += " start-wait-ms=\(formatMillis(startWait.waitedNanos)) handover-ms=\(ms(startWait.openedAt, t.agentConnected))"
+        }
+        // How it ended, unambiguous where the exit status is not (a job may exit 124 or 125 itself).
+        switch r.outcome {
+        case let .finished(.exited(code)): line += " outcome=exit:\(code & 0xff)"
+        case let .finished(.signaled(signal)): line += " outcome=signal:\(signal)"
+        case .timedOut: line += " outcome=timeout"
+        case let .interrupted(signal): line += " outcome=interrupted:\(signal)"
+        case .failed, .abandoned, .parked: line += " outcome=failed"
+        }
+        return line
+    }
+}
+
+/// `--start-fd`: the run holds, machine built, until one byte arrives.
+final class StartGate: @unchecked Sendable {
+    let fd: Int32?
+    /// How long it held (written once, on the main thread, before the guest runs).
+    private(set) var waitedNanos: UInt64 = 0
+    /// When the start byte came (CLOCK_MONOTONIC ns).
+    private(set) var openedAt: UInt64 = 0
+
+    init(fd: Int32?) { self.fd = fd }
+
+    func wait() throws(SandboxError) {
+        guard let fd else { return }
+        let start = Clock.monotonicNanos()
+        var byte: UInt8 = 0
+        var n: Int
+        repeat { n = read(fd, &byte, 1) } while n < 0 && errno == EINTR
+        close(fd)
+        openedAt = Clock.monotonicNanos()
+        waitedNanos = openedAt - start
+        guard n == 1 else { throw .usage("--start-fd \(fd) closed before the start byte: not started") }
     }
 }
 
@@ -245,6 +301,7 @@ extension Run {
         (r.timeout, r.bootTimeout, r.environment, r.workdir, r.vsockUds, r.append) = (nil, defaultBootTimeout, [], nil, nil, nil)
         (r.net, r.console, r.timings, r.kvmDevice, r.seccomp, r.command) = (nil, nil, false, defaultKVMDevice, Seccomp.defaultModeName, [])
         r.jail = .off
+        (r.startFd, r.reportFd) = (nil, nil)
         var i = 1
         while i < arguments.count {
             let argument = arguments[i]
@@ -280,6 +337,8 @@ extension Run {
             case "net": guard let v = value() else { return nil }; r.net = v
             case "console": guard let v = value() else { return nil }; r.console = v
             case "kvm-device": guard let v = value() else { return nil }; r.kvmDevice = v
+            case "start-fd": guard let v = value().flatMap({ Int32($0) }) else { return nil }; r.startFd = v
+            case "report-fd": guard let v = value().flatMap({ Int32($0) }) else { return nil }; r.reportFd = v
             case "seccomp": guard let v = value() else { return nil }; r.seccomp = v
             case "mem": guard let v = value().flatMap({ Int($0) }) else { return nil }; r.mem = v
             case "cpus": guard let v = value().flatMap({ Int($0) }) else { return nil }; r.cpus = v

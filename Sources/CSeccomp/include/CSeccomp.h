@@ -38,5 +38,7 @@ uint64_t swl_nofile_hard(void);
 int swl_malloc_single_arena(void);
 /// Closes every descriptor >= first (close_range, or one by one where missing).
 int swl_close_from(int first);
+/// Closes every descriptor in [first, last].
+int swl_close_range(unsigned first, unsigned last);
 
 #endif

@@ -1,0 +1,143 @@
+import Foundation
+
+/// What a user deploys: the handler and the machine it runs in. The JSON
+/// field names are the API's (clients and checks rely on them); every
+/// field but `command` has a default.
+public struct FunctionSpec: Codable, Equatable, Sendable {
+    public var command: [String]
+    /// "default" (the rootfs `make rootfs` built) or an absolute path to an ext4 image.
+    public var image: String
+    public var env: [String: String]
+    public var workdir: String?
+    public var memoryMiB: Int
+    public var vcpus: Int
+    public var timeoutSeconds: Double
+    /// The most invocations of this function running at once.
+    public var concurrency: Int
+    /// VMMs kept restored and waiting (the warm pool).
+    public var warm: Int
+    /// Extra attempts for a queued job after an infrastructure failure or a restart.
+    public var retries: Int
+
+    public static let defaultImage = "default"
+    static let fields: Set<String> = ["command", "image", "env", "workdir", "memoryMiB", "vcpus", "timeoutSeconds",
+                                      "concurrency", "warm", "retries"]
+
+    public init(command: [String], image: String = FunctionSpec.defaultImage, env: [String: String] = [:], workdir: String? = nil,
+                memoryMiB: Int = 128, vcpus: Int = 1, timeoutSeconds: Double = 60, concurrency: Int = 4, warm: Int = 0,
+                retries: Int = 2) {
+        (self.command, self.image, self.env, self.workdir) = (command, image, env, workdir)
+        (self.memoryMiB, self.vcpus, self.timeoutSeconds) = (memoryMiB, vcpus, timeoutSeconds)
+        (self.concurrency, self.warm, self.retries) = (concurrency, warm, retries)
+    }
+
+    /// Decodes a request body strictly: a JSON object with only the known
+    /// fields, each of its type, then `validate`. The error names the field.
+    public static func decode(_ body: [UInt8]) throws(RunnerError) -> FunctionSpec {
+        let object: Any
+        do { object = try JSONSerialization.jsonObject(with: Data(body), options: [.fragmentsAllowed]) } catch {
+            throw .badRequest("the body is not valid JSON")
+        }
+        guard let dict = object as? [String: Any] else { throw .badRequest("the body must be a JSON object") }
+        if let unknown = dict.keys.sorted().first(where: { !fields.contains($0) }) {
+            throw .badRequest("unknown field '\(unknown)' (known: \(fields.sorted().joined(separator: ", ")))")
+        }
+        let wire: Wire
+        do { wire = try JSONDecoder().decode(Wire.self, from: Data(body)) } catch let DecodingError.typeMismatch(_, context) {
+            throw .badRequest("'\(fieldName(context))' has the wrong type")
+        } catch let DecodingError.dataCorrupted(context) {
+            throw .badRequest("'\(fieldName(context))' is not a valid value")
+        } catch let DecodingError.valueNotFound(_, context) {
+            throw .badRequest("'\(fieldName(context))' must not be null")
+        } catch {
+            throw .badRequest("the body is not a valid function spec")
+        }
+        guard let command = wire.command else {
+            throw .badRequest("'command' is required: the handler's argv, e.g. [\"sh\", \"-c\", \"cat\"]")
+        }
+        var spec = FunctionSpec(command: command, env: wire.env ?? [:], workdir: wire.workdir)
+        if let v = wire.image { spec.image = v }
+        if let v = wire.memoryMiB { spec.memoryMiB = v }
+        if let v = wire.vcpus { spec.vcpus = v }
+        if let v = wire.timeoutSeconds { spec.timeoutSeconds = v }
+        if let v = wire.concurrency { spec.concurrency = v }
+        if let v = wire.warm { spec.warm = v }
+        if let v = wire.retries { spec.retries = v }
+        try spec.validate()
+        return spec
+    }
+
+    /// The body's fields, each optional, typed: JSONDecoder refuses `true`
+    /// or `1.5` for an Int, and a string for a number.
+    private struct Wire: Decodable {
+        var command: [String]?
+        var image: String?
+        var env: [String: String]?
+        var workdir: String?
+        var memoryMiB: Int?
+        var vcpus: Int?
+        var timeoutSeconds: Double?
+        var concurrency: Int?
+        var warm: Int?
+        var retries: Int?
+    }
+
+    private static func fieldName(_ context: DecodingError.Context) -> String {
+        context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+    }
+
+    /// The limits, each with a message that names the field.
+    public func validate() throws(RunnerError) {
+        guard !command.isEmpty, command.count <= 256 else { throw .badRequest("'command' must have 1 to 256 elements") }
+        guard command.allSatisfy({ !$0.isEmpty && !$0.utf8.contains(0) }) else {
+            throw .badRequest("'command' elements must be non-empty and hold no NUL")
+        }
+        guard command.reduce(0, { $0 + $1.utf8.count }) <= 65536 else { throw .badRequest("'command' is over 64 KiB") }
+        guard image == Self.defaultImage || image.hasPrefix("/") else {
+            throw .badRequest("'image' must be \"default\" or an absolute path to an ext4 image")
+        }
+        guard env.count <= 128 else { throw .badRequest("'env' has more than 128 entries") }
+        for (k, v) in env {
+            guard Self.isEnvironmentName(k) else { throw .badRequest("'env' key '\(k)' is not a valid variable name") }
+            guard !v.utf8.contains(0), v.utf8.count <= 32768 else { throw .badRequest("'env.\(k)' holds a NUL or is over 32 KiB") }
+        }
+        if let w = workdir { guard w.hasPrefix("/"), !w.utf8.contains(0) else { throw .badRequest("'workdir' must be an absolute path") } }
+        guard (32...16384).contains(memoryMiB) else { throw .badRequest("'memoryMiB' must be 32 to 16384") }
+        guard (1...32).contains(vcpus) else { throw .badRequest("'vcpus' must be 1 to 32") }
+        guard timeoutSeconds.isFinite, timeoutSeconds > 0, timeoutSeconds <= 3600 else {
+            throw .badRequest("'timeoutSeconds' must be more than 0 and at most 3600")
+        }
+        guard (1...1024).contains(concurrency) else { throw .badRequest("'concurrency' must be 1 to 1024") }
+        guard (0...64).contains(warm) else { throw .badRequest("'warm' must be 0 to 64") }
+        guard (0...10).contains(retries) else { throw .badRequest("'retries' must be 0 to 10") }
+    }
+
+    static func isEnvironmentName(_ s: String) -> Bool {
+        guard let first = s.utf8.first, first == UInt8(ascii: "_") || isLetter(first), s.utf8.count <= 256 else { return false }
+        return s.utf8.allSatisfy { $0 == UInt8(ascii: "_") || isLetter($0) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }
+    }
+
+    private static func isLetter(_ c: UInt8) -> Bool {
+        (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(c) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(c)
+    }
+
+    /// A function name: what Lambda allows (letters, digits, '-', '_'), 1 to 64 long.
+    public static func isValidName(_ s: String) -> Bool {
+        !s.isEmpty && s.utf8.count <= 64 && s.utf8.allSatisfy {
+            $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || isLetter($0) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0)
+        }
+    }
+}
+
+/// A deployed function: its current version's spec and what identifies the version.
+public struct FunctionRecord: Codable, Equatable, Sendable {
+    public var name: String
+    public var version: Int
+    public var spec: FunctionSpec
+    /// SHA-256 of the root image when the version was made (snapshots check it again).
+    public var imageSha256: String
+    /// The image path resolved ("default" becomes the built rootfs).
+    public var imagePath: String
+    public var createdAt: Date
+    public var updatedAt: Date
+}

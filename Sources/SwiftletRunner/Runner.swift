@@ -1,0 +1,619 @@
+import Foundation
+import Logging
+
+/// How the runner is set up (`swiftletd serve` options).
+public struct RunnerConfig: Sendable {
+    public var stateDirectory: String
+    /// The `swiftlet` binary that runs each VM.
+    public var swiftlet: String
+    public var kernel: String?
+    /// What `"image": "default"` means.
+    public var defaultRootfs: String
+    /// VM slots: running VMs plus warm ones.
+    public var maxVMs: Int
+    /// Guest memory of running and warm VMs never exceeds this.
+    public var memoryBudgetMiB: Int
+    /// Queued jobs (async and waiting sync) beyond this get 429.
+    public var maxQueued: Int = 10_000
+    /// How long a synchronous invoke waits for a slot before 429.
+    public var syncWaitSeconds: Double = 30
+    /// Finished jobs (and their output) are deleted this long after.
+    public var retentionSeconds: Double = 7 * 86400
+    public var drainTimeoutSeconds: Double = 30
+    public var jail: Bool
+    /// Stdout cap (Lambda's 6 MB response limit).
+    public var outputLimit: Int = 6 * 1024 * 1024
+    /// Stderr kept per job.
+    public var logLimit: Int = 1024 * 1024
+    public var syncPayloadLimit: Int = 6 * 1024 * 1024
+    public var asyncPayloadLimit: Int = 1024 * 1024
+    /// The first retry's delay; each later one doubles, with jitter.
+    public var retryBaseSeconds: Double = 1
+
+    public init(stateDirectory: String, swiftlet: String, kernel: String?, defaultRootfs: String, maxVMs: Int,
+                memoryBudgetMiB: Int, jail: Bool) {
+        (self.stateDirectory, self.swiftlet, self.kernel, self.defaultRootfs) = (stateDirectory, swiftlet, kernel, defaultRootfs)
+        (self.maxVMs, self.memoryBudgetMiB, self.jail) = (maxVMs, memoryBudgetMiB, jail)
+    }
+}
+
+/// What a synchronous invoke returns.
+public struct InvokeResult: Sendable {
+    public var job: JobRecord
+    public var output: [UInt8]
+    public var logTail: [UInt8]
+    public var outcome: AttemptOutcome
+}
+
+/// The job runner: functions, the queue, VM slots, warm pools. One actor
+/// owns all scheduling state; VMs run on their own threads (VMProcess), and
+/// the store is SQLite.
+///
+/// Scheduling: a job needs a slot (`maxVMs`), its guest memory within the
+/// budget, and its function under its `concurrency`. When a slot frees,
+/// the function served least recently among those with work goes next
+/// (sync waiters first within a function), so one busy function cannot
+/// starve another.
+public actor Runner {
+    public nonisolated let config: RunnerConfig
+    public nonisolated let store: Store
+    public nonisolated let metrics: RunnerMetrics
+    let snapshots: Snapshots
+    let spawner: Spawner
+    let logger: Logger
+
+    private struct Running {
+        var function: String
+        var memoryMiB: Int
+        var vm: VMProcess?
+        /// A warm VM of the job's version, handed to it at admission.
+        var reservedWarm: VMProcess?
+        var cancelRequested = false
+    }
+    private var running: [String: Running] = [:]
+    private var runningPerFunction: [String: Int] = [:]
+    private struct Waiter {
+        var job: JobRecord
+        var memoryMiB: Int
+        var concurrency: Int
+        var continuation: CheckedContinuation<Bool, Never>
+    }
+    /// Synchronous invokes waiting for a slot, per function, oldest first.
+    private var waiters: [String: [Waiter]] = [:]
+    private var lastServed: [String: UInt64] = [:]
+    private var serveCounter: UInt64 = 0
+    private var finalWaiters: [String: [UUID: CheckedContinuation<Void, Never>]] = [:]
+    private var warm: [VersionKey: [(vm: VMProcess, memoryMiB: Int)]] = [:]
+    private var warmFilling: Set<VersionKey> = []
+    private var draining = false
+    private var pumpScheduled = false
+    private var wakeTask: Task<Void, Never>?
+
+    public init(config: RunnerConfig, logger: Logger) throws(RunnerError) {
+        self.config = config
+        self.logger = logger
+        store = try Store(directory: config.stateDirectory)
+        metrics = RunnerMetrics()
+        spawner = Spawner()
+        snapshots = Snapshots(directory: config.stateDirectory + "/snapshots", swiftlet: config.swiftlet, kernel: config.kernel, spawner: spawner)
+    }
+
+    /// After a restart: jobs left running are re-queued or failed (see
+    /// `Store.recover`), then the queue starts moving.
+    public func start() async throws(RunnerError) {
+        let (requeued, failed) = try store.recover(now: Date().timeIntervalSince1970)
+        if requeued + failed > 0 {
+            logger.info("recovered jobs after a restart", metadata: ["requeued": "\(requeued)", "failed": "\(failed)"])
+        }
+        pump()
+        refillWarmPools()
+    }
+
+    // MARK: Functions
+
+    public func deploy(name: String, spec: FunctionSpec) async throws(RunnerError) -> (FunctionRecord, created: Bool) {
+        guard FunctionSpec.isValidName(name) else { throw .badRequest("function name '\(name)' must be 1 to 64 letters, digits, '-' or '_'") }
+        try spec.validate()
+        let imagePath = spec.image == FunctionSpec.defaultImage ? config.defaultRootfs : spec.image
+        let resolved = URL(fileURLWithPath: imagePath).resolvingSymlinksInPath().path
+        guard access(resolved, R_OK) == 0 else {
+            throw .badRequest("image \(spec.image == FunctionSpec.defaultImage ? "default (\(imagePath))" : imagePath) does not exist or is not readable")
+        }
+        let sha = try Snapshots.sha256(ofFile: resolved)
+        let result = try store.deploy(name: name, spec: spec, imagePath: resolved, imageSha256: sha, now: Date().timeIntervalSince1970)
+        logger.info("function deployed", metadata: ["function": "\(name)", "version": "\(result.0.version)"])
+        collectGarbage()
+        refillWarmPools()
+        return result
+    }
+
+    public func removeFunction(_ name: String) throws(RunnerError) {
+        guard try store.removeFunction(name, now: Date().timeIntervalSince1970) else { throw .functionNotFound(name) }
+        for key in warm.keys where key.function == name { for w in warm.removeValue(forKey: key) ?? [] { w.vm.discard() } }
+        updateGauges()
+        collectGarbage()
+        logger.info("function removed", metadata: ["function": "\(name)"])
+    }
+
+    // MARK: Invocations
+
+    /// A queued job (Lambda `Event`, or `POST /v1/functions/F/jobs`).
+    public func submit(function name: String, payload: [UInt8], idempotencyKey: String?) throws(RunnerError) -> (JobRecord, replayed: Bool) {
+        guard !draining else { throw .draining }
+        guard let f = try store.function(name) else { throw .functionNotFound(name) }
+        guard payload.count <= config.asyncPayloadLimit else { throw .payloadTooLarge(limit: config.asyncPayloadLimit) }
+        if let key = idempotencyKey, let existing = try store.insertJobIfReplay(function: name, key: key) { return (existing, true) }
+        guard try store.countQueued() < config.maxQueued else {
+            throw .tooManyRequests(reason: .queueFull, retryAfterSeconds: 5)
+        }
+        let now = Date().timeIntervalSince1970
+        let job = JobRecord(id: JobID.make(), function: name, version: f.version, state: .queued, invocation: .async, attempts: 0,
+                            maxAttempts: f.spec.retries + 1, exitStatus: nil, error: nil, idempotencyKey: idempotencyKey,
+                            createdAt: now, startedAt: nil, finishedAt: nil, notBefore: now, outputBytes: 0, logBytes: 0,
+                            timings: JobTimings(), seq: 0)
+        let (stored, replayed) = try store.insertJob(job, payload: payload)
+        if !replayed {
+            logger.info("job queued", metadata: ["job": "\(stored.id)", "function": "\(name)"])
+            pump()
+        }
+        return (stored, replayed)
+    }
+
+    /// A synchronous invoke: waits for a slot (up to `syncWaitSeconds`, then
+    /// 429), runs, and returns the output. `dryRun` only validates.
+    public func invoke(function name: String, payload: [UInt8], dryRun: Bool = false) async throws(RunnerError) -> InvokeResult? {
+        guard !draining else { throw .draining }
+        guard let f = try store.function(name) else { throw .functionNotFound(name) }
+        guard payload.count <= config.syncPayloadLimit else { throw .payloadTooLarge(limit: config.syncPayloadLimit) }
+        if dryRun { return nil }
+        let queuedSync = waiters.values.reduce(0) { $0 + $1.count }
+        guard queuedSync < config.maxQueued else { throw .tooManyRequests(reason: .queueFull, retryAfterSeconds: 1) }
+        let accepted = monotonicNanos()
+        let now = Date().timeIntervalSince1970
+        var job = JobRecord(id: JobID.make(), function: name, version: f.version, state: .queued, invocation: .sync, attempts: 0,
+                            maxAttempts: 1, exitStatus: nil, error: nil, idempotencyKey: nil, createdAt: now, startedAt: nil,
+                            finishedAt: nil, notBefore: now, outputBytes: 0, logBytes: 0, timings: JobTimings(), seq: 0)
+        job = try store.insertJob(job, payload: nil).0
+
+        // A slot now, or a place in the function's line until one frees.
+        if !tryAdmit(function: name, memoryMiB: f.spec.memoryMiB, concurrency: f.spec.concurrency, jobID: job.id, version: f.version) {
+            let jobID = job.id
+            let timeout = config.syncWaitSeconds
+            let granted = await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+                waiters[name, default: []].append(Waiter(job: job, memoryMiB: f.spec.memoryMiB, concurrency: f.spec.concurrency, continuation: c))
+                updateGauges()
+                Task { [weak self] in
+                    try? await Task.sleep(for: .seconds(timeout))
+                    await self?.expireWaiter(function: name, jobID: jobID)
+                }
+                pump()
+            }
+            if !granted {
+                if let j = try? store.job(job.id), j.state == .cancelled { throw .alreadyFinal(id: job.id, state: .cancelled) }
+                if draining { throw .draining }
+                // A throttled invoke never ran: it leaves no job behind (as Lambda's 429).
+                try? store.deleteJob(job.id)
+                let atLimit = (runningPerFunction[name] ?? 0) >= f.spec.concurrency
+                throw .tooManyRequests(reason: atLimit ? .functionConcurrencyLimitExceeded : .concurrentInvocationLimitExceeded,
+                                       retryAfterSeconds: 1)
+            }
+        }
+        let queueMs = Double(monotonicNanos() - accepted) / 1e6
+        guard try store.markRunning(job.id, now: Date().timeIntervalSince1970, queueMs: queueMs) else {
+            release(jobID: job.id)
+            throw .alreadyFinal(id: job.id, state: .cancelled)
+        }
+        let (result, final) = await execute(jobID: job.id, version: f, payload: payload, invocation: .sync, attempt: 1, maxAttempts: 1,
+                                            createdAt: now, queueMs: queueMs)
+        let output = result.map { r -> [UInt8] in
+            guard case .exited(0) = r.outcome else { return [] }
+            return (try? Self.readFile(store.outputPath(job.id), limit: config.outputLimit)) ?? []
+        } ?? []
+        return InvokeResult(job: final ?? job, output: output, logTail: result?.logTail ?? [], outcome: result?.outcome ?? .infrastructure("not run"))
+    }
+
+    private func expireWaiter(function: String, jobID: String) {
+        guard var line = waiters[function], let i = line.firstIndex(where: { $0.job.id == jobID }) else { return }
+        let w = line.remove(at: i)
+        waiters[function] = line.isEmpty ? nil : line
+        updateGauges()
+        w.continuation.resume(returning: false)
+    }
+
+    /// Takes a slot for the job if one is free now. A warm VM of the job's
+    /// own version is its slot: it is reserved for the job. Warm VMs of
+    /// other versions give way.
+    private func tryAdmit(function: String, memoryMiB: Int, concurrency: Int, jobID: String, version: Int) -> Bool {
+        guard (runningPerFunction[function] ?? 0) < concurrency else { return false }
+        let key = VersionKey(function: function, version: version)
+        var reserved: VMProcess?
+        if let vm = takeWarm(key) {
+            reserved = vm
+        } else {
+            if !hasRoom(memoryMiB: memoryMiB) { evictWarm(except: key, toFit: memoryMiB) }
+            guard hasRoom(memoryMiB: memoryMiB) else { return false }
+        }
+        running[jobID] = Running(function: function, memoryMiB: memoryMiB, vm: nil, reservedWarm: reserved)
+        runningPerFunction[function, default: 0] += 1
+        serveCounter += 1
+        lastServed[function] = serveCounter
+        updateGauges()
+        return true
+    }
+
+    private var slotsUsed: Int { running.count + warm.values.reduce(0) { $0 + $1.count } }
+    private var memoryUsed: Int { running.values.reduce(0) { $0 + $1.memoryMiB } + warm.values.reduce(0) { $0 + $1.reduce(0) { $0 + $1.memoryMiB } } }
+
+    private func hasRoom(memoryMiB: Int) -> Bool {
+        slotsUsed < config.maxVMs && memoryUsed + memoryMiB <= config.memoryBudgetMiB
+    }
+
+    /// Warm VMs give way to real work: the oldest of other versions go first.
+    private func evictWarm(except key: VersionKey?, toFit memoryMiB: Int) {
+        for k in warm.keys.sorted(by: { $0.description < $1.description }) where k != key {
+            while !hasRoom(memoryMiB: memoryMiB), var pool = warm[k], !pool.isEmpty {
+                let w = pool.removeFirst()
+                warm[k] = pool.isEmpty ? nil : pool
+                w.vm.discard()
+            }
+            if hasRoom(memoryMiB: memoryMiB) { return }
+        }
+    }
+
+    private func release(jobID: String) {
+        guard let r = running.removeValue(forKey: jobID) else { return }
+        if let w = r.reservedWarm, r.vm == nil { w.discard() }
+        runningPerFunction[r.function, default: 1] -= 1
+        if runningPerFunction[r.function] == 0 { runningPerFunction[r.function] = nil }
+        updateGauges()
+        pump()
+    }
+
+    /// Starts what can start: sync waiters and due queued jobs, the least
+    /// recently served function first.
+    func pump() {
+        guard !draining else { return }
+        var due: [String: JobRecord] = [:]
+        do {
+            for job in try store.dueHeads(now: Date().timeIntervalSince1970) { due[job.function] = job }
+        } catch {
+            logger.error("reading the queue failed", metadata: ["error": "\(error)"])
+        }
+        var specs: [String: FunctionRecord] = [:]
+        var blocked = Set<String>()
+        while true {
+            let candidates = Set(waiters.keys).union(due.keys).subtracting(blocked)
+            guard let function = candidates.min(by: { (lastServed[$0] ?? 0, $0) < (lastServed[$1] ?? 0, $1) }) else { break }
+            if let w = waiters[function]?.first {
+                guard tryAdmit(function: function, memoryMiB: w.memoryMiB, concurrency: w.concurrency, jobID: w.job.id, version: w.job.version) else {
+                    blocked.insert(function)
+                    continue
+                }
+                waiters[function]!.removeFirst()
+                if waiters[function]!.isEmpty { waiters[function] = nil }
+                w.continuation.resume(returning: true)
+                continue
+            }
+            guard let job = due[function] else { blocked.insert(function); continue }
+            let version: FunctionRecord
+            if let v = specs["\(function)@\(job.version)"] {
+                version = v
+            } else if let v = try? store.version(function, job.version) {
+                version = v
+                specs["\(function)@\(job.version)"] = v
+            } else {
+                _ = try? store.finishAttempt(job.id, state: .failed, exitStatus: nil, error: "its function version is gone", outcome: "no version",
+                                             now: Date().timeIntervalSince1970, retryAt: nil, timings: JobTimings(), outputBytes: 0, logBytes: 0)
+                due[function] = nil
+                continue
+            }
+            guard tryAdmit(function: function, memoryMiB: version.spec.memoryMiB, concurrency: version.spec.concurrency, jobID: job.id, version: job.version) else {
+                blocked.insert(function)
+                continue
+            }
+            due[function] = nil
+            let queueMs = max(0, (Date().timeIntervalSince1970 - job.notBefore) * 1000)
+            guard (try? store.markRunning(job.id, now: Date().timeIntervalSince1970, queueMs: queueMs)) == true else {
+                release(jobID: job.id)
+                continue
+            }
+            Task { await self.runQueued(job: job, version: version, queueMs: queueMs) }
+            // The next due job of this function, if any.
+            if let next = try? store.dueHead(function: function, now: Date().timeIntervalSince1970) { due[function] = next }
+        }
+        scheduleWakeForBackoff()
+        updateGauges()
+    }
+
+    /// Jobs waiting out a retry backoff need a pump when it ends.
+    private func scheduleWakeForBackoff() {
+        guard let next = try? store.nextDue(), next > Date().timeIntervalSince1970 else { return }
+        wakeTask?.cancel()
+        let delay = next - Date().timeIntervalSince1970
+        wakeTask = Task { [weak self] in
+            try? await Task.sleep(for: .seconds(max(0.01, delay)))
+            guard !Task.isCancelled else { return }
+            await self?.pump()
+        }
+    }
+
+    private func runQueued(job: JobRecord, version: FunctionRecord, queueMs: Double) async {
+        let payload = (try? store.payload(job.id)) ?? []
+        _ = await execute(jobID: job.id, version: version, payload: payload, invocation: .async, attempt: job.attempts + 1,
+                          maxAttempts: job.maxAttempts, createdAt: job.createdAt, queueMs: queueMs)
+    }
+
+    /// Runs one attempt in the slot already taken, records it, frees the slot.
+    private func execute(jobID: String, version f: FunctionRecord, payload: [UInt8], invocation: Invocation, attempt: Int,
+                         maxAttempts: Int, createdAt: Double, queueMs: Double) async -> (VMResult?, JobRecord?) {
+        let slotAt = monotonicNanos()
+        var result: VMResult?
+        var failure: String?
+        let key = VersionKey(function: f.name, version: f.version)
+        do {
+            let vm: VMProcess
+            if let w = running[jobID]?.reservedWarm {
+                vm = w
+            } else {
+                let dir = try await snapshots.snapshot(for: f)
+                vm = try await VMProcess.start(VMLaunch(swiftlet: config.swiftlet, snapshotDirectory: dir, spec: f.spec, jail: config.jail, warm: false),
+                                               spawner: spawner)
+            }
+            running[jobID]?.vm = vm
+            if running[jobID]?.cancelRequested == true { vm.stop(.cancelled) }
+            logger.info("job started", metadata: ["job": "\(jobID)", "function": "\(f.name)", "attempt": "\(attempt)", "vmm": "\(vm.pid)"])
+            refillWarmPools()
+            result = await vm.run(payload: payload, output: VMOutput(outputPath: store.outputPath(jobID), logPath: store.logPath(jobID),
+                                                                    outputLimit: config.outputLimit, logLimit: config.logLimit))
+        } catch let e as RunnerError {
+            failure = e.description
+        } catch {
+            failure = "\(error)"
+        }
+        let outcome = result?.outcome ?? (running[jobID]?.cancelRequested == true ? .cancelled : .infrastructure(failure ?? "not started"))
+        let now = Date().timeIntervalSince1970
+        let (state, exitStatus, error) = Self.classify(outcome)
+        if case .infrastructure = outcome { metrics.spawnFailures.increment() }
+        // Lambda's rule for queued invocations: any failure but a cancel is
+        // retried while attempts remain. A job the drain stopped is due again
+        // at once (it runs after the restart); the queue is durable, so a
+        // retry scheduled while draining is not lost either.
+        let retry = invocation == .async && state != .succeeded && state != .cancelled && attempt < maxAttempts
+        let stoppedByDrain = outcome == .infrastructure(Self.shutdownReason)
+        let retryAt = retry ? now + (stoppedByDrain ? 0 : Self.backoff(attempt: attempt, base: config.retryBaseSeconds)) : nil
+        var timings = JobTimings(queueMs: queueMs)
+        if let r = result {
+            timings.restoreMs = r.milliseconds("handover-ms") ?? r.milliseconds("boot-ms")
+            timings.runMs = r.milliseconds("job-host-ms")
+        }
+        timings.totalMs = (now - createdAt) * 1000
+        let final: JobRecord?
+        do {
+            final = try store.finishAttempt(jobID, state: state, exitStatus: exitStatus, error: error, outcome: "\(outcome)", now: now,
+                                            retryAt: retryAt, timings: timings, outputBytes: result?.outputBytes ?? 0,
+                                            logBytes: result?.logBytes ?? 0)
+        } catch {
+            logger.error("recording a job's end failed", metadata: ["job": "\(jobID)", "error": "\(error)"])
+            final = nil
+        }
+        if retryAt == nil {
+            metrics.record(function: f.name, queueWait: queueMs / 1000, restore: timings.restoreMs.map { $0 / 1000 },
+                           run: timings.runMs.map { $0 / 1000 }, endToEnd: timings.totalMs.map { $0 / 1000 })
+        }
+        logger.info(retryAt == nil ? "job finished" : "job will be retried", metadata: [
+            "job": "\(jobID)", "function": "\(f.name)", "state": "\(state.rawValue)", "attempt": "\(attempt)",
+            "outcome": "\(outcome)", "slot_ms": "\(Double(monotonicNanos() - slotAt) / 1e6)",
+        ])
+        release(jobID: jobID)
+        if retryAt == nil { notifyFinal(jobID) }
+        collectGarbage()
+        return (result, final)
+    }
+
+    static func classify(_ outcome: AttemptOutcome) -> (JobState, Int?, String?) {
+        switch outcome {
+        case .exited(0): return (.succeeded, 0, nil)
+        case let .exited(c): return (.failed, Int(c), "the handler exited with status \(c)")
+        case let .signalled(s): return (.failed, 128 + Int(s), "the handler was killed by signal \(s)")
+        case .timedOut: return (.timedOut, nil, "the handler ran past its timeout")
+        case let .outputTooLarge(limit): return (.failed, nil, "the handler's output went over \(limit) bytes")
+        case .cancelled: return (.cancelled, nil, "cancelled")
+        case let .infrastructure(why): return (.failed, nil, "the VMM failed: \(why)")
+        }
+    }
+
+    /// base × 2^(attempt-1), times a jitter in [0.5, 1), at most 5 minutes.
+    static func backoff(attempt: Int, base: Double) -> Double {
+        let raw = min(300, base * pow(2, Double(max(0, attempt - 1))))
+        return raw * Double.random(in: 0.5..<1)
+    }
+
+    // MARK: Jobs
+
+    public func job(_ id: String) throws(RunnerError) -> JobRecord {
+        guard let j = try store.job(id) else { throw .jobNotFound(id) }
+        return j
+    }
+
+    /// The job once final, or as it is after `seconds`.
+    public func waitFinal(_ id: String, seconds: Double) async throws(RunnerError) -> JobRecord {
+        let j = try job(id)
+        if j.state.isFinal || seconds <= 0 { return j }
+        let token = UUID()
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            finalWaiters[id, default: [:]][token] = c
+            Task { [weak self] in
+                try? await Task.sleep(for: .seconds(seconds))
+                await self?.resumeWaiter(id, token)
+            }
+        }
+        return try job(id)
+    }
+
+    private func resumeWaiter(_ id: String, _ token: UUID) {
+        guard let c = finalWaiters[id]?.removeValue(forKey: token) else { return }
+        if finalWaiters[id]?.isEmpty == true { finalWaiters[id] = nil }
+        c.resume()
+    }
+
+    private func notifyFinal(_ id: String) {
+        for (_, c) in finalWaiters.removeValue(forKey: id) ?? [:] { c.resume() }
+    }
+
+    /// Cancels a job: a queued one never runs; a running one's VMM is
+    /// stopped at once.
+    public func cancel(_ id: String) throws(RunnerError) -> JobRecord {
+        let j = try job(id)
+        if j.state.isFinal { throw .alreadyFinal(id: id, state: j.state) }
+        // A sync invoke still waiting for a slot.
+        if var line = waiters[j.function], let i = line.firstIndex(where: { $0.job.id == id }) {
+            let w = line.remove(at: i)
+            waiters[j.function] = line.isEmpty ? nil : line
+            _ = try store.cancelQueued(id, now: Date().timeIntervalSince1970)
+            w.continuation.resume(returning: false)
+            notifyFinal(id)
+            return try job(id)
+        }
+        if running[id] != nil {
+            running[id]!.cancelRequested = true
+            running[id]!.vm?.stop(.cancelled)
+            logger.info("job cancel requested", metadata: ["job": "\(id)"])
+            return try job(id)
+        }
+        if let c = try store.cancelQueued(id, now: Date().timeIntervalSince1970) {
+            logger.info("job cancelled", metadata: ["job": "\(id)"])
+            notifyFinal(id)
+            updateGauges()
+            return c
+        }
+        return try job(id)
+    }
+
+    /// Reads a job's output or log file (what there is so far).
+    public nonisolated func readOutput(_ id: String, log: Bool) throws(RunnerError) -> [UInt8] {
+        guard try store.job(id) != nil else { throw .jobNotFound(id) }
+        return (try? Self.readFile(log ? store.logPath(id) : store.outputPath(id), limit: max(config.outputLimit, config.logLimit))) ?? []
+    }
+
+    static func readFile(_ path: String, limit: Int) throws -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return [] }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while out.count < limit {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, min($0.count, limit - out.count)) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            out += buffer[0..<n]
+        }
+        return out
+    }
+
+    // MARK: Warm pools
+
+    private func takeWarm(_ key: VersionKey) -> VMProcess? {
+        guard var pool = warm[key] else { return nil }
+        while !pool.isEmpty {
+            let w = pool.removeFirst()
+            warm[key] = pool.isEmpty ? nil : pool
+            // Its slot and memory pass to the job's (already counted there).
+            if w.vm.isAlive { updateGauges(); return w.vm }
+            logger.warning("a warm VM had died; restoring cold", metadata: ["function": "\(key.function)", "vmm": "\(w.vm.pid)"])
+        }
+        updateGauges()
+        return nil
+    }
+
+    /// Tops up every current function's pool to its `warm`, while slots and
+    /// memory allow and no job waits (pools never take a slot from work).
+    func refillWarmPools() {
+        guard !draining, waiters.isEmpty else { return }
+        guard let functions = try? store.functions() else { return }
+        let wanted = Dictionary(functions.map { (VersionKey(function: $0.name, version: $0.version), $0) }, uniquingKeysWith: { a, _ in a })
+        // Pools of versions no longer current, or larger than wanted, shrink.
+        for (key, pool) in warm {
+            let target = wanted[key]?.spec.warm ?? 0
+            if pool.count > target {
+                for w in pool[target...] { w.vm.discard() }
+                warm[key] = target == 0 ? nil : Array(pool[..<target])
+            }
+        }
+        for (key, f) in wanted where f.spec.warm > 0 && !warmFilling.contains(key) {
+            let have = warm[key]?.count ?? 0
+            guard have < f.spec.warm, hasRoom(memoryMiB: f.spec.memoryMiB), (try? store.dueHeads(now: Date().timeIntervalSince1970).isEmpty) ?? false else { continue }
+            warmFilling.insert(key)
+            Task { await self.fillOne(key, f) }
+        }
+        updateGauges()
+    }
+
+    private func fillOne(_ key: VersionKey, _ f: FunctionRecord) async {
+        defer {
+            warmFilling.remove(key)
+        }
+        do {
+            let dir = try await snapshots.snapshot(for: f)
+            guard !draining, hasRoom(memoryMiB: f.spec.memoryMiB) else { return }
+            let vm = try await VMProcess.start(VMLaunch(swiftlet: config.swiftlet, snapshotDirectory: dir, spec: f.spec, jail: config.jail, warm: true),
+                                               spawner: spawner)
+            warm[key, default: []].append((vm, f.spec.memoryMiB))
+        } catch {
+            logger.warning("filling a warm pool failed", metadata: ["function": "\(key.function)", "error": "\(error)"])
+            return
+        }
+        updateGauges()
+        // One at a time per pool; go on until full.
+        Task { await self.refillAfterFill() }
+    }
+
+    private func refillAfterFill() { refillWarmPools() }
+
+    // MARK: Housekeeping
+
+    private func updateGauges() {
+        metrics.runningVMs.set(to: Double(running.count))
+        metrics.warmVMs.set(to: Double(warm.values.reduce(0) { $0 + $1.count }))
+        let queued = (try? store.countQueued()) ?? 0
+        metrics.queueDepth.set(to: Double(queued))
+    }
+
+    private func collectGarbage() {
+        guard let inUse = try? store.versionsInUse() else { return }
+        let keep = inUse.union(warm.keys)
+        Task { _ = await snapshots.collect(keeping: keep) }
+    }
+
+    /// Deletes finished jobs past the retention.
+    public func prune() {
+        let cutoff = Date().timeIntervalSince1970 - config.retentionSeconds
+        if let n = try? store.prune(finishedBefore: cutoff), n > 0 { logger.info("pruned finished jobs", metadata: ["count": "\(n)"]) }
+    }
+
+    public var isDraining: Bool { draining }
+    static let shutdownReason = "the runner shut down while it ran"
+
+    /// Graceful shutdown: no new work; running jobs get up to the drain
+    /// timeout; what is still running then is stopped and recorded
+    /// (re-queued while attempts remain, else failed); warm VMs go.
+    public func drain() async {
+        draining = true
+        wakeTask?.cancel()
+        for (_, pool) in warm { for w in pool { w.vm.discard() } }
+        warm = [:]
+        for (_, line) in waiters { for w in line { w.continuation.resume(returning: false) } }
+        waiters = [:]
+        let deadline = Date().addingTimeInterval(config.drainTimeoutSeconds)
+        while !running.isEmpty && Date() < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        let left = Array(running.keys)
+        if !left.isEmpty {
+            logger.warning("drain timeout: stopping running jobs", metadata: ["count": "\(left.count)"])
+            for id in left { running[id]?.vm?.stop(.infrastructure(Self.shutdownReason)) }
+            let hard = Date().addingTimeInterval(5)
+            while !running.isEmpty && Date() < hard { try? await Task.sleep(for: .milliseconds(20)) }
+        }
+        for (id, _) in finalWaiters { notifyFinal(id) }
+    }
+}

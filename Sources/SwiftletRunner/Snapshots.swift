@@ -1,0 +1,130 @@
+import CRunner
+import Crypto
+import Foundation
+
+/// Function versions' snapshots under `<state>/snapshots`: each made once
+/// (`swiftlet snapshot create`, one cold boot), however many invocations
+/// ask for it at the same moment, and removed when no function or
+/// unfinished job refers to its version any more.
+public actor Snapshots {
+    let directory: String
+    let swiftlet: String
+    let kernel: String?
+    let spawner: Spawner
+    private var creating: [VersionKey: Task<String, Error>] = [:]
+
+    public init(directory: String, swiftlet: String, kernel: String?, spawner: Spawner) {
+        (self.directory, self.swiftlet, self.kernel, self.spawner) = (directory, swiftlet, kernel, spawner)
+    }
+
+    nonisolated func path(_ key: VersionKey) -> String { directory + "/\(key.function).v\(key.version)" }
+
+    /// The version's snapshot directory, created first when missing. Every
+    /// caller waiting on one creation gets its result.
+    public func snapshot(for f: FunctionRecord) async throws(RunnerError) -> String {
+        let key = VersionKey(function: f.name, version: f.version)
+        let final = path(key)
+        if access(final + "/state", R_OK) == 0 { return final }
+        let task: Task<String, Error>
+        if let t = creating[key] {
+            task = t
+        } else {
+            task = Task { try await self.create(f, at: final) }
+            creating[key] = task
+        }
+        do {
+            let dir = try await task.value
+            creating[key] = nil
+            return dir
+        } catch {
+            creating[key] = nil
+            if let e = error as? RunnerError { throw e }
+            throw .internalFailure("creating the snapshot of \(key): \(error)")
+        }
+    }
+
+    private func create(_ f: FunctionRecord, at final: String) async throws -> String {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let temporary = final + ".tmp-\(getpid())"
+        Self.removeTree(temporary)
+        var args = ["swiftlet", "snapshot", "create", "--output", temporary, "--rootfs", f.imagePath,
+                    "--mem", String(f.spec.memoryMiB), "--cpus", String(f.spec.vcpus), "--seccomp", "strict"]
+        if let kernel { args += ["--kernel", kernel] }
+        var errPipe: [Int32] = [-1, -1]
+        guard swd_pipe(&errPipe) == 0 else { throw RunnerError.internalFailure("pipe2: \(String(cString: strerror(errno)))") }
+        let pid: pid_t
+        do {
+            pid = try await spawner.spawn(path: swiftlet, argv: args, environment: VMProcess.childEnvironment(), fds: [-1, -1, errPipe[1]])
+        } catch {
+            close(errPipe[0]); close(errPipe[1])
+            throw RunnerError.internalFailure("\(error)")
+        }
+        close(errPipe[1])
+        let readEnd = errPipe[0]
+        // Blocking reads and wait: off the concurrency pool.
+        let (status, text) = await withCheckedContinuation { (c: CheckedContinuation<(Int32, String), Never>) in
+            Thread.detachNewThread {
+                var out: [UInt8] = []
+                var chunk = [UInt8](repeating: 0, count: 4096)
+                while true {
+                    let n = chunk.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
+                    if n > 0 { out += chunk[0..<n]; if out.count > 65536 { out.removeFirst(out.count - 65536) }; continue }
+                    if n < 0 && errno == EINTR { continue }
+                    break
+                }
+                close(readEnd)
+                var status: Int32 = 0
+                while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+                c.resume(returning: (status, String(decoding: out, as: UTF8.self)))
+            }
+        }
+        guard status == 0 else {
+            Self.removeTree(temporary)
+            let last = text.split(separator: "\n").last.map(String.init) ?? "status \(status)"
+            throw RunnerError.internalFailure("creating the snapshot of \(f.name) version \(f.version): " +
+                                              (last.hasPrefix("swiftlet: error: ") ? String(last.dropFirst(17)) : last))
+        }
+        guard rename(temporary, final) == 0 else {
+            Self.removeTree(temporary)
+            throw RunnerError.internalFailure("rename(\(temporary)): \(String(cString: strerror(errno)))")
+        }
+        return final
+    }
+
+    /// Removes the snapshots of versions not in `inUse`, and leftovers of
+    /// creations that died. Returns what it removed.
+    public func collect(keeping inUse: Set<VersionKey>) -> [String] {
+        let keep = Set(inUse.map { path($0) })
+        let busy = Set(creating.keys.map { path($0) })
+        var removed: [String] = []
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
+            let full = directory + "/" + name
+            let base = name.contains(".tmp-") ? String(name[..<name.range(of: ".tmp-")!.lowerBound]) : name
+            if keep.contains(full) || busy.contains(directory + "/" + base) { continue }
+            Self.removeTree(full)
+            removed.append(full)
+        }
+        return removed
+    }
+
+    static func removeTree(_ path: String) { try? FileManager.default.removeItem(atPath: path) }
+
+    /// SHA-256 of a file, hex: what a version records of its image.
+    public static func sha256(ofFile path: String) throws(RunnerError) -> String {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .badRequest("image \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { throw .badRequest("image \(path) is not a regular file") }
+        var hasher = SHA256()
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw .badRequest("reading image \(path): \(String(cString: strerror(errno)))") }
+            if n == 0 { break }
+            hasher.update(data: buffer[0..<n])
+        }
+        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+    }
+}

@@ -1,0 +1,313 @@
+import CRunner
+import Foundation
+import Synchronization
+
+/// How the runner starts a VMM: `swiftlet run --snapshot DIR` with the
+/// function's handler, strict seccomp, jailed when asked, its timings on
+/// descriptor 3 (stderr stays the function's log) and, for a warm VM, held
+/// after the restore until a byte arrives on descriptor 4.
+public struct VMLaunch: Sendable {
+    public var swiftlet: String
+    public var snapshotDirectory: String
+    public var spec: FunctionSpec
+    public var jail: Bool
+    public var warm: Bool
+
+    public init(swiftlet: String, snapshotDirectory: String, spec: FunctionSpec, jail: Bool, warm: Bool) {
+        (self.swiftlet, self.snapshotDirectory, self.spec, self.jail, self.warm) = (swiftlet, snapshotDirectory, spec, jail, warm)
+    }
+
+    var arguments: [String] {
+        var a = ["swiftlet", "run", "--snapshot", snapshotDirectory, "--seccomp", "strict",
+                 "--timeout", String(spec.timeoutSeconds), "--report-fd", "3"]
+        if warm { a += ["--start-fd", "4"] }
+        if jail { a += ["--jail"] }
+        for (k, v) in spec.env.sorted(by: { $0.key < $1.key }) { a += ["--env", "\(k)=\(v)"] }
+        if let w = spec.workdir { a += ["--workdir", w] }
+        return a + ["--"] + spec.command
+    }
+}
+
+/// What a VMM's run came to.
+public struct VMResult: Sendable {
+    public var outcome: AttemptOutcome
+    /// The `--report-fd` line's fields (boot-ms, job-host-ms, outcome, ...).
+    public var report: [String: String]
+    public var outputBytes: Int
+    public var logBytes: Int
+    /// The last 4 KiB of stderr (Lambda's `LogType: Tail`).
+    public var logTail: [UInt8]
+
+    func milliseconds(_ key: String) -> Double? { report[key].flatMap(Double.init) }
+}
+
+/// Where a run's streams go and how much of them may.
+public struct VMOutput: Sendable {
+    public var outputPath: String
+    public var logPath: String
+    /// Stdout over this ends the run as `outputTooLarge`.
+    public var outputLimit: Int
+    /// Stderr past this is dropped (the tail is still kept).
+    public var logLimit: Int
+    public init(outputPath: String, logPath: String, outputLimit: Int, logLimit: Int) {
+        (self.outputPath, self.logPath, self.outputLimit, self.logLimit) = (outputPath, logPath, outputLimit, logLimit)
+    }
+}
+
+/// One VMM process and the pipes to it. Made by `start` (cold) or kept
+/// ready in a warm pool; `run` hands it one payload and collects the
+/// result on its own thread; `stop` ends it early.
+public final class VMProcess: Sendable {
+    public let pid: pid_t
+    public let launch: VMLaunch
+    /// CLOCK_MONOTONIC ns when the process was started.
+    public let startedAt: UInt64
+    private let stdinFD: Int32, stdoutFD: Int32, stderrFD: Int32, reportFD: Int32
+    private let startFD: Int32
+    private let state = Mutex<State>(State())
+
+    private struct State {
+        var stopping: AttemptOutcome?
+        var exited = false
+        var used = false
+        /// The pipe ends still open: each is closed exactly once (a second
+        /// close could hit a descriptor number NIO has reused for a socket).
+        var open: Set<Int32> = []
+    }
+
+    public enum VMError: Error, CustomStringConvertible {
+        case spawn(Spawner.SpawnError)
+        case system(String, Int32)
+        public var description: String {
+            switch self {
+            case let .spawn(e): return e.description
+            case let .system(call, e): return "\(call): \(String(cString: strerror(e)))"
+            }
+        }
+    }
+
+    private init(pid: pid_t, launch: VMLaunch, fds: (Int32, Int32, Int32, Int32, Int32), startedAt: UInt64) {
+        (self.pid, self.launch, self.startedAt) = (pid, launch, startedAt)
+        (stdinFD, stdoutFD, stderrFD, reportFD, startFD) = fds
+        state.withLock { $0.open = Set([stdinFD, stdoutFD, stderrFD, reportFD, startFD].filter { $0 >= 0 }) }
+    }
+
+    deinit {
+        for fd in state.withLock({ $0.open }) { close(fd) }
+    }
+
+    private func closeOnce(_ fd: Int32) {
+        if state.withLock({ $0.open.remove(fd) }) != nil { close(fd) }
+    }
+
+    /// Starts the VMM. A warm launch holds after the restore until `run`.
+    public static func start(_ launch: VMLaunch, spawner: Spawner) async throws(VMError) -> VMProcess {
+        var pipes: [(r: Int32, w: Int32)] = []
+        func makePipe() throws(VMError) -> (r: Int32, w: Int32) {
+            var p: [Int32] = [-1, -1]
+            let rc = swd_pipe(&p)
+            guard rc == 0 else { throw .system("pipe2", -rc) }
+            pipes.append((p[0], p[1]))
+            return (p[0], p[1])
+        }
+        do {
+            let stdin = try makePipe(), stdout = try makePipe(), stderr = try makePipe(), report = try makePipe()
+            let start = launch.warm ? try makePipe() : (r: Int32(-1), w: Int32(-1))
+            var childFDs = [stdin.r, stdout.w, stderr.w, report.w]
+            if launch.warm { childFDs.append(start.r) }
+            let t0 = monotonicNanos()
+            let pid: pid_t
+            do { pid = try await spawner.spawn(path: launch.swiftlet, argv: launch.arguments, environment: childEnvironment(), fds: childFDs) } catch {
+                throw VMError.spawn(error)
+            }
+            for fd in childFDs { close(fd) }
+            for fd in [stdin.w, stdout.r, stderr.r, report.r] { _ = fcntl(fd, F_SETFL, O_NONBLOCK) }
+            return VMProcess(pid: pid, launch: launch, fds: (stdin.w, stdout.r, stderr.r, report.r, start.w), startedAt: t0)
+        } catch let error as VMError {
+            for p in pipes { close(p.r); close(p.w) }
+            throw error
+        } catch {
+            for p in pipes { close(p.r); close(p.w) }
+            throw .system("starting the VMM", EIO)
+        }
+    }
+
+    /// The VMM's environment: the daemon's, so `SWIFTLET_CACHE` and the
+    /// like reach it.
+    static func childEnvironment() -> [String] {
+        ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" }
+    }
+
+    /// Still running (a warm VM that died is not handed out).
+    public var isAlive: Bool {
+        state.withLock { s in
+            if s.exited { return false }
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid { s.exited = true }
+            return !s.exited
+        }
+    }
+
+    /// Hands the payload over and collects the run: stdout to a file up to
+    /// the limit, stderr to a file and a 4 KiB tail, the report line; then
+    /// reaps the process. Returns when it has exited.
+    public func run(payload: [UInt8], output: VMOutput) async -> VMResult {
+        state.withLock { $0.used = true }
+        return await withCheckedContinuation { continuation in
+            let thread = Thread { continuation.resume(returning: self.collect(payload: payload, output: output)) }
+            thread.name = "swiftletd-vm-\(pid)"
+            thread.start()
+        }
+    }
+
+    /// Ends the run now: the result's outcome becomes `reason`. An unjailed
+    /// VMM's group is SIGKILLed; a jailed one's supervisor gets SIGTERM
+    /// twice (the second stops `run` at once) so that it removes its
+    /// cgroup and mounts, and SIGKILL after `graceMilliseconds`.
+    public func stop(_ reason: AttemptOutcome, graceMilliseconds: Int = 700) {
+        let first = state.withLock { s -> Bool in
+            guard s.stopping == nil, !s.exited else { return false }
+            s.stopping = reason
+            return true
+        }
+        guard first else { return }
+        if !launch.jail {
+            _ = swd_kill_group(pid, SIGKILL)
+            return
+        }
+        kill(pid, SIGTERM)
+        kill(pid, SIGTERM)
+        let pid = self.pid
+        Thread.detachNewThread { [self] in
+            usleep(useconds_t(graceMilliseconds) * 1000)
+            if !state.withLock({ $0.exited }) { _ = swd_kill_group(pid, SIGKILL) }
+        }
+    }
+
+    /// A warm VM given up unused: stopped, and reaped in the background.
+    public func discard() {
+        stop(.cancelled)
+        Thread.detachNewThread { [self] in
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            state.withLock { $0.exited = true }
+        }
+    }
+
+    private func collect(payload: [UInt8], output: VMOutput) -> VMResult {
+        let out = open(output.outputPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        let log = open(output.logPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        defer {
+            if out >= 0 { close(out) }
+            if log >= 0 { close(log) }
+        }
+        if startFD >= 0 {
+            var go: UInt8 = 1
+            _ = write(startFD, &go, 1)
+            closeOnce(startFD)
+        }
+        var outputBytes = 0, logBytes = 0
+        var tail: [UInt8] = []
+        var report: [UInt8] = []
+        var written = 0
+        var stdinOpen = true
+        var open = (stdout: true, stderr: true, report: true)
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        if payload.isEmpty { closeOnce(stdinFD); stdinOpen = false }
+
+        while open.stdout || open.stderr || open.report {
+            var fds: [pollfd] = []
+            if stdinOpen { fds.append(pollfd(fd: stdinFD, events: Int16(POLLOUT), revents: 0)) }
+            if open.stdout { fds.append(pollfd(fd: stdoutFD, events: Int16(POLLIN), revents: 0)) }
+            if open.stderr { fds.append(pollfd(fd: stderrFD, events: Int16(POLLIN), revents: 0)) }
+            if open.report { fds.append(pollfd(fd: reportFD, events: Int16(POLLIN), revents: 0)) }
+            let n = poll(&fds, nfds_t(fds.count), 1000)
+            if n < 0 && errno != EINTR { break }
+            for p in fds where p.revents != 0 {
+                if p.fd == stdinFD {
+                    let k = payload.withUnsafeBytes { write(stdinFD, $0.baseAddress! + written, payload.count - written) }
+                    if k > 0 { written += k }
+                    if (k < 0 && errno != EAGAIN && errno != EINTR) || written == payload.count {
+                        closeOnce(stdinFD)
+                        stdinOpen = false
+                    }
+                    continue
+                }
+                let k = buffer.withUnsafeMutableBytes { read(p.fd, $0.baseAddress, $0.count) }
+                if k < 0 && (errno == EAGAIN || errno == EINTR) { continue }
+                if k <= 0 {
+                    if p.fd == stdoutFD { open.stdout = false } else if p.fd == stderrFD { open.stderr = false } else { open.report = false }
+                    continue
+                }
+                let chunk = buffer[0..<k]
+                if p.fd == stdoutFD {
+                    outputBytes += k
+                    if outputBytes > output.outputLimit {
+                        stop(.outputTooLarge(limit: output.outputLimit))
+                        open.stdout = false
+                    } else if out >= 0 {
+                        Self.writeAll(out, chunk)
+                    }
+                } else if p.fd == stderrFD {
+                    if logBytes < output.logLimit, log >= 0 { Self.writeAll(log, chunk.prefix(output.logLimit - logBytes)) }
+                    logBytes += k
+                    tail += chunk
+                    if tail.count > 4096 { tail.removeFirst(tail.count - 4096) }
+                } else if report.count < 4096 {
+                    report += chunk
+                }
+            }
+        }
+        for fd in [stdinFD, stdoutFD, stderrFD, reportFD] { closeOnce(fd) }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let stopping = state.withLock { s -> AttemptOutcome? in
+            s.exited = true
+            return s.stopping
+        }
+        let fields = Self.parseReport(report)
+        let outcome = stopping ?? Self.outcome(status: status, fields: fields, log: tail)
+        return VMResult(outcome: outcome, report: fields, outputBytes: min(outputBytes, output.outputLimit),
+                        logBytes: logBytes, logTail: tail)
+    }
+
+    static func writeAll(_ fd: Int32, _ bytes: ArraySlice<UInt8>) {
+        var rest = bytes
+        while !rest.isEmpty {
+            let n = rest.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return }
+            rest = rest.dropFirst(n)
+        }
+    }
+
+    /// `key=value` words of the report line.
+    static func parseReport(_ bytes: [UInt8]) -> [String: String] {
+        var fields: [String: String] = [:]
+        for word in String(decoding: bytes, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" }) {
+            guard let eq = word.firstIndex(of: "=") else { continue }
+            fields[String(word[..<eq])] = String(word[word.index(after: eq)...])
+        }
+        return fields
+    }
+
+    /// The attempt's outcome from the report's `outcome=` (unambiguous)
+    /// and, without one, the wait status: the VMM itself failed.
+    static func outcome(status: Int32, fields: [String: String], log: [UInt8]) -> AttemptOutcome {
+        if let o = fields["outcome"] {
+            if o == "timeout" { return .timedOut }
+            if o.hasPrefix("exit:"), let c = Int32(o.dropFirst(5)) { return .exited(c) }
+            if o.hasPrefix("signal:"), let s = Int32(o.dropFirst(7)) { return .signalled(s) }
+        }
+        let lastLine = String(decoding: log, as: UTF8.self).split(separator: "\n").last(where: { $0.hasPrefix("swiftlet: error: ") })
+        let why = lastLine.map { String($0.dropFirst(17)) }
+        if status & 0x7f != 0 { return .infrastructure(why ?? "the VMM was killed by signal \(status & 0x7f)") }
+        return .infrastructure(why ?? "the VMM exited with status \((status >> 8) & 0xff) without a report")
+    }
+}
+
+func monotonicNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
