@@ -123,8 +123,13 @@ extension VirtualMachine {
         }
         var pit = s.pit
         _ = try kvmIoctl(fd, SWL_KVM_SET_PIT2, &pit, "KVM_SET_PIT2")
+        try setClock(s.clock.clock)
+    }
+
+    /// KVM_SET_CLOCK: the guest's kvmclock reads `nanos` from now on.
+    public func setClock(_ nanos: UInt64) throws(KVMError) {
         var clock = kvm_clock_data()
-        clock.clock = s.clock.clock
+        clock.clock = nanos
         _ = try kvmIoctl(fd, SWL_KVM_SET_CLOCK, &clock, "KVM_SET_CLOCK")
     }
 

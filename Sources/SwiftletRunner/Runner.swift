@@ -356,6 +356,7 @@ public actor Runner {
                 vm = w
             } else {
                 let dir = try await snapshots.snapshot(for: f)
+                guard running[jobID]?.cancelRequested != true else { throw RunnerError.alreadyFinal(id: jobID, state: .cancelled) }
                 vm = try await VMProcess.start(VMLaunch(swiftlet: config.swiftlet, snapshotDirectory: dir, spec: f.spec, jail: config.jail, warm: false),
                                                spawner: spawner)
             }
@@ -476,8 +477,17 @@ public actor Runner {
         }
         if running[id] != nil {
             running[id]!.cancelRequested = true
-            running[id]!.vm?.stop(.cancelled)
-            logger.info("job cancel requested", metadata: ["job": "\(id)"])
+            if let vm = running[id]!.vm {
+                vm.stop(.cancelled)
+                logger.info("job cancel requested", metadata: ["job": "\(id)", "vmm": "\(vm.pid)"])
+                return try job(id)
+            }
+            // Still preparing (its snapshot being made): final now; the VMM is never started.
+            let now = Date().timeIntervalSince1970
+            _ = try store.finishAttempt(id, state: .cancelled, exitStatus: nil, error: "cancelled", outcome: "cancelled", now: now,
+                                        retryAt: nil, timings: JobTimings(totalMs: (now - j.createdAt) * 1000), outputBytes: 0, logBytes: 0)
+            notifyFinal(id)
+            logger.info("job cancelled before its VMM started", metadata: ["job": "\(id)"])
             return try job(id)
         }
         if let c = try store.cancelQueued(id, now: Date().timeIntervalSince1970) {

@@ -128,6 +128,9 @@ public enum Sandbox {
             }
         }
         try config.beforeGuestRuns?()
+        // The hook may have held the machine (`run --start-fd`): the guest's
+        // clock resumes from the snapshot's, not from when it was restored.
+        do { try machine.rewindClock() } catch { throw .machine("\(error)") }
         let report = try run(machine, with: session)
         var outcome = session.outcome ?? .abandoned
         // The agent's connection went because the guest reset its device

@@ -384,6 +384,16 @@ public final class Machine: @unchecked Sendable {
         )
     }
 
+    /// A restored machine held before it runs (`run --start-fd`, the job
+    /// runner's warm pool): sets the kvmclock back to the snapshot's, so
+    /// the guest does not see the wait as time that passed (every timer
+    /// due at once, under an emulated guest kernel, costs hundreds of ms).
+    /// Call before `run`; a booted machine has nothing to rewind.
+    public func rewindClock() throws(VMMError) {
+        guard let snapshot = restoredFrom else { return }
+        do { try vm.setClock(snapshot.state.vm.clock.clock) } catch { throw .kvm(error) }
+    }
+
     /// Pauses the machine from any thread, for a snapshot: every vCPU thread
     /// completes its pending I/O, saves its state and ends, and `run`
     /// returns `.paused`. Then `writeSnapshot` can write it.

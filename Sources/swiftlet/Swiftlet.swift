@@ -9,11 +9,15 @@ struct Swiftlet: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swiftlet",
         abstract: "A microVM launcher for fast-booting Linux guests on KVM.",
-        subcommands: [Boot.self, Run.self, SnapshotCommand.self]
+        subcommands: [Boot.self, Run.self, SnapshotCommand.self, ServeCommand.self, FnCommand.self, InvokeCommand.self, JobClientCommand.self]
     )
 
     /// Parses and runs, printing errors as one line: `swiftlet: error: ...`.
     static func main() {
+        // The job runner's commands are swiftletd's, arguments untouched.
+        if let first = CommandLine.arguments.dropFirst().first, RunnerClient.commands.contains(first) {
+            RunnerClient.exec(Array(CommandLine.arguments.dropFirst()))
+        }
         do {
             // `run`, the hot path, skips ArgumentParser when it can (see Run.parseFast).
             if var run = Run.parseFast(Array(CommandLine.arguments.dropFirst())) {
