@@ -11,7 +11,7 @@ DEBIAN_PACKAGES := build-essential zlib1g-dev liblz4-dev libzstd-dev libseccomp-
 RELEASE_FLAGS := -c release --static-swift-stdlib
 SWIFTLET := .build/release/swiftlet
 
-.PHONY: all deps kernel rootfs images release build demo demo-boot test unit-test stress bench bench-run bench-snapshot seccomp-log clean
+.PHONY: all deps kernel rootfs images release build demo demo-boot test unit-test runner-test stress bench bench-run bench-snapshot seccomp-log clean
 
 all: release
 
@@ -61,10 +61,18 @@ test: deps images release
 	.build/debug/swiftlet snapshot cached
 	swift test --skip-build
 	SWIFTLET_TEST_JAIL=1 swift test --skip-build --filter RunTests
+	$(MAKE) runner-test
 	rootfs/agent/test.sh
 	FUZZ_TARGET=$${FUZZ_TARGET:-all} FUZZ_SECONDS=$${FUZZ_SECONDS:-30} Tests/Fuzz/run.sh
 	Tests/stress/run.py --profile short --json .build/stress-short.json
 	Tests/stress/run.py --profile audit --json .build/stress-audit.json
+
+## The job runner's end-to-end tests (Tests/runner/README.md): real swiftletd daemons
+## driven by boto3, the AWS CLI, requests and schemathesis from a venv (.build/runner-venv).
+runner-test: export SWIFTLET_SNAPSHOT_CACHE ?= $(CURDIR)/.build/test-snapshots
+runner-test: deps images release
+	swift build --product swiftletd
+	SWIFTLETD=.build/debug/swiftletd SWIFTLET=$(SWIFTLET) Tests/runner/run.sh
 
 ## The stress and soak suite under --seccomp strict (Tests/stress/README.md):
 ## PROFILE=long (the default here: 64 MiB floods, 50 signals, 200 runs, 10-minute

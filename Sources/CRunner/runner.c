@@ -2,62 +2,95 @@
 #include "CRunner.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+struct spawn_args {
+    const char *path;
+    char *const *argv;
+    char *const *envp;
+    const int *fds;
+    int nfds;
+    pid_t parent;
+    int devnull;
+    volatile int err;
+};
+
+// The child of clone(CLONE_VM | CLONE_VFORK): it shares the daemon's memory
+// (no page tables copied, which fork of a large process spends milliseconds
+// on) while the calling thread waits for its exec. So: raw system calls only,
+// nothing that allocates or takes a lock, and the result goes back through
+// `err` in the shared memory.
+static int spawn_child(void *p) {
+    struct spawn_args *a = p;
+    int e = 0;
+    // Handlers would run the daemon's code on this stack: defaults first,
+    // then the mask the parent blocked everything with is cleared.
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (int s = 1; s < _NSIG; s++) {
+        struct sigaction old;
+        if (s == SIGKILL || s == SIGSTOP) continue;
+        if (sigaction(s, NULL, &old) == 0 && old.sa_handler != SIG_DFL) sigaction(s, &dfl, NULL);
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) { e = errno; goto fail; }
+    if (getppid() != a->parent) { e = ESRCH; goto fail; }   // the daemon died before prctl
+    if (setpgid(0, 0) != 0) { e = errno; goto fail; }
+    // Move the wanted descriptors above nfds first, so that dup2 into
+    // 0..nfds-1 never clobbers one still needed.
+    int moved[16];
+    for (int i = 0; i < a->nfds; i++) {
+        int src = a->fds[i] < 0 ? a->devnull : a->fds[i];
+        moved[i] = fcntl(src, F_DUPFD_CLOEXEC, 64);
+        if (moved[i] < 0) { e = errno; goto fail; }
+    }
+    for (int i = 0; i < a->nfds; i++) {
+        if (dup2(moved[i], i) < 0) { e = errno; goto fail; }
+    }
+    // Everything else closes at exec.
+    if (syscall(SYS_close_range, (unsigned)a->nfds, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */) != 0) {
+        for (int fd = a->nfds; fd < 4096; fd++) fcntl(fd, F_SETFD, FD_CLOEXEC);
+    }
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    execve(a->path, a->argv, a->envp);
+    e = errno;
+fail:
+    a->err = e ? e : EIO;
+    _exit(127);
+}
+
 pid_t swd_spawn(const char *path, char *const argv[], char *const envp[], const int *fds, int nfds) {
     if (nfds < 0 || nfds > 16) return -EINVAL;
-    int err_pipe[2];
-    if (pipe2(err_pipe, O_CLOEXEC) != 0) return -errno;
-    pid_t parent = getpid();
-    // vfork semantics are not needed; fork keeps the parent's memory safe.
-    pid_t pid = fork();
-    if (pid < 0) { int e = errno; close(err_pipe[0]); close(err_pipe[1]); return -e; }
-    if (pid == 0) {
-        // Only async-signal-safe calls from here: the parent is multithreaded.
-        int e = 0;
-        sigset_t none; sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        for (int s = 1; s < 32; s++) if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) { e = errno; goto fail; }
-        if (getppid() != parent) _exit(127);   // the daemon died before prctl
-        if (setpgid(0, 0) != 0) { e = errno; goto fail; }
-        // Move the wanted descriptors above nfds first, so that dup2 into
-        // 0..nfds-1 never clobbers one still needed.
-        int moved[16];
-        for (int i = 0; i < nfds; i++) {
-            int src = fds[i];
-            if (src < 0) src = open("/dev/null", O_RDWR | O_CLOEXEC);
-            if (src < 0) { e = errno; goto fail; }
-            moved[i] = fcntl(src, F_DUPFD_CLOEXEC, 64);
-            if (moved[i] < 0) { e = errno; goto fail; }
-        }
-        for (int i = 0; i < nfds; i++) {
-            if (dup2(moved[i], i) < 0) { e = errno; goto fail; }
-        }
-        // Everything else goes (the error pipe is close-on-exec).
-        if (syscall(SYS_close_range, (unsigned)nfds, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */) != 0) {
-            for (int fd = nfds; fd < 1024; fd++) if (fd != err_pipe[1]) close(fd);
-        }
-        execve(path, argv, envp);
-        e = errno;
-    fail:
-        (void)!write(err_pipe[1], &e, sizeof e);
-        _exit(127);
-    }
-    close(err_pipe[1]);
-    int child_errno = 0;
-    ssize_t n;
-    do { n = read(err_pipe[0], &child_errno, sizeof child_errno); } while (n < 0 && errno == EINTR);
-    close(err_pipe[0]);
-    if (n == (ssize_t)sizeof child_errno) {
+    struct spawn_args a = { path, argv, envp, fds, nfds, getpid(), -1, 0 };
+    a.devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (a.devnull < 0) return -errno;
+    const size_t stack_size = 64 * 1024;
+    void *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) { int e = errno; close(a.devnull); return -e; }
+    // No signal handler may run in the child before it resets them.
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pid_t pid = clone(spawn_child, (char *)stack + stack_size, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+    int clone_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    munmap(stack, stack_size);
+    close(a.devnull);
+    if (pid < 0) return -clone_errno;
+    if (a.err != 0) {
         int status;
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-        return -child_errno;
+        return -a.err;
     }
     return pid;
 }

@@ -46,7 +46,7 @@ public struct FunctionSpec: Codable, Equatable, Sendable {
         do { wire = try JSONDecoder().decode(Wire.self, from: Data(body)) } catch let DecodingError.typeMismatch(_, context) {
             throw .badRequest("'\(fieldName(context))' has the wrong type")
         } catch let DecodingError.dataCorrupted(context) {
-            throw .badRequest("'\(fieldName(context))' is not a valid value")
+            throw .badRequest("'\(fieldName(context))' is not a valid value: \(context.debugDescription)")
         } catch let DecodingError.valueNotFound(_, context) {
             throw .badRequest("'\(fieldName(context))' must not be null")
         } catch {
@@ -55,31 +55,37 @@ public struct FunctionSpec: Codable, Equatable, Sendable {
         guard let command = wire.command else {
             throw .badRequest("'command' is required: the handler's argv, e.g. [\"sh\", \"-c\", \"cat\"]")
         }
+        /// Integers arrive as numbers (so that 1.5 is refused by name, not by JSONDecoder's words).
+        func integer(_ v: Double?, _ name: String) throws(RunnerError) -> Int? {
+            guard let v else { return nil }
+            guard v.isFinite, v == v.rounded(), abs(v) < 1e9 else { throw .badRequest("'\(name)' must be an integer") }
+            return Int(v)
+        }
         var spec = FunctionSpec(command: command, env: wire.env ?? [:], workdir: wire.workdir)
         if let v = wire.image { spec.image = v }
-        if let v = wire.memoryMiB { spec.memoryMiB = v }
-        if let v = wire.vcpus { spec.vcpus = v }
+        if let v = try integer(wire.memoryMiB, "memoryMiB") { spec.memoryMiB = v }
+        if let v = try integer(wire.vcpus, "vcpus") { spec.vcpus = v }
         if let v = wire.timeoutSeconds { spec.timeoutSeconds = v }
-        if let v = wire.concurrency { spec.concurrency = v }
-        if let v = wire.warm { spec.warm = v }
-        if let v = wire.retries { spec.retries = v }
+        if let v = try integer(wire.concurrency, "concurrency") { spec.concurrency = v }
+        if let v = try integer(wire.warm, "warm") { spec.warm = v }
+        if let v = try integer(wire.retries, "retries") { spec.retries = v }
         try spec.validate()
         return spec
     }
 
     /// The body's fields, each optional, typed: JSONDecoder refuses `true`
-    /// or `1.5` for an Int, and a string for a number.
+    /// or a string for a number.
     private struct Wire: Decodable {
         var command: [String]?
         var image: String?
         var env: [String: String]?
         var workdir: String?
-        var memoryMiB: Int?
-        var vcpus: Int?
+        var memoryMiB: Double?
+        var vcpus: Double?
         var timeoutSeconds: Double?
-        var concurrency: Int?
-        var warm: Int?
-        var retries: Int?
+        var concurrency: Double?
+        var warm: Double?
+        var retries: Double?
     }
 
     private static func fieldName(_ context: DecodingError.Context) -> String {

@@ -43,6 +43,9 @@ public struct InvokeResult: Sendable {
     public var output: [UInt8]
     public var logTail: [UInt8]
     public var outcome: AttemptOutcome
+    /// CLOCK_MONOTONIC ns: the VMM given the job, and reaped (0 when none ran).
+    public var vmHandedOverAt: UInt64
+    public var vmExitedAt: UInt64
 }
 
 /// The job runner: functions, the queue, VM slots, warm pools. One actor
@@ -154,7 +157,7 @@ public actor Runner {
         let (stored, replayed) = try store.insertJob(job, payload: payload)
         if !replayed {
             logger.info("job queued", metadata: ["job": "\(stored.id)", "function": "\(name)"])
-            pump()
+            schedulePump()
         }
         return (stored, replayed)
     }
@@ -209,7 +212,8 @@ public actor Runner {
             guard case .exited(0) = r.outcome else { return [] }
             return (try? Self.readFile(store.outputPath(job.id), limit: config.outputLimit)) ?? []
         } ?? []
-        return InvokeResult(job: final ?? job, output: output, logTail: result?.logTail ?? [], outcome: result?.outcome ?? .infrastructure("not run"))
+        return InvokeResult(job: final ?? job, output: output, logTail: result?.logTail ?? [], outcome: result?.outcome ?? .infrastructure("not run"),
+                            vmHandedOverAt: result?.handedOverAt ?? 0, vmExitedAt: result?.exitedAt ?? 0)
     }
 
     private func expireWaiter(function: String, jobID: String) {
@@ -265,13 +269,21 @@ public actor Runner {
         if let w = r.reservedWarm, r.vm == nil { w.discard() }
         runningPerFunction[r.function, default: 1] -= 1
         if runningPerFunction[r.function] == 0 { runningPerFunction[r.function] = nil }
-        updateGauges()
-        pump()
+        schedulePump()
+    }
+
+    /// Runs `pump` after the current actor turn, once however many ask:
+    /// a finished invoke's response is not held up by the queue's queries.
+    private func schedulePump() {
+        guard !pumpScheduled else { return }
+        pumpScheduled = true
+        Task { self.pump() }
     }
 
     /// Starts what can start: sync waiters and due queued jobs, the least
     /// recently served function first.
     func pump() {
+        pumpScheduled = false
         guard !draining else { return }
         var due: [String: JobRecord] = [:]
         do {
@@ -349,7 +361,6 @@ public actor Runner {
         let slotAt = monotonicNanos()
         var result: VMResult?
         var failure: String?
-        let key = VersionKey(function: f.name, version: f.version)
         do {
             let vm: VMProcess
             if let w = running[jobID]?.reservedWarm {
@@ -363,7 +374,7 @@ public actor Runner {
             running[jobID]?.vm = vm
             if running[jobID]?.cancelRequested == true { vm.stop(.cancelled) }
             logger.info("job started", metadata: ["job": "\(jobID)", "function": "\(f.name)", "attempt": "\(attempt)", "vmm": "\(vm.pid)"])
-            refillWarmPools()
+            Task { await self.refillWarmPools() }
             result = await vm.run(payload: payload, output: VMOutput(outputPath: store.outputPath(jobID), logPath: store.logPath(jobID),
                                                                     outputLimit: config.outputLimit, logLimit: config.logLimit))
         } catch let e as RunnerError {
@@ -407,7 +418,7 @@ public actor Runner {
         ])
         release(jobID: jobID)
         if retryAt == nil { notifyFinal(jobID) }
-        collectGarbage()
+        Task { await self.collectGarbage() }
         return (result, final)
     }
 
@@ -584,14 +595,15 @@ public actor Runner {
     private func updateGauges() {
         metrics.runningVMs.set(to: Double(running.count))
         metrics.warmVMs.set(to: Double(warm.values.reduce(0) { $0 + $1.count }))
-        let queued = (try? store.countQueued()) ?? 0
-        metrics.queueDepth.set(to: Double(queued))
     }
 
     private func collectGarbage() {
         guard let inUse = try? store.versionsInUse() else { return }
-        let keep = inUse.union(warm.keys)
-        Task { _ = await snapshots.collect(keeping: keep) }
+        var shapes = Set<String>()
+        for key in inUse.union(warm.keys) {
+            if let f = try? store.version(key.function, key.version) { shapes.insert(Snapshots.shape(f)) }
+        }
+        Task { _ = await snapshots.collect(keeping: shapes) }
     }
 
     /// Deletes finished jobs past the retention.

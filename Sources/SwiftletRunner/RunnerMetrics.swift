@@ -35,8 +35,10 @@ public final class RunnerMetrics: Sendable {
         if let v = endToEnd { histogram("swiftlet_end_to_end", "From accepted to final.", function: function).record(v) }
     }
 
-    /// The exposition text, with the job counts from `counts` set first.
+    /// The exposition text, with the job counts from the store set first
+    /// (read at each scrape, not on the jobs' path).
     public func render(counts: [(function: String, state: JobState, count: Int)]) -> [UInt8] {
+        queueDepth.set(to: Double(counts.filter { $0.state == .queued }.reduce(0) { $0 + $1.count }))
         func gauge(_ pair: [String]) -> Gauge {
             registry.makeGauge(descriptor: .init(metricName: "swiftlet", unitName: "jobs", helpText: "Stored jobs by function and state."),
                                labels: [("function", pair[0]), ("state", pair[1])])

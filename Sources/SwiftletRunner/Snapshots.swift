@@ -2,28 +2,33 @@ import CRunner
 import Crypto
 import Foundation
 
-/// Function versions' snapshots under `<state>/snapshots`: each made once
+/// Function versions' snapshots under `<state>/snapshots`. A snapshot is of
+/// an idle guest, so it depends only on the image's content, memory and
+/// vCPUs: versions (and functions) of one shape share it. Each is made once
 /// (`swiftlet snapshot create`, one cold boot), however many invocations
 /// ask for it at the same moment, and removed when no function or
-/// unfinished job refers to its version any more.
+/// unfinished job needs its shape any more.
 public actor Snapshots {
     let directory: String
     let swiftlet: String
     let kernel: String?
     let spawner: Spawner
-    private var creating: [VersionKey: Task<String, Error>] = [:]
+    private var creating: [String: Task<String, Error>] = [:]
 
     public init(directory: String, swiftlet: String, kernel: String?, spawner: Spawner) {
         (self.directory, self.swiftlet, self.kernel, self.spawner) = (directory, swiftlet, kernel, spawner)
     }
 
-    nonisolated func path(_ key: VersionKey) -> String { directory + "/\(key.function).v\(key.version)" }
+    /// The shape's directory name: image digest, memory, vCPUs.
+    public nonisolated static func shape(_ f: FunctionRecord) -> String {
+        "\(f.imageSha256.prefix(24))-m\(f.spec.memoryMiB)-c\(f.spec.vcpus)"
+    }
 
     /// The version's snapshot directory, created first when missing. Every
     /// caller waiting on one creation gets its result.
     public func snapshot(for f: FunctionRecord) async throws(RunnerError) -> String {
-        let key = VersionKey(function: f.name, version: f.version)
-        let final = path(key)
+        let key = Self.shape(f)
+        let final = directory + "/" + key
         if access(final + "/state", R_OK) == 0 { return final }
         let task: Task<String, Error>
         if let t = creating[key] {
@@ -39,7 +44,7 @@ public actor Snapshots {
         } catch {
             creating[key] = nil
             if let e = error as? RunnerError { throw e }
-            throw .internalFailure("creating the snapshot of \(key): \(error)")
+            throw .internalFailure("creating the snapshot for \(f.name) version \(f.version): \(error)")
         }
     }
 
@@ -91,11 +96,11 @@ public actor Snapshots {
         return final
     }
 
-    /// Removes the snapshots of versions not in `inUse`, and leftovers of
+    /// Removes the snapshots of shapes not in `inUse`, and leftovers of
     /// creations that died. Returns what it removed.
-    public func collect(keeping inUse: Set<VersionKey>) -> [String] {
-        let keep = Set(inUse.map { path($0) })
-        let busy = Set(creating.keys.map { path($0) })
+    public func collect(keeping inUse: Set<String>) -> [String] {
+        let keep = Set(inUse.map { directory + "/" + $0 })
+        let busy = Set(creating.keys.map { directory + "/" + $0 })
         var removed: [String] = []
         for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
             let full = directory + "/" + name

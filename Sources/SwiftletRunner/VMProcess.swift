@@ -37,6 +37,10 @@ public struct VMResult: Sendable {
     public var logBytes: Int
     /// The last 4 KiB of stderr (Lambda's `LogType: Tail`).
     public var logTail: [UInt8]
+    /// CLOCK_MONOTONIC ns when the VMM was given the job: exec'd (cold) or
+    /// sent its start byte (warm); and when it had exited and was reaped.
+    public var handedOverAt: UInt64
+    public var exitedAt: UInt64
 
     func milliseconds(_ key: String) -> Double? { report[key].flatMap(Double.init) }
 }
@@ -60,8 +64,10 @@ public struct VMOutput: Sendable {
 public final class VMProcess: Sendable {
     public let pid: pid_t
     public let launch: VMLaunch
-    /// CLOCK_MONOTONIC ns when the process was started.
+    /// CLOCK_MONOTONIC ns when the process was started, and when fork and
+    /// exec had returned.
     public let startedAt: UInt64
+    public let spawnedAt: UInt64
     private let stdinFD: Int32, stdoutFD: Int32, stderrFD: Int32, reportFD: Int32
     private let startFD: Int32
     private let state = Mutex<State>(State())
@@ -88,6 +94,7 @@ public final class VMProcess: Sendable {
 
     private init(pid: pid_t, launch: VMLaunch, fds: (Int32, Int32, Int32, Int32, Int32), startedAt: UInt64) {
         (self.pid, self.launch, self.startedAt) = (pid, launch, startedAt)
+        spawnedAt = monotonicNanos()
         (stdinFD, stdoutFD, stderrFD, reportFD, startFD) = fds
         state.withLock { $0.open = Set([stdinFD, stdoutFD, stderrFD, reportFD, startFD].filter { $0 >= 0 }) }
     }
@@ -201,7 +208,9 @@ public final class VMProcess: Sendable {
             if out >= 0 { close(out) }
             if log >= 0 { close(log) }
         }
+        var handedOverAt = spawnedAt
         if startFD >= 0 {
+            handedOverAt = monotonicNanos()
             var go: UInt8 = 1
             _ = write(startFD, &go, 1)
             closeOnce(startFD)
@@ -261,6 +270,7 @@ public final class VMProcess: Sendable {
         for fd in [stdinFD, stdoutFD, stderrFD, reportFD] { closeOnce(fd) }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let exitedAt = monotonicNanos()
         let stopping = state.withLock { s -> AttemptOutcome? in
             s.exited = true
             return s.stopping
@@ -268,7 +278,7 @@ public final class VMProcess: Sendable {
         let fields = Self.parseReport(report)
         let outcome = stopping ?? Self.outcome(status: status, fields: fields, log: tail)
         return VMResult(outcome: outcome, report: fields, outputBytes: min(outputBytes, output.outputLimit),
-                        logBytes: logBytes, logTail: tail)
+                        logBytes: logBytes, logTail: tail, handedOverAt: handedOverAt, exitedAt: exitedAt)
     }
 
     static func writeAll(_ fd: Int32, _ bytes: ArraySlice<UInt8>) {
@@ -306,7 +316,8 @@ public final class VMProcess: Sendable {
     }
 }
 
-func monotonicNanos() -> UInt64 {
+/// CLOCK_MONOTONIC in nanoseconds.
+public func monotonicNanos() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)

@@ -24,8 +24,10 @@ struct LambdaAPI {
             do { body = Array(buffer: try await request.collectBody(upTo: limit)) } catch {
                 return Self.error("RequestTooLargeException", .contentTooLarge, "Request must be smaller than \(limit) bytes for the InvokeFunction operation")
             }
+            // The request is in: the daemon's own time starts here.
+            let received = monotonicNanos()
             if let denied = authenticate(request, body: body) { return denied }
-            return await invoke(request, rawName: rawName, body: body)
+            return await invoke(request, rawName: rawName, body: body, received: received)
         }
     }
 
@@ -54,7 +56,7 @@ struct LambdaAPI {
         return Self.error("MissingAuthenticationTokenException", .forbidden, "Missing or invalid authentication (SigV4 or a bearer token)")
     }
 
-    func invoke(_ request: Request, rawName: String, body: [UInt8]) async -> Response {
+    func invoke(_ request: Request, rawName: String, body: [UInt8], received: UInt64) async -> Response {
         let type = request.headers[HTTPField.Name("X-Amz-Invocation-Type")!] ?? "RequestResponse"
         let logType = request.headers[HTTPField.Name("X-Amz-Log-Type")!] ?? "None"
         guard ["RequestResponse", "Event", "DryRun"].contains(type) else {
@@ -85,18 +87,36 @@ struct LambdaAPI {
                 headers[HTTPField.Name("X-Amzn-RequestId")!] = r.job.id
                 headers[HTTPField.Name("X-Amz-Executed-Version")!] = String(r.job.version)
                 if logType == "Tail" { headers[HTTPField.Name("X-Amz-Log-Result")!] = Data(r.logTail).base64EncodedString() }
+                let response: Response
                 if case .exited(0) = r.outcome {
-                    return APIModel.bytes(r.output, contentType: "application/octet-stream", headers: headers)
+                    response = APIModel.bytes(r.output, contentType: "application/octet-stream", headers: headers)
+                } else {
+                    headers[HTTPField.Name("X-Amz-Function-Error")!] = "Unhandled"
+                    let (errorType, message) = Self.functionError(r.outcome, job: r.job)
+                    response = APIModel.json(["errorType": errorType, "errorMessage": message], headers: headers)
                 }
-                headers[HTTPField.Name("X-Amz-Function-Error")!] = "Unhandled"
-                let (errorType, message) = Self.functionError(r.outcome, job: r.job)
-                return APIModel.json(["errorType": errorType, "errorMessage": message], headers: headers)
+                return Self.withServerTiming(response, received: received, r)
             }
         } catch let e as RunnerError {
             return Self.error(e)
         } catch {
             return Self.error("ServiceException", .internalServerError, "\(error)")
         }
+    }
+
+    /// `Server-Timing` (W3C): the daemon's own time, from the request
+    /// received to the VMM given the job (exec'd, or a warm one's start
+    /// byte), and from the VMM reaped to the response built; its wait for a
+    /// slot is `queue`. benchmarks/runner reads it.
+    static func withServerTiming(_ response: Response, received: UInt64, _ r: InvokeResult) -> Response {
+        guard r.vmHandedOverAt >= received, r.vmExitedAt > 0 else { return response }
+        var response = response
+        let done = monotonicNanos()
+        let queue = (r.job.timings.queueMs ?? 0)
+        func ms(_ n: UInt64) -> String { String(format: "%.3f", Double(n) / 1e6) }
+        response.headers[HTTPField.Name("Server-Timing")!] =
+            "daemon-pre;dur=\(ms(r.vmHandedOverAt - received)), queue;dur=\(String(format: "%.3f", queue)), daemon-post;dur=\(ms(done - r.vmExitedAt))"
+        return response
     }
 
     /// A name, or `arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]`, percent-decoded.

@@ -110,18 +110,25 @@ def wait_exit(p, timeout):
 
 
 class FdPoller(threading.Thread):
-    """Peak number of open fds of a process, sampled every 10 ms while it lives."""
+    """Peak number of open fds of a process, and its peak RSS (VmHWM), sampled
+    every 10 ms while it lives. wait4's ru_maxrss is no peak RSS of the VMM:
+    exec carries the forking process's high-water mark over, so after a flood
+    case has grown this harness, every child reported the harness's size."""
 
     def __init__(self, pid):
         super().__init__(daemon=True)
-        self.pid, self.peak, self.stop = pid, 0, threading.Event()
+        self.pid, self.peak, self.hwm_kib, self.stop = pid, 0, None, threading.Event()
         self.start()
 
     def run(self):
         while not self.stop.is_set():
             try:
                 self.peak = max(self.peak, len(os.listdir(f"/proc/{self.pid}/fd")))
-            except OSError:
+                with open(f"/proc/{self.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            self.hwm_kib = max(self.hwm_kib or 0, int(line.split()[1]))
+            except (OSError, ValueError):
                 pass
             self.stop.wait(0.01)
 
@@ -216,6 +223,7 @@ def run_job(ctx, cmd, opts=(), stdin_data=None, timeout=60, poll_fds=False):
             raise CaseFail(f"timed out after {timeout} s waiting for exit after EOF ({argv_str(cmd)})")
     finally:
         peak_fds = fds.finish() if fds else None
+        hwm_kib = fds.hwm_kib if fds else None
     t1 = time.monotonic()
     rc, ru = w
     err = bytes(bufs[p.stderr.fileno()])
@@ -224,7 +232,7 @@ def run_job(ctx, cmd, opts=(), stdin_data=None, timeout=60, poll_fds=False):
         # audit reads the report from SWIFTLET_SECCOMP_LOG_FILE instead.
         err = re.sub(rb"(?m)^swiftlet: (seccomp-log: |warning: --seccomp=log ).*\n", b"", err)
     return Result(rc=rc, out=bytes(bufs[p.stdout.fileno()]), err=err, wall=t1 - t0, t0=t0,
-                  maxrss_kib=ru.ru_maxrss if ru else None, peak_fds=peak_fds, first=first, eof=eof,
+                  maxrss_kib=ru.ru_maxrss if ru else None, hwm_kib=hwm_kib, peak_fds=peak_fds, first=first, eof=eof,
                   sent=sent, stdin_closed_at=stdin_closed_at)
 
 
@@ -626,7 +634,7 @@ def case_rapid_fire(ctx):
     for i in range(ctx.P["rapid"]):
         r = run_job(ctx, ["true"], timeout=60, poll_fds=True)
         expect_status(r, 0, f"#{i} true")
-        rss.append(r.maxrss_kib)
+        rss.append(r.hwm_kib)
         fds.append(r.peak_fds)
         walls.append(r.wall)
     k = min(10, len(rss))
