@@ -42,6 +42,8 @@ public struct FunctionSpec: Codable, Equatable, Sendable {
         if let unknown = dict.keys.sorted().first(where: { !fields.contains($0) }) {
             throw .badRequest("unknown field '\(unknown)' (known: \(fields.sorted().joined(separator: ", ")))")
         }
+        // A field is given a value or left out: null is not "the default".
+        if let null = dict.keys.sorted().first(where: { dict[$0] is NSNull }) { throw .badRequest("'\(null)' must not be null") }
         let wire: Wire
         do { wire = try JSONDecoder().decode(Wire.self, from: Data(body)) } catch let DecodingError.typeMismatch(_, context) {
             throw .badRequest("'\(fieldName(context))' has the wrong type")

@@ -408,6 +408,7 @@ public actor Runner {
             logger.error("recording a job's end failed", metadata: ["job": "\(jobID)", "error": "\(error)"])
             final = nil
         }
+        if retryAt == nil, let final, final.state.isFinal { metrics.finished(function: f.name, state: final.state) }
         if retryAt == nil {
             metrics.record(function: f.name, queueWait: queueMs / 1000, restore: timings.restoreMs.map { $0 / 1000 },
                            run: timings.runMs.map { $0 / 1000 }, endToEnd: timings.totalMs.map { $0 / 1000 })
@@ -474,7 +475,7 @@ public actor Runner {
 
     /// Cancels a job: a queued one never runs; a running one's VMM is
     /// stopped at once.
-    public func cancel(_ id: String) throws(RunnerError) -> JobRecord {
+    public func cancel(_ id: String) async throws(RunnerError) -> JobRecord {
         let j = try job(id)
         if j.state.isFinal { throw .alreadyFinal(id: id, state: j.state) }
         // A sync invoke still waiting for a slot.
@@ -491,17 +492,20 @@ public actor Runner {
             if let vm = running[id]!.vm {
                 vm.stop(.cancelled)
                 logger.info("job cancel requested", metadata: ["job": "\(id)", "vmm": "\(vm.pid)"])
-                return try job(id)
+                // The VMM is killed: answer once it is reaped and the job is final.
+                return try await waitFinal(id, seconds: 2)
             }
             // Still preparing (its snapshot being made): final now; the VMM is never started.
             let now = Date().timeIntervalSince1970
             _ = try store.finishAttempt(id, state: .cancelled, exitStatus: nil, error: "cancelled", outcome: "cancelled", now: now,
                                         retryAt: nil, timings: JobTimings(totalMs: (now - j.createdAt) * 1000), outputBytes: 0, logBytes: 0)
             notifyFinal(id)
+            metrics.finished(function: j.function, state: .cancelled)
             logger.info("job cancelled before its VMM started", metadata: ["job": "\(id)"])
             return try job(id)
         }
         if let c = try store.cancelQueued(id, now: Date().timeIntervalSince1970) {
+            metrics.finished(function: j.function, state: .cancelled)
             logger.info("job cancelled", metadata: ["job": "\(id)"])
             notifyFinal(id)
             updateGauges()

@@ -17,13 +17,22 @@ public enum RunnerError: Error, Equatable, Sendable {
     /// The store or the host failed: the operation's name and errno or SQLite's words.
     case internalFailure(String)
 
-    public enum TooManyReason: String, Sendable {
+    public enum TooManyReason: Sendable {
         /// Every VM slot (or the memory budget) was taken for the whole wait.
-        case concurrentInvocationLimitExceeded = "ConcurrentInvocationLimitExceeded"
+        case concurrentInvocationLimitExceeded
         /// The function's own concurrency limit was reached for the whole wait.
-        case functionConcurrencyLimitExceeded = "ReservedFunctionConcurrentInvocationLimitExceeded"
+        case functionConcurrencyLimitExceeded
         /// `--max-queued` jobs are already waiting.
-        case queueFull = "QueueFull"
+        case queueFull
+
+        /// Lambda's `Reason`. It has none of its own for a full queue: that
+        /// one says what clients should do, back off and retry.
+        public var lambdaReason: String {
+            switch self {
+            case .concurrentInvocationLimitExceeded, .queueFull: return "ConcurrentInvocationLimitExceeded"
+            case .functionConcurrencyLimitExceeded: return "ReservedFunctionConcurrentInvocationLimitExceeded"
+            }
+        }
     }
 }
 

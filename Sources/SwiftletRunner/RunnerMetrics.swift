@@ -22,6 +22,12 @@ public final class RunnerMetrics: Sendable {
         spawnFailures = registry.makeCounter(descriptor: .init(metricName: "swiftlet_vmm_failures", unitName: "total", helpText: "Attempts whose VMM failed (status 125, killed, or not started)."))
     }
 
+    /// A job reached a final state (`swiftlet_jobs_total{function,state}`).
+    func finished(function: String, state: JobState) {
+        registry.makeCounter(descriptor: .init(metricName: "swiftlet_jobs", unitName: "total", helpText: "Jobs that reached a final state, by function and state."),
+                             labels: [("function", function), ("state", state.rawValue)]).increment()
+    }
+
     func histogram(_ name: String, _ help: String, function: String) -> ValueHistogram {
         registry.makeValueHistogram(descriptor: .init(metricName: name, unitName: "seconds", helpText: help),
                                     labels: [("function", function)], buckets: Self.buckets)

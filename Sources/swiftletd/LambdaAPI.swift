@@ -34,7 +34,11 @@ struct LambdaAPI {
     /// nil when the caller may invoke: a valid SigV4 signature by a known
     /// key, or a valid bearer token, or no credentials configured at all.
     func authenticate(_ request: Request, body: [UInt8]) -> Response? {
-        let headers = request.headers.map { (name: $0.name.rawName, value: $0.value) }
+        // HTTP/1.1's Host is the request's authority here, not one of its header fields; every SDK signs it.
+        var headers = request.headers.map { (name: $0.name.rawName, value: $0.value) }
+        if let authority = request.head.authority, !headers.contains(where: { $0.name.lowercased() == "host" }) {
+            headers.append((name: "host", value: authority))
+        }
         if let verifier = auth.sigV4, SigV4Verifier.isSigned(headers) {
             let signed = SigV4Request(method: request.method.rawValue, path: request.uri.path, query: request.uri.query ?? "",
                                       headers: headers, body: body)
@@ -148,7 +152,7 @@ struct LambdaAPI {
         case .badRequest: return error("InvalidRequestContentException", .badRequest, e.description)
         case .payloadTooLarge: return error("RequestTooLargeException", .contentTooLarge, e.description)
         case let .tooManyRequests(reason, retry):
-            return error("TooManyRequestsException", .tooManyRequests, e.description, extra: ["Reason": reason.rawValue],
+            return error("TooManyRequestsException", .tooManyRequests, e.description, extra: ["Reason": reason.lambdaReason],
                          headers: [.retryAfter: String(retry)])
         case let .alreadyFinal(id, state):
             return error("ResourceConflictException", .conflict, "invocation \(id) is \(state.rawValue)")

@@ -41,6 +41,7 @@ struct Server {
     func router() -> Router<BasicRequestContext> {
         let router = Router(context: BasicRequestContext.self)
         router.add(middleware: AccessLog(logger: logger))
+        router.add(middleware: ErrorBodies())
         router.get("/healthz") { _, _ in APIModel.json(["status": "ok"]) }
         router.get("/readyz") { _, _ in
             await runner.isDraining ? APIModel.json(["status": "draining"], status: .serviceUnavailable) : APIModel.json(["status": "ready"])
@@ -74,6 +75,7 @@ struct Server {
             if let denied = checkBearer(request) { return denied }
             let name = try context.parameters.require("name")
             return await respond {
+                try Self.checkName(name)
                 guard let f = try runner.store.function(name) else { throw RunnerError.functionNotFound(name) }
                 return APIModel.json(APIModel.function(f))
             }
@@ -86,6 +88,7 @@ struct Server {
             if let denied = checkBearer(request) { return denied }
             let name = try context.parameters.require("name")
             return await respond {
+                try Self.checkName(name)
                 try await runner.removeFunction(name)
                 return Response(status: .noContent)
             }
@@ -160,6 +163,7 @@ struct Server {
                     cursor = v
                 }
                 let function = q["function"].map(String.init)
+                if let function { try Self.checkName(function) }
                 let jobs = try runner.store.jobs(function: function, state: state, limit: limit + 1, before: cursor)
                 let page = Array(jobs.prefix(limit))
                 let next: Any = jobs.count > limit ? String(page.last!.seq) : NSNull()
@@ -169,6 +173,10 @@ struct Server {
 
         LambdaAPI(runner: runner, auth: auth, logger: logger).add(to: router)
         return router
+    }
+
+    static func checkName(_ name: String) throws(RunnerError) {
+        guard FunctionSpec.isValidName(name) else { throw .badRequest("function name '\(name)' must be 1 to 64 letters, digits, '-' or '_'") }
     }
 
     /// nil when the request may go on; else the 401.
@@ -213,6 +221,38 @@ struct AccessLog: RouterMiddleware {
             "method": "\(request.method.rawValue)", "path": "\(request.uri.path)", "status": "\(status)",
             "us": "\(us.seconds * 1_000_000 + us.attoseconds / 1_000_000_000_000)",
         ])
+    }
+}
+
+/// Errors the router raises itself (no route, a body over a limit) get the
+/// API's JSON error body too; a path served with other methods is a 405
+/// with `Allow`.
+struct ErrorBodies: RouterMiddleware {
+    typealias Context = BasicRequestContext
+    /// Each route's path, `:` for a parameter, and its methods.
+    static let routes: [([Substring], [String])] = [
+        ("/healthz", ["GET"]), ("/readyz", ["GET"]), ("/openapi.yaml", ["GET"]), ("/metrics", ["GET"]),
+        ("/v1/functions", ["GET"]), ("/v1/functions/:", ["GET", "PUT", "DELETE"]), ("/v1/functions/:/jobs", ["POST"]),
+        ("/v1/jobs", ["GET"]), ("/v1/jobs/:", ["GET", "DELETE"]), ("/v1/jobs/:/output", ["GET"]), ("/v1/jobs/:/log", ["GET"]),
+        ("/2015-03-31/functions/:/invocations", ["POST"]),
+    ].map { ($0.0.split(separator: "/"), $0.1) }
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as HTTPError {
+            if error.status == .notFound {
+                let path = request.uri.path.split(separator: "/")
+                if let route = Self.routes.first(where: { r in
+                    r.0.count == path.count && zip(r.0, path).allSatisfy { $0 == ":" || $0 == $1 }
+                }), !route.1.contains(request.method.rawValue) {
+                    return APIModel.error(.methodNotAllowed, "method_not_allowed", "\(request.method.rawValue) is not served on this path",
+                                          headers: [.allow: route.1.joined(separator: ", ")])
+                }
+                return APIModel.error(.notFound, "not_found", "no such route: \(request.method.rawValue) \(request.uri.path)")
+            }
+            return APIModel.error(error.status, "bad_request", error.body ?? error.status.reasonPhrase)
+        }
     }
 }
 
