@@ -29,6 +29,8 @@ public struct RunnerConfig: Sendable {
     public var asyncPayloadLimit: Int = 1024 * 1024
     /// The first retry's delay; each later one doubles, with jitter.
     public var retryBaseSeconds: Double = 1
+    /// Warm VMs on this host, all pools together (0: no warm pools).
+    public var maxWarm: Int = .max
 
     public init(stateDirectory: String, swiftlet: String, kernel: String?, defaultRootfs: String, maxVMs: Int,
                 memoryBudgetMiB: Int, jail: Bool) {
@@ -566,7 +568,8 @@ public actor Runner {
         }
         for (key, f) in wanted where f.spec.warm > 0 && !warmFilling.contains(key) {
             let have = warm[key]?.count ?? 0
-            guard have < f.spec.warm, hasRoom(memoryMiB: f.spec.memoryMiB), (try? store.dueHeads(now: Date().timeIntervalSince1970).isEmpty) ?? false else { continue }
+            let held = warm.values.reduce(0) { $0 + $1.count } + warmFilling.count
+            guard have < f.spec.warm, held < config.maxWarm, hasRoom(memoryMiB: f.spec.memoryMiB), (try? store.dueHeads(now: Date().timeIntervalSince1970).isEmpty) ?? false else { continue }
             warmFilling.insert(key)
             Task { await self.fillOne(key, f) }
         }

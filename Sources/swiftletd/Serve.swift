@@ -63,6 +63,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds before a failed queued job's first retry (each later one doubles, with jitter).")
     var retryDelay: Double = 1
 
+    @Option(help: "Warm VMs on this host, all functions' pools together (0 turns warm pools off; default: only slots and memory limit them).")
+    var maxWarm: Int?
+
     @Flag(inversion: .prefixedNo, help: "Jail every VMM (swiftlet run --jail; needs root). Default: on when root.")
     var jail: Bool?
 
@@ -74,6 +77,7 @@ struct Serve: AsyncParsableCommand {
         for (v, name) in [(syncWait, "--sync-wait"), (retention, "--retention"), (drainTimeout, "--drain-timeout"), (retryDelay, "--retry-delay")] {
             guard v.isFinite, v >= 0, v <= 10 * 365 * 86400 else { throw ValidationError("\(name) must be a number of seconds") }
         }
+        if let w = maxWarm, w < 0 { throw ValidationError("--max-warm must be 0 or more") }
         guard maxOutput >= 1 else { throw ValidationError("--max-output must be positive") }
         if jail == true && geteuid() != 0 { throw ValidationError("--jail needs root") }
         if tokenFile == nil, accessKeysFile == nil, let (host, _) = Self.parseListen(listen), !Self.isLoopback(host) {
@@ -125,6 +129,7 @@ struct Serve: AsyncParsableCommand {
         config.drainTimeoutSeconds = drainTimeout
         config.outputLimit = maxOutput
         config.retryBaseSeconds = retryDelay
+        if let maxWarm { config.maxWarm = maxWarm }
         let runner: Runner
         do { runner = try Runner(config: config, logger: logger) } catch { throw ServeFailure(message: "\(error)") }
         try await runner.start()

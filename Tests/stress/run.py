@@ -450,9 +450,15 @@ def case_flood_both(ctx):
     """
     n = seq_n_for(ctx.P["both"])
     want = seq_bytes(n)
-    script = f"seq 1 {n} > /tmp/both; cat /tmp/both & cat /tmp/both >&2; wait"
-    r = run_job(ctx, ["sh", "-c", script], timeout=job_timeout(3 * len(want)))
-    expect_status(r, 0, "two seqs")
+    # On a tmpfs: the 32 MiB root drive cannot hold the long profile's 64 MiB
+    # (seq stopped at 28 MB with ENOSPC), so that one gets a 256 MiB guest.
+    # `&&`: a failed write fails the job, not a short stream.
+    size_kib = len(want) // 1024 + 1024
+    opts = ("--mem", "256") if len(want) > 16 << 20 else ()
+    script = (f"mount -t tmpfs -o size={size_kib}k tmpfs /tmp && seq 1 {n} > /tmp/both && "
+              "{ cat /tmp/both & cat /tmp/both >&2; wait; }")
+    r = run_job(ctx, ["sh", "-c", script], opts=opts, timeout=job_timeout(3 * len(want)) + 120)
+    expect_status(r, 0, "seq, then two cats")
     compare(r.out, want, "stdout")
     compare(r.err, want, "stderr")
     return dict(bytes_each=len(want), stdout_Bps=stream_rate(r, "stdout", len(want)),
