@@ -100,7 +100,8 @@ public actor Runner {
         store = try Store(directory: config.stateDirectory)
         metrics = RunnerMetrics()
         spawner = Spawner()
-        snapshots = Snapshots(directory: config.stateDirectory + "/snapshots", swiftlet: config.swiftlet, kernel: config.kernel, spawner: spawner)
+        snapshots = Snapshots(directory: config.stateDirectory + "/snapshots", swiftlet: config.swiftlet, kernel: config.kernel, spawner: spawner,
+                              metrics: metrics)
     }
 
     /// After a restart: jobs left running are re-queued or failed (see

@@ -10,6 +10,7 @@ public final class RunnerMetrics: Sendable {
     let runningVMs: Gauge
     let warmVMs: Gauge
     let spawnFailures: Counter
+    let snapshotsCreated: Counter
     /// Every (function, state) pair ever reported: one that has no jobs now reads 0.
     private let reported = Mutex<Set<[String]>>([])
     /// Seconds, from 1 ms to 10 min.
@@ -19,6 +20,7 @@ public final class RunnerMetrics: Sendable {
         queueDepth = registry.makeGauge(descriptor: .init(metricName: "swiftlet_queue", unitName: "depth", helpText: "Jobs waiting for a VM slot."))
         runningVMs = registry.makeGauge(descriptor: .init(metricName: "swiftlet_running", unitName: "vms", helpText: "VMMs running a job."))
         warmVMs = registry.makeGauge(descriptor: .init(metricName: "swiftlet_warm", unitName: "vms", helpText: "Restored VMMs waiting in warm pools."))
+        snapshotsCreated = registry.makeCounter(descriptor: .init(metricName: "swiftlet_snapshots_created", unitName: "total", helpText: "Snapshots made (one cold boot each)."))
         spawnFailures = registry.makeCounter(descriptor: .init(metricName: "swiftlet_vmm_failures", unitName: "total", helpText: "Attempts whose VMM failed (status 125, killed, or not started)."))
     }
 

@@ -13,10 +13,11 @@ public actor Snapshots {
     let swiftlet: String
     let kernel: String?
     let spawner: Spawner
+    let metrics: RunnerMetrics
     private var creating: [String: Task<String, Error>] = [:]
 
-    public init(directory: String, swiftlet: String, kernel: String?, spawner: Spawner) {
-        (self.directory, self.swiftlet, self.kernel, self.spawner) = (directory, swiftlet, kernel, spawner)
+    public init(directory: String, swiftlet: String, kernel: String?, spawner: Spawner, metrics: RunnerMetrics) {
+        (self.directory, self.swiftlet, self.kernel, self.spawner, self.metrics) = (directory, swiftlet, kernel, spawner, metrics)
     }
 
     /// The shape's directory name: image digest, memory, vCPUs.
@@ -93,6 +94,7 @@ public actor Snapshots {
             Self.removeTree(temporary)
             throw RunnerError.internalFailure("rename(\(temporary)): \(String(cString: strerror(errno)))")
         }
+        metrics.snapshotsCreated.increment()
         return final
     }
 
