@@ -377,7 +377,6 @@ public actor Runner {
             running[jobID]?.vm = vm
             if running[jobID]?.cancelRequested == true { vm.stop(.cancelled) }
             logger.info("job started", metadata: ["job": "\(jobID)", "function": "\(f.name)", "attempt": "\(attempt)", "vmm": "\(vm.pid)"])
-            Task { await self.refillWarmPools() }
             result = await vm.run(payload: payload, output: VMOutput(outputPath: store.outputPath(jobID), logPath: store.logPath(jobID),
                                                                     outputLimit: config.outputLimit, logLimit: config.logLimit))
         } catch let e as RunnerError {
@@ -422,6 +421,9 @@ public actor Runner {
         ])
         release(jobID: jobID)
         if retryAt == nil { notifyFinal(jobID) }
+        // The pool refills once the job is done, not while it runs: a restore
+        // beside the job would take the CPU the warm start was meant to save.
+        Task { self.refillWarmPools() }
         Task { await self.collectGarbage() }
         return (result, final)
     }

@@ -127,7 +127,7 @@ def main():
     ap.add_argument("--swiftlet", default=os.environ.get("SWIFTLET", ".build/release/swiftlet"))
     ap.add_argument("--out", default="benchmarks/results/runner")
     a = ap.parse_args()
-    state = tempfile.mkdtemp(prefix="swiftlet-bench-runner-")
+    state = tempfile.mkdtemp(prefix="swd-bench-")
     results = dict(date=time.strftime("%Y-%m-%d"), host=platform.node(), kernel=platform.release(),
                    nested_pvm=os.path.exists("/sys/module/kvm_pvm"), cpus=os.cpu_count(), n=a.n,
                    swiftletd=a.swiftletd, swiftlet=a.swiftlet)
