@@ -91,6 +91,9 @@ public actor Runner {
     private var warm: [VersionKey: [(vm: VMProcess, memoryMiB: Int)]] = [:]
     private var warmFilling: Set<VersionKey> = []
     private var draining = false
+    /// Snapshot directories known to exist, by shape: the hot path checks
+    /// one with access(2) instead of a hop to the Snapshots actor.
+    private var readySnapshots: [String: String] = [:]
     private var pumpScheduled = false
     private var wakeTask: Task<Void, Never>?
 
@@ -179,10 +182,18 @@ public actor Runner {
         var job = JobRecord(id: JobID.make(), function: name, version: f.version, state: .queued, invocation: .sync, attempts: 0,
                             maxAttempts: 1, exitStatus: nil, error: nil, idempotencyKey: nil, createdAt: now, startedAt: nil,
                             finishedAt: nil, notBefore: now, outputBytes: 0, logBytes: 0, timings: JobTimings(), seq: 0)
-        job = try store.insertJob(job, payload: nil).0
-
-        // A slot now, or a place in the function's line until one frees.
-        if !tryAdmit(function: name, memoryMiB: f.spec.memoryMiB, concurrency: f.spec.concurrency, jobID: job.id, version: f.version) {
+        // A slot now: the job is recorded running at once (one transaction on
+        // the hot path). Else it is recorded queued and waits in the
+        // function's line until a slot frees.
+        let queueMs: Double
+        if tryAdmit(function: name, memoryMiB: f.spec.memoryMiB, concurrency: f.spec.concurrency, jobID: job.id, version: f.version) {
+            queueMs = Double(monotonicNanos() - accepted) / 1e6
+            do { job = try store.insertRunningJob(job, now: Date().timeIntervalSince1970, queueMs: queueMs) } catch {
+                release(jobID: job.id)
+                throw error
+            }
+        } else {
+            job = try store.insertJob(job, payload: nil).0
             let jobID = job.id
             let timeout = config.syncWaitSeconds
             let granted = await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
@@ -203,11 +214,11 @@ public actor Runner {
                 throw .tooManyRequests(reason: atLimit ? .functionConcurrencyLimitExceeded : .concurrentInvocationLimitExceeded,
                                        retryAfterSeconds: 1)
             }
-        }
-        let queueMs = Double(monotonicNanos() - accepted) / 1e6
-        guard try store.markRunning(job.id, now: Date().timeIntervalSince1970, queueMs: queueMs) else {
-            release(jobID: job.id)
-            throw .alreadyFinal(id: job.id, state: .cancelled)
+            queueMs = Double(monotonicNanos() - accepted) / 1e6
+            guard try store.markRunning(job.id, now: Date().timeIntervalSince1970, queueMs: queueMs) else {
+                release(jobID: job.id)
+                throw .alreadyFinal(id: job.id, state: .cancelled)
+            }
         }
         let (result, final) = await execute(jobID: job.id, version: f, payload: payload, invocation: .sync, attempt: 1, maxAttempts: 1,
                                             createdAt: now, queueMs: queueMs)
@@ -369,7 +380,14 @@ public actor Runner {
             if let w = running[jobID]?.reservedWarm {
                 vm = w
             } else {
-                let dir = try await snapshots.snapshot(for: f)
+                let shape = Snapshots.shape(f)
+                let dir: String
+                if let known = readySnapshots[shape], access(known + "/state", R_OK) == 0 {
+                    dir = known
+                } else {
+                    dir = try await snapshots.snapshot(for: f)
+                    readySnapshots[shape] = dir
+                }
                 guard running[jobID]?.cancelRequested != true else { throw RunnerError.alreadyFinal(id: jobID, state: .cancelled) }
                 vm = try await VMProcess.start(VMLaunch(swiftlet: config.swiftlet, snapshotDirectory: dir, spec: f.spec, jail: config.jail, warm: false),
                                                spawner: spawner)
@@ -424,7 +442,7 @@ public actor Runner {
         // The pool refills once the job is done, not while it runs: a restore
         // beside the job would take the CPU the warm start was meant to save.
         Task { self.refillWarmPools() }
-        Task { await self.collectGarbage() }
+        Task { self.collectGarbage() }
         return (result, final)
     }
 
@@ -595,7 +613,7 @@ public actor Runner {
         }
         updateGauges()
         // One at a time per pool; go on until full.
-        Task { await self.refillAfterFill() }
+        Task { self.refillAfterFill() }
     }
 
     private func refillAfterFill() { refillWarmPools() }

@@ -186,6 +186,23 @@ public final class Store: Sendable {
         }
     }
 
+    /// A synchronous invoke that got its slot at once: inserted running,
+    /// with its first attempt, in one transaction.
+    public func insertRunningJob(_ job: JobRecord, now: Double, queueMs: Double) throws(RunnerError) -> JobRecord {
+        try write("recording job \(job.id)") { db in
+            try db.execute(sql: """
+                INSERT INTO jobs (id, function, version, state, invocation, attempts, maxAttempts, createdAt, notBefore, startedAt, queueMs)
+                VALUES (?, ?, ?, 'running', ?, 1, ?, ?, ?, ?, ?)
+                """, arguments: [job.id, job.function, job.version, job.invocation.rawValue, job.maxAttempts, job.createdAt,
+                                 job.notBefore, now, queueMs])
+            var stored = job
+            stored.seq = db.lastInsertedRowID
+            (stored.state, stored.attempts, stored.startedAt, stored.timings.queueMs) = (.running, 1, now, queueMs)
+            try db.execute(sql: "INSERT INTO attempts VALUES (?, 1, ?, NULL, NULL)", arguments: [job.id, now])
+            return stored
+        }
+    }
+
     public func job(_ id: String) throws(RunnerError) -> JobRecord? {
         try read("reading job \(id)") { db in
             try Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE id = ?", arguments: [id]).map(Self.job)

@@ -140,10 +140,9 @@ public final class VMProcess: Sendable {
     }
 
     /// The VMM's environment: the daemon's, so `SWIFTLET_CACHE` and the
-    /// like reach it.
-    static func childEnvironment() -> [String] {
-        ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" }
-    }
+    /// like reach it (read once).
+    static func childEnvironment() -> [String] { inheritedEnvironment }
+    private static let inheritedEnvironment = ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" }
 
     /// Still running (a warm VM that died is not handed out).
     public var isAlive: Bool {

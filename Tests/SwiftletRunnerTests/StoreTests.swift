@@ -118,6 +118,22 @@ func queuedJob(_ function: String, version: Int = 1, key: String? = nil, invocat
         #expect(try store.job(waiting.id)?.state == .queued)
     }
 
+    @Test func aSyncInvokeAdmittedAtOnceIsRecordedRunningWithItsAttempt() throws {
+        let t = TempState()
+        let store = try Store(directory: t.path)
+        let j = try store.insertRunningJob(queuedJob("f", invocation: .sync, maxAttempts: 1), now: 1001, queueMs: 0.5)
+        let stored = try #require(try store.job(j.id))
+        #expect(stored.state == .running && stored.attempts == 1 && stored.startedAt == 1001 && stored.timings.queueMs == 0.5)
+        #expect(stored.seq == j.seq)
+        let done = try store.finishAttempt(j.id, state: .succeeded, exitStatus: 0, error: nil, outcome: "exited(0)", now: 1002,
+                                           retryAt: nil, timings: JobTimings(queueMs: 0.5), outputBytes: 3, logBytes: 0)
+        #expect(done?.state == .succeeded && done?.outputBytes == 3)
+        // After a restart it is a sync invoke that was running: failed, never rerun.
+        let k = try store.insertRunningJob(queuedJob("f", invocation: .sync, maxAttempts: 1), now: 1003, queueMs: 0)
+        _ = try store.recover(now: 1004)
+        #expect(try store.job(k.id)?.state == .failed)
+    }
+
     @Test func cancelOnlyWhileQueued() throws {
         let t = TempState()
         let store = try Store(directory: t.path)
