@@ -75,7 +75,7 @@ let package = Package(
         .target(
             name: "SwiftletRunner",
             dependencies: [
-                "CRunner",
+                "CRunner", "SwiftletSys",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -85,7 +85,7 @@ let package = Package(
         .executableTarget(
             name: "swiftletd",
             dependencies: [
-                "SwiftletRunner",
+                "SwiftletRunner", "SwiftletSys",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

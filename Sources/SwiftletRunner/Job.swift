@@ -78,8 +78,4 @@ public enum JobID {
             return String(repeating: "0", count: 16 - s.count) + s
         }.joined()
     }
-
-    public static func isWellFormed(_ s: String) -> Bool {
-        s.utf8.count == 32 && s.utf8.allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains($0) }
-    }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import SwiftletSys
 
 /// How the runner is set up (`swiftletd serve` options).
 public struct RunnerConfig: Sendable {
@@ -177,7 +178,7 @@ public actor Runner {
         if dryRun { return nil }
         let queuedSync = waiters.values.reduce(0) { $0 + $1.count }
         guard queuedSync < config.maxQueued else { throw .tooManyRequests(reason: .queueFull, retryAfterSeconds: 1) }
-        let accepted = monotonicNanos()
+        let accepted = Clock.monotonicNanos()
         let now = Date().timeIntervalSince1970
         var job = JobRecord(id: JobID.make(), function: name, version: f.version, state: .queued, invocation: .sync, attempts: 0,
                             maxAttempts: 1, exitStatus: nil, error: nil, idempotencyKey: nil, createdAt: now, startedAt: nil,
@@ -187,7 +188,7 @@ public actor Runner {
         // function's line until a slot frees.
         let queueMs: Double
         if tryAdmit(function: name, memoryMiB: f.spec.memoryMiB, concurrency: f.spec.concurrency, jobID: job.id, version: f.version) {
-            queueMs = Double(monotonicNanos() - accepted) / 1e6
+            queueMs = Double(Clock.monotonicNanos() - accepted) / 1e6
             do { job = try store.insertRunningJob(job, now: Date().timeIntervalSince1970, queueMs: queueMs) } catch {
                 release(jobID: job.id)
                 throw error
@@ -214,7 +215,7 @@ public actor Runner {
                 throw .tooManyRequests(reason: atLimit ? .functionConcurrencyLimitExceeded : .concurrentInvocationLimitExceeded,
                                        retryAfterSeconds: 1)
             }
-            queueMs = Double(monotonicNanos() - accepted) / 1e6
+            queueMs = Double(Clock.monotonicNanos() - accepted) / 1e6
             guard try store.markRunning(job.id, now: Date().timeIntervalSince1970, queueMs: queueMs) else {
                 release(jobID: job.id)
                 throw .alreadyFinal(id: job.id, state: .cancelled)
@@ -224,7 +225,7 @@ public actor Runner {
                                             createdAt: now, queueMs: queueMs)
         let output = result.map { r -> [UInt8] in
             guard case .exited(0) = r.outcome else { return [] }
-            return (try? Self.readFile(store.outputPath(job.id), limit: config.outputLimit)) ?? []
+            return (try? readFile(store.outputPath(job.id))) ?? []
         } ?? []
         return InvokeResult(job: final ?? job, output: output, logTail: result?.logTail ?? [], outcome: result?.outcome ?? .infrastructure("not run"),
                             vmHandedOverAt: result?.handedOverAt ?? 0, vmExitedAt: result?.exitedAt ?? 0)
@@ -372,7 +373,7 @@ public actor Runner {
     /// Runs one attempt in the slot already taken, records it, frees the slot.
     private func execute(jobID: String, version f: FunctionRecord, payload: [UInt8], invocation: Invocation, attempt: Int,
                          maxAttempts: Int, createdAt: Double, queueMs: Double) async -> (VMResult?, JobRecord?) {
-        let slotAt = monotonicNanos()
+        let slotAt = Clock.monotonicNanos()
         var result: VMResult?
         var failure: String?
         do {
@@ -435,7 +436,7 @@ public actor Runner {
         }
         logger.info(retryAt == nil ? "job finished" : "job will be retried", metadata: [
             "job": "\(jobID)", "function": "\(f.name)", "state": "\(state.rawValue)", "attempt": "\(attempt)",
-            "outcome": "\(outcome)", "slot_ms": "\(Double(monotonicNanos() - slotAt) / 1e6)",
+            "outcome": "\(outcome)", "slot_ms": "\(Double(Clock.monotonicNanos() - slotAt) / 1e6)",
         ])
         release(jobID: jobID)
         if retryAt == nil { notifyFinal(jobID) }
@@ -540,22 +541,8 @@ public actor Runner {
     /// Reads a job's output or log file (what there is so far).
     public nonisolated func readOutput(_ id: String, log: Bool) throws(RunnerError) -> [UInt8] {
         guard try store.job(id) != nil else { throw .jobNotFound(id) }
-        return (try? Self.readFile(log ? store.logPath(id) : store.outputPath(id), limit: max(config.outputLimit, config.logLimit))) ?? []
-    }
-
-    static func readFile(_ path: String, limit: Int) throws -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return [] }
-        defer { close(fd) }
-        var out: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while out.count < limit {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, min($0.count, limit - out.count)) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            out += buffer[0..<n]
-        }
-        return out
+        // Bounded: the VMM's collector writes at most --max-output and the log limit.
+        return (try? readFile(log ? store.logPath(id) : store.outputPath(id))) ?? []
     }
 
     // MARK: Warm pools
@@ -613,10 +600,9 @@ public actor Runner {
         }
         updateGauges()
         // One at a time per pool; go on until full.
-        Task { self.refillAfterFill() }
+        Task { self.refillWarmPools() }
     }
 
-    private func refillAfterFill() { refillWarmPools() }
 
     // MARK: Housekeeping
 

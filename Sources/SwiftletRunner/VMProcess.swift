@@ -1,6 +1,7 @@
 import CRunner
 import Foundation
 import Synchronization
+import SwiftletSys
 
 /// How the runner starts a VMM: `swiftlet run --snapshot DIR` with the
 /// function's handler, strict seccomp, jailed when asked, its timings on
@@ -75,7 +76,6 @@ public final class VMProcess: Sendable {
     private struct State {
         var stopping: AttemptOutcome?
         var exited = false
-        var used = false
         /// The pipe ends still open: each is closed exactly once (a second
         /// close could hit a descriptor number NIO has reused for a socket).
         var open: Set<Int32> = []
@@ -94,7 +94,7 @@ public final class VMProcess: Sendable {
 
     private init(pid: pid_t, launch: VMLaunch, fds: (Int32, Int32, Int32, Int32, Int32), startedAt: UInt64) {
         (self.pid, self.launch, self.startedAt) = (pid, launch, startedAt)
-        spawnedAt = monotonicNanos()
+        spawnedAt = Clock.monotonicNanos()
         (stdinFD, stdoutFD, stderrFD, reportFD, startFD) = fds
         state.withLock { $0.open = Set([stdinFD, stdoutFD, stderrFD, reportFD, startFD].filter { $0 >= 0 }) }
     }
@@ -122,7 +122,7 @@ public final class VMProcess: Sendable {
             let start = launch.warm ? try makePipe() : (r: Int32(-1), w: Int32(-1))
             var childFDs = [stdin.r, stdout.w, stderr.w, report.w]
             if launch.warm { childFDs.append(start.r) }
-            let t0 = monotonicNanos()
+            let t0 = Clock.monotonicNanos()
             let pid: pid_t
             do { pid = try await spawner.spawn(path: launch.swiftlet, argv: launch.arguments, environment: childEnvironment(), fds: childFDs) } catch {
                 throw VMError.spawn(error)
@@ -158,7 +158,6 @@ public final class VMProcess: Sendable {
     /// the limit, stderr to a file and a 4 KiB tail, the report line; then
     /// reaps the process. Returns when it has exited.
     public func run(payload: [UInt8], output: VMOutput) async -> VMResult {
-        state.withLock { $0.used = true }
         return await withCheckedContinuation { continuation in
             let thread = Thread { continuation.resume(returning: self.collect(payload: payload, output: output)) }
             thread.name = "swiftletd-vm-\(pid)"
@@ -209,7 +208,7 @@ public final class VMProcess: Sendable {
         }
         var handedOverAt = spawnedAt
         if startFD >= 0 {
-            handedOverAt = monotonicNanos()
+            handedOverAt = Clock.monotonicNanos()
             var go: UInt8 = 1
             _ = write(startFD, &go, 1)
             closeOnce(startFD)
@@ -254,10 +253,10 @@ public final class VMProcess: Sendable {
                         stop(.outputTooLarge(limit: output.outputLimit))
                         open.stdout = false
                     } else if out >= 0 {
-                        Self.writeAll(out, chunk)
+                        Self.append(out, chunk)
                     }
                 } else if p.fd == stderrFD {
-                    if logBytes < output.logLimit, log >= 0 { Self.writeAll(log, chunk.prefix(output.logLimit - logBytes)) }
+                    if logBytes < output.logLimit, log >= 0 { Self.append(log, chunk.prefix(output.logLimit - logBytes)) }
                     logBytes += k
                     tail += chunk
                     if tail.count > 4096 { tail.removeFirst(tail.count - 4096) }
@@ -269,7 +268,7 @@ public final class VMProcess: Sendable {
         for fd in [stdinFD, stdoutFD, stderrFD, reportFD] { closeOnce(fd) }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        let exitedAt = monotonicNanos()
+        let exitedAt = Clock.monotonicNanos()
         let stopping = state.withLock { s -> AttemptOutcome? in
             s.exited = true
             return s.stopping
@@ -280,14 +279,10 @@ public final class VMProcess: Sendable {
                         logBytes: logBytes, logTail: tail, handedOverAt: handedOverAt, exitedAt: exitedAt)
     }
 
-    static func writeAll(_ fd: Int32, _ bytes: ArraySlice<UInt8>) {
-        var rest = bytes
-        while !rest.isEmpty {
-            let n = rest.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return }
-            rest = rest.dropFirst(n)
-        }
+    /// Appends a chunk to an output file; a failed write (a full disk)
+    /// drops the chunk, never the run.
+    static func append(_ fd: Int32, _ bytes: ArraySlice<UInt8>) {
+        bytes.withUnsafeBytes { try? writeAll(fd, $0) }
     }
 
     /// `key=value` words of the report line.
@@ -313,11 +308,4 @@ public final class VMProcess: Sendable {
         if status & 0x7f != 0 { return .infrastructure(why ?? "the VMM was killed by signal \(status & 0x7f)") }
         return .infrastructure(why ?? "the VMM exited with status \((status >> 8) & 0xff) without a report")
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds.
-public func monotonicNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }

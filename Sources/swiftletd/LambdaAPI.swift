@@ -4,6 +4,7 @@ import Hummingbird
 import HummingbirdCore
 import Logging
 import SwiftletRunner
+import SwiftletSys
 
 /// AWS Lambda's Invoke (`POST /2015-03-31/functions/{name}/invocations`),
 /// as boto3 and the AWS CLI speak it: invocation types RequestResponse,
@@ -25,7 +26,7 @@ struct LambdaAPI {
                 return Self.error("RequestTooLargeException", .contentTooLarge, "Request must be smaller than \(limit) bytes for the InvokeFunction operation")
             }
             // The request is in: the daemon's own time starts here.
-            let received = monotonicNanos()
+            let received = SwiftletSys.Clock.monotonicNanos()
             if let denied = authenticate(request, body: body) { return denied }
             return await invoke(request, rawName: rawName, body: body, received: received)
         }
@@ -115,7 +116,7 @@ struct LambdaAPI {
     static func withServerTiming(_ response: Response, received: UInt64, _ r: InvokeResult) -> Response {
         guard r.vmHandedOverAt >= received, r.vmExitedAt > 0 else { return response }
         var response = response
-        let done = monotonicNanos()
+        let done = SwiftletSys.Clock.monotonicNanos()
         let queue = (r.job.timings.queueMs ?? 0)
         func ms(_ n: UInt64) -> String { String(format: "%.3f", Double(n) / 1e6) }
         response.headers[HTTPField.Name("Server-Timing")!] =
