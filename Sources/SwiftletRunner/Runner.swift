@@ -169,11 +169,13 @@ public actor Runner {
         return (stored, replayed)
     }
 
-    /// A synchronous invoke: waits for a slot (up to `syncWaitSeconds`, then
-    /// 429), runs, and returns the output. `dryRun` only validates.
-    public func invoke(function name: String, payload: [UInt8], dryRun: Bool = false) async throws(RunnerError) -> InvokeResult? {
+    /// A synchronous invoke of the function's version `f` (as the caller
+    /// read it from the store, so that the hot path reads it once): waits
+    /// for a slot (up to `syncWaitSeconds`, then 429), runs, and returns the
+    /// output. `dryRun` only validates.
+    public func invoke(_ f: FunctionRecord, payload: [UInt8], dryRun: Bool = false) async throws(RunnerError) -> InvokeResult? {
         guard !draining else { throw .draining }
-        guard let f = try store.function(name) else { throw .functionNotFound(name) }
+        let name = f.name
         guard payload.count <= config.syncPayloadLimit else { throw .payloadTooLarge(limit: config.syncPayloadLimit) }
         if dryRun { return nil }
         let queuedSync = waiters.values.reduce(0) { $0 + $1.count }

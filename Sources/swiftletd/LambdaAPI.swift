@@ -81,13 +81,13 @@ struct LambdaAPI {
             let version: HTTPFields = [HTTPField.Name("X-Amz-Executed-Version")!: String(f.version)]
             switch type {
             case "DryRun":
-                _ = try await runner.invoke(function: name, payload: body, dryRun: true)
+                _ = try await runner.invoke(f, payload: body, dryRun: true)
                 return Response(status: .noContent, headers: version)
             case "Event":
                 let (job, _) = try await runner.submit(function: name, payload: body, idempotencyKey: nil)
                 return Response(status: .accepted, headers: [HTTPField.Name("X-Amzn-RequestId")!: job.id])
             default:
-                guard let r = try await runner.invoke(function: name, payload: body) else { return Response(status: .noContent) }
+                guard let r = try await runner.invoke(f, payload: body) else { return Response(status: .noContent) }
                 var headers = version
                 headers[HTTPField.Name("X-Amzn-RequestId")!] = r.job.id
                 headers[HTTPField.Name("X-Amz-Executed-Version")!] = String(r.job.version)
