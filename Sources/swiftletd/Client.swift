@@ -26,7 +26,12 @@ struct ClientOptions: ParsableArguments {
         if let token = ProcessInfo.processInfo.environment["SWIFTLET_TOKEN"] { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
         let box = ResultBox()
         let done = DispatchSemaphore(value: 0)
-        URLSession.shared.dataTask(with: request) { data, response, error in
+        // URLSession.shared gives up after 60 s without a byte, shorter than a
+        // first invoke that makes its function's snapshot (a cold boot).
+        let configuration = URLSessionConfiguration.ephemeral
+        configuration.timeoutIntervalForRequest = timeout
+        configuration.timeoutIntervalForResource = timeout
+        URLSession(configuration: configuration).dataTask(with: request) { data, response, error in
             box.set(data, response as? HTTPURLResponse, error)
             done.signal()
         }.resume()
@@ -38,12 +43,19 @@ struct ClientOptions: ParsableArguments {
         return (response.statusCode, h, data ?? Data())
     }
 
+    /// The body of a response with the expected status (any 2xx when nil),
+    /// or the API's error as one line.
+    func expectBody(_ r: (Int, [String: String], Data), status expected: Int? = nil) throws -> Data {
+        let (status, _, data) = r
+        guard expected.map({ $0 == status }) ?? (200..<300).contains(status) else {
+            throw ClientFailure(Self.errorMessage(status, (try? JSONSerialization.jsonObject(with: data)) as? [String: Any], data))
+        }
+        return data
+    }
+
     /// The JSON object of a 2xx body, or the API's error as one line.
     func expectJSON(_ r: (Int, [String: String], Data)) throws -> [String: Any] {
-        let (status, _, data) = r
-        let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
-        guard (200..<300).contains(status) else { throw ClientFailure(Self.errorMessage(status, object, data)) }
-        return object ?? [:]
+        (try? JSONSerialization.jsonObject(with: try expectBody(r))) as? [String: Any] ?? [:]
     }
 
     static func errorMessage(_ status: Int, _ object: [String: Any]?, _ data: Data) -> String {
@@ -151,8 +163,7 @@ struct FnRemove: ParsableCommand {
     @OptionGroup var client: ClientOptions
     @Argument var name: String
     func run() throws {
-        let r = try client.send("DELETE", "/v1/functions/\(name)")
-        guard r.0 == 204 else { throw ClientFailure(ClientOptions.errorMessage(r.0, (try? JSONSerialization.jsonObject(with: r.2)) as? [String: Any], r.2)) }
+        _ = try client.expectBody(client.send("DELETE", "/v1/functions/\(name)"), status: 204)
         print("\(name): removed")
     }
 }
@@ -176,10 +187,7 @@ struct Invoke: ParsableCommand {
         let (status, headers, body) = try client.send("POST", "/2015-03-31/functions/\(name)/invocations", body: payload,
                                                      headers: log ? ["X-Amz-Log-Type": "Tail"] : [:])
         if log, let tail = headers["x-amz-log-result"], let d = Data(base64Encoded: tail) { FileHandle.standardError.write(d) }
-        guard status == 200 else {
-            let o = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any]
-            throw ClientFailure(ClientOptions.errorMessage(status, o, body))
-        }
+        _ = try client.expectBody((status, headers, body), status: 200)
         if headers["x-amz-function-error"] != nil {
             let o = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any]
             let message = o?["errorMessage"] as? String ?? "function error"
@@ -239,9 +247,7 @@ struct JobOutput: ParsableCommand {
     @OptionGroup var client: ClientOptions
     @Argument var id: String
     func run() throws {
-        let (status, _, body) = try client.send("GET", "/v1/jobs/\(id)/output")
-        guard status == 200 else { throw ClientFailure(ClientOptions.errorMessage(status, (try? JSONSerialization.jsonObject(with: body)) as? [String: Any], body)) }
-        FileHandle.standardOutput.write(body)
+        FileHandle.standardOutput.write(try client.expectBody(client.send("GET", "/v1/jobs/\(id)/output")))
     }
 }
 
@@ -250,8 +256,6 @@ struct JobLog: ParsableCommand {
     @OptionGroup var client: ClientOptions
     @Argument var id: String
     func run() throws {
-        let (status, _, body) = try client.send("GET", "/v1/jobs/\(id)/log")
-        guard status == 200 else { throw ClientFailure(ClientOptions.errorMessage(status, (try? JSONSerialization.jsonObject(with: body)) as? [String: Any], body)) }
-        FileHandle.standardOutput.write(body)
+        FileHandle.standardOutput.write(try client.expectBody(client.send("GET", "/v1/jobs/\(id)/log")))
     }
 }
