@@ -38,6 +38,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
+        // The runner's command-line client (in swiftletd).
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         .target(name: "CSwiftlet"),
@@ -93,10 +96,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             resources: [.copy("openapi.yaml")]
         ),
         .testTarget(name: "SwiftletRunnerTests", dependencies: ["SwiftletRunner"]),
+        .testTarget(name: "SwiftletdTests", dependencies: ["swiftletd"]),
         .testTarget(name: "SwiftletX86Tests", dependencies: ["SwiftletX86", "SwiftletMemory"]),
         .testTarget(name: "SwiftletDevicesTests", dependencies: ["SwiftletDevices"]),
         .testTarget(name: "SwiftletVirtioTests", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletSys"]),

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@ struct spawn_args {
     char *const *envp;
     const int *fds;
     int nfds;
+    int nice;
     pid_t parent;
     int devnull;
     volatile int err;
@@ -46,6 +48,12 @@ static int spawn_child(void *p) {
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) { e = errno; goto fail; }
     if (getppid() != a->parent) { e = ESRCH; goto fail; }   // the daemon died before prctl
     if (setpgid(0, 0) != 0) { e = errno; goto fail; }
+    if (a->nice > 0) {
+        errno = 0;
+        int now = getpriority(PRIO_PROCESS, 0);
+        if (now == -1 && errno != 0) { e = errno; goto fail; }
+        if (setpriority(PRIO_PROCESS, 0, now + a->nice) != 0) { e = errno; goto fail; }
+    }
     // Move the wanted descriptors above nfds first, so that dup2 into
     // 0..nfds-1 never clobbers one still needed.
     int moved[16];
@@ -69,9 +77,9 @@ fail:
     _exit(127);
 }
 
-pid_t swd_spawn(const char *path, char *const argv[], char *const envp[], const int *fds, int nfds) {
-    if (nfds < 0 || nfds > 16) return -EINVAL;
-    struct spawn_args a = { path, argv, envp, fds, nfds, getpid(), -1, 0 };
+pid_t swd_spawn(const char *path, char *const argv[], char *const envp[], const int *fds, int nfds, int nice) {
+    if (nfds < 0 || nfds > 16 || nice < 0 || nice > 39) return -EINVAL;
+    struct spawn_args a = { path, argv, envp, fds, nfds, nice, getpid(), -1, 0 };
     a.devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
     if (a.devnull < 0) return -errno;
     const size_t stack_size = 64 * 1024;

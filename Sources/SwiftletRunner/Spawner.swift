@@ -24,8 +24,11 @@ public final class Spawner: Sendable {
 
     private let queue = Mutex<[Request]>([])
     private let wake = DispatchSemaphore(value: 0)
+    private let nice: Int32
 
-    public init() {
+    /// Every child's nice value is the daemon's plus `nice` (0...39).
+    public init(nice: Int = 0) {
+        self.nice = Int32(clamping: min(max(nice, 0), 39))
         let thread = Thread { [self] in self.loop() }
         thread.name = "swiftletd-spawner"
         thread.start()
@@ -45,11 +48,12 @@ public final class Spawner: Sendable {
         while true {
             wake.wait()
             guard let request = queue.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { continue }
-            request.done(Self.start(request))
+            let r = Self.start(request, nice: nice)
+            request.done(r)
         }
     }
 
-    private static func start(_ r: Request) -> Result<pid_t, SpawnError> {
+    private static func start(_ r: Request, nice: Int32) -> Result<pid_t, SpawnError> {
         var argv = r.argv.map { strdup($0) } + [nil]
         var envp = r.environment.map { strdup($0) } + [nil]
         defer {
@@ -57,7 +61,7 @@ public final class Spawner: Sendable {
             for p in envp { free(p) }
         }
         let pid = r.fds.withUnsafeBufferPointer { fds in
-            swd_spawn(r.path, &argv, &envp, fds.baseAddress, Int32(fds.count))
+            swd_spawn(r.path, &argv, &envp, fds.baseAddress, Int32(fds.count), nice)
         }
         return pid > 0 ? .success(pid) : .failure(SpawnError(errno: -pid))
     }

@@ -158,8 +158,16 @@ public final class VMProcess: Sendable {
     /// the limit, stderr to a file and a 4 KiB tail, the report line; then
     /// reaps the process. Returns when it has exited.
     public func run(payload: [UInt8], output: VMOutput) async -> VMResult {
+        // A warm VM gets its start byte first: making the collecting thread
+        // then overlaps the guest's resume instead of preceding it.
+        let handedOverAt = startFD >= 0 ? Clock.monotonicNanos() : spawnedAt
+        if startFD >= 0 {
+            var go: UInt8 = 1
+            _ = write(startFD, &go, 1)
+            closeOnce(startFD)
+        }
         return await withCheckedContinuation { continuation in
-            let thread = Thread { continuation.resume(returning: self.collect(payload: payload, output: output)) }
+            let thread = Thread { continuation.resume(returning: self.collect(payload: payload, output: output, handedOverAt: handedOverAt)) }
             thread.name = "swiftletd-vm-\(pid)"
             thread.start()
         }
@@ -199,19 +207,12 @@ public final class VMProcess: Sendable {
         }
     }
 
-    private func collect(payload: [UInt8], output: VMOutput) -> VMResult {
+    private func collect(payload: [UInt8], output: VMOutput, handedOverAt: UInt64) -> VMResult {
         let out = open(output.outputPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         let log = open(output.logPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         defer {
             if out >= 0 { close(out) }
             if log >= 0 { close(log) }
-        }
-        var handedOverAt = spawnedAt
-        if startFD >= 0 {
-            handedOverAt = Clock.monotonicNanos()
-            var go: UInt8 = 1
-            _ = write(startFD, &go, 1)
-            closeOnce(startFD)
         }
         var outputBytes = 0, logBytes = 0
         var tail: [UInt8] = []

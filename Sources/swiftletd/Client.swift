@@ -1,8 +1,8 @@
 import ArgumentParser
+import AsyncHTTPClient
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
+import NIOCore
+import NIOHTTP1
 
 /// The runner's client (`swiftlet fn|invoke|job` exec these): the native
 /// API over HTTP, so that nobody needs curl.
@@ -16,31 +16,30 @@ struct ClientOptions: ParsableArguments {
     }
 
     /// Sends one request; returns status, headers and body. A transport
-    /// failure is one line and exit 1.
+    /// failure is one line and exit 1. AsyncHTTPClient on SwiftNIO, waited
+    /// on from this thread: URLSession (FoundationNetworking's libcurl)
+    /// kept a CPU busy for as long as a call lasted.
     func send(_ method: String, _ path: String, body: Data? = nil, headers: [String: String] = [:], timeout: Double = 3600) throws -> (Int, [String: String], Data) {
-        guard let url = URL(string: baseURL + path) else { throw ClientFailure("bad endpoint \(baseURL)") }
-        var request = URLRequest(url: url, timeoutInterval: timeout)
-        request.httpMethod = method
-        request.httpBody = body
-        for (k, v) in headers { request.setValue(v, forHTTPHeaderField: k) }
-        if let token = ProcessInfo.processInfo.environment["SWIFTLET_TOKEN"] { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
-        let box = ResultBox()
-        let done = DispatchSemaphore(value: 0)
-        // URLSession.shared gives up after 60 s without a byte, shorter than a
-        // first invoke that makes its function's snapshot (a cold boot).
-        let configuration = URLSessionConfiguration.ephemeral
-        configuration.timeoutIntervalForRequest = timeout
-        configuration.timeoutIntervalForResource = timeout
-        URLSession(configuration: configuration).dataTask(with: request) { data, response, error in
-            box.set(data, response as? HTTPURLResponse, error)
-            done.signal()
-        }.resume()
-        done.wait()
-        let (data, response, error) = box.get()
-        guard let response else { throw ClientFailure("cannot reach the runner at \(baseURL): \(error.map { "\($0.localizedDescription)" } ?? "no response")") }
+        var fields = HTTPHeaders(headers.map { ($0.key, $0.value) })
+        if let token = ProcessInfo.processInfo.environment["SWIFTLET_TOKEN"] { fields.replaceOrAdd(name: "Authorization", value: "Bearer \(token)") }
+        let request: HTTPClient.Request
+        do {
+            request = try HTTPClient.Request(url: baseURL + path, method: HTTPMethod(rawValue: method), headers: fields,
+                                             body: body.map { .bytes(Array($0)) })
+        } catch {
+            throw ClientFailure("bad endpoint \(baseURL): \(error)")
+        }
+        let response: HTTPClient.Response
+        do {
+            response = try HTTPClient.shared.execute(request: request, deadline: .now() + .milliseconds(Int64(timeout * 1000))).wait()
+        } catch let e as HTTPClientError where e == .deadlineExceeded {
+            throw ClientFailure("no answer from the runner at \(baseURL) within \(Int(timeout)) s")
+        } catch {
+            throw ClientFailure("cannot reach the runner at \(baseURL): \(String(describing: error).split(whereSeparator: \.isNewline).joined(separator: " "))")
+        }
         var h: [String: String] = [:]
-        for (k, v) in response.allHeaderFields { h[String(describing: k).lowercased()] = String(describing: v) }
-        return (response.statusCode, h, data ?? Data())
+        for (name, value) in response.headers { h[name.lowercased()] = value }
+        return (Int(response.status.code), h, response.body.map { Data($0.readableBytesView) } ?? Data())
     }
 
     /// The body of a response with the expected status (any 2xx when nil),
@@ -55,7 +54,8 @@ struct ClientOptions: ParsableArguments {
 
     /// The JSON object of a 2xx body, or the API's error as one line.
     func expectJSON(_ r: (Int, [String: String], Data)) throws -> [String: Any] {
-        (try? JSONSerialization.jsonObject(with: try expectBody(r))) as? [String: Any] ?? [:]
+        let body = try expectBody(r)  // outside the try?: an error status is a failure, not an empty object
+        return (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] ?? [:]
     }
 
     static func errorMessage(_ status: Int, _ object: [String: Any]?, _ data: Data) -> String {
@@ -63,13 +63,6 @@ struct ClientOptions: ParsableArguments {
         if let m = object?["message"] as? String { return "\(m) (HTTP \(status))" }
         return "HTTP \(status): \(String(decoding: data.prefix(200), as: UTF8.self))"
     }
-}
-
-final class ResultBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: (Data?, HTTPURLResponse?, Error?) = (nil, nil, nil)
-    func set(_ d: Data?, _ r: HTTPURLResponse?, _ e: Error?) { lock.lock(); value = (d, r, e); lock.unlock() }
-    func get() -> (Data?, HTTPURLResponse?, Error?) { lock.lock(); defer { lock.unlock() }; return value }
 }
 
 struct ClientFailure: Error, CustomStringConvertible {

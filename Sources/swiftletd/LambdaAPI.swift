@@ -100,13 +100,35 @@ struct LambdaAPI {
                     let (errorType, message) = Self.functionError(r.outcome, job: r.job)
                     response = APIModel.json(["errorType": errorType, "errorMessage": message], headers: headers)
                 }
-                return Self.withServerTiming(response, received: received, r)
+                let exited = r.vmExitedAt, jobID = r.job.id
+                return Self.afterSent(Self.withServerTiming(response, received: received, r)) { [logger] in
+                    // Server-Timing ends at the response built; this adds its handing to SwiftNIO to write.
+                    if exited > 0 {
+                        let ms = Double(SwiftletSys.Clock.monotonicNanos() - exited) / 1e6
+                        logger.info("response sent", metadata: ["job": "\(jobID)", "vm_exit_to_sent_ms": "\(ms)"])
+                    }
+                    runner.responded()
+                }
             }
         } catch let e as RunnerError {
             return Self.error(e)
         } catch {
             return Self.error("ServiceException", .internalServerError, "\(error)")
         }
+    }
+
+    /// `response`, calling `sent` once its body is written or its write failed.
+    static func afterSent(_ response: Response, _ sent: @escaping @Sendable () -> Void) -> Response {
+        var response = response
+        let body = response.body
+        response.body = ResponseBody(contentLength: body.contentLength) { writer in
+            do { try await body.write(writer) } catch {
+                sent()
+                throw error
+            }
+            sent()
+        }
+        return response
     }
 
     /// `Server-Timing` (W3C): the daemon's own time, from the request

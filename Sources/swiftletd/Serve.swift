@@ -66,6 +66,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Warm VMs on this host, all functions' pools together (0 turns warm pools off; default: only slots and memory limit them).")
     var maxWarm: Int?
 
+    @Option(help: "Added to each VMM's nice value (0 to 19), so that VMs yield the CPU to the daemon's short bursts.")
+    var vmNice: Int = 5
+
     @Flag(inversion: .prefixedNo, help: "Jail every VMM (swiftlet run --jail; needs root). Default: on when root.")
     var jail: Bool?
 
@@ -78,6 +81,7 @@ struct Serve: AsyncParsableCommand {
             guard v.isFinite, v >= 0, v <= 10 * 365 * 86400 else { throw ValidationError("\(name) must be a number of seconds") }
         }
         if let w = maxWarm, w < 0 { throw ValidationError("--max-warm must be 0 or more") }
+        guard (0...19).contains(vmNice) else { throw ValidationError("--vm-nice must be 0 to 19") }
         guard maxOutput >= 1 else { throw ValidationError("--max-output must be positive") }
         if jail == true && geteuid() != 0 { throw ValidationError("--jail needs root") }
         if tokenFile == nil, accessKeysFile == nil, let (host, _) = Self.parseListen(listen), !Self.isLoopback(host) {
@@ -130,6 +134,7 @@ struct Serve: AsyncParsableCommand {
         config.outputLimit = maxOutput
         config.retryBaseSeconds = retryDelay
         if let maxWarm { config.maxWarm = maxWarm }
+        config.vmNice = vmNice
         let runner: Runner
         do { runner = try Runner(config: config, logger: logger) } catch { throw ServeFailure(message: "\(error)") }
         try await runner.start()

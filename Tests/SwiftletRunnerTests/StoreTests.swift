@@ -134,6 +134,66 @@ func queuedJob(_ function: String, version: Int = 1, key: String? = nil, invocat
         #expect(try store.job(k.id)?.state == .failed)
     }
 
+    @Test func finishingAJobAlreadyFinalLeavesItAndReturnsIt() throws {
+        let t = TempState()
+        let store = try Store(directory: t.path)
+        let j = try store.insertJob(queuedJob("f"), payload: nil).0
+        _ = try #require(try store.cancelQueued(j.id, now: 5))
+        let after = try store.finishAttempt(j.id, state: .succeeded, exitStatus: 0, error: nil, outcome: "exited(0)", now: 6,
+                                            retryAt: nil, timings: JobTimings(), outputBytes: 1, logBytes: 0)
+        #expect(after?.state == .cancelled && after?.outputBytes == 0)
+        #expect(try store.job(j.id)?.state == .cancelled)
+    }
+
+    @Test func theFunctionCacheFollowsDeployRemoveAndRedeploy() throws {
+        let t = TempState()
+        let store = try Store(directory: t.path)
+        var spec = FunctionSpec(command: ["cat"])
+        _ = try store.deploy(name: "b", spec: spec, imagePath: "/i", imageSha256: "aa", now: 1)
+        _ = try store.deploy(name: "a", spec: spec, imagePath: "/i", imageSha256: "aa", now: 1)
+        spec.memoryMiB = 256
+        _ = try store.deploy(name: "a", spec: spec, imagePath: "/i", imageSha256: "aa", now: 2)
+        #expect(try store.function("a")?.version == 2 && store.function("a")?.spec == spec)
+        #expect(try store.functions().map(\.name) == ["a", "b"])
+        #expect(try store.removeFunction("a", now: 3))
+        #expect(try store.function("a") == nil && store.functions().map(\.name) == ["b"])
+        #expect(try !store.removeFunction("a", now: 3))
+        let (again, created) = try store.deploy(name: "a", spec: spec, imagePath: "/i", imageSha256: "aa", now: 4)
+        #expect(created && again.version == 3, "versions go on after a remove")
+        // What a fresh open reads from SQLite is what the cache says.
+        let reopened = try Store(directory: t.path)
+        for name in ["a", "b", "c"] { #expect(try reopened.function(name) == store.function(name)) }
+        #expect(try reopened.functions() == store.functions())
+    }
+
+    /// SQLite's own checkpoint is off; the checkpointer's thread keeps the
+    /// WAL from growing: after each batch of writes it is checkpointed, and
+    /// the next batch starts the WAL over, so its file stays the size of
+    /// one batch (unchecked, it would grow by one batch each round).
+    @Test func theWALIsCheckpointedBesideTheWrites() throws {
+        let t = TempState()
+        let store = try Store(directory: t.path)
+        func batch() throws {
+            for _ in 0..<WALCheckpointer.writesPerCheckpoint {
+                let j = try store.insertRunningJob(queuedJob("f", invocation: .sync, maxAttempts: 1), now: 1, queueMs: 0)
+                _ = try store.finishAttempt(j.id, state: .succeeded, exitStatus: 0, error: nil, outcome: "exited(0)", now: 2,
+                                            retryAt: nil, timings: JobTimings(), outputBytes: 0, logBytes: 0)
+            }
+        }
+        func walBytes() throws -> Int {
+            (try FileManager.default.attributesOfItem(atPath: t.path + "/runner.sqlite3-wal")[.size] as? Int) ?? 0
+        }
+        try batch()
+        let one = try walBytes()
+        #expect(one > 0)
+        for _ in 0..<3 {
+            Thread.sleep(forTimeInterval: 2.5)
+            try batch()
+        }
+        let last = try walBytes()
+        #expect(last < one * 3 / 2, "the WAL grew from \(one) to \(last) bytes: it was not checkpointed")
+    }
+
     @Test func cancelOnlyWhileQueued() throws {
         let t = TempState()
         let store = try Store(directory: t.path)

@@ -15,6 +15,7 @@ import base64
 import ctypes
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -256,6 +257,19 @@ class Daemon:
         out = [p for p in descendants(self.pid, table) if alive(p) and is_swiftlet_argv(p, table[p][2])]
         self.seen_vmms.update(out)
         return out
+
+    def metric(self, name):
+        """The sum of a metric's samples over all its label sets (0 when absent)."""
+        total = 0.0
+        for line in self.get("/metrics").text.splitlines():
+            if re.match(rf"^{re.escape(name)}(\{{.*\}})? ", line):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def nice(self, pid=None):
+        """A process's nice value (/proc/PID/stat field 19); the daemon's by default."""
+        with open(f"/proc/{pid or self.pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[16])
 
     def children(self):
         table = _proc_table()

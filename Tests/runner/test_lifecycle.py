@@ -4,21 +4,11 @@ running job finishes within --drain-timeout; one that outlasts it is queued
 again, durably, and finished by the next daemon)."""
 
 import json
-import re
 import signal
 import threading
 import time
 
 from conftest import FINAL_STATES
-
-
-def metric(d, name):
-    text = d.get("/metrics").text
-    total = 0.0
-    for line in text.splitlines():
-        if re.match(rf"^{re.escape(name)}(\{{.*\}})? ", line):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_declared_functions_and_one_snapshot_for_simultaneous_first_calls(daemon_factory, tmp_path):
@@ -30,7 +20,7 @@ def test_declared_functions_and_one_snapshot_for_simultaneous_first_calls(daemon
     }))
     d = daemon_factory.start("--max-vms", "4", "--functions", str(decl), keys=False, name="declared")
     assert {f["name"] for f in d.get("/v1/functions").json()["functions"]} == {"first", "second"}
-    assert metric(d, "swiftlet_snapshots_created_total") == 0
+    assert d.metric("swiftlet_snapshots_created_total") == 0
 
     results = {}
 
@@ -48,7 +38,7 @@ def test_declared_functions_and_one_snapshot_for_simultaneous_first_calls(daemon
         want = f"p{i}from-first\n".encode() if name == "first" else f"p{i}".encode()
         assert body == want, (i, name, body)
     assert len(results) == 4
-    assert metric(d, "swiftlet_snapshots_created_total") == 1, d.get("/metrics").text
+    assert d.metric("swiftlet_snapshots_created_total") == 1, d.get("/metrics").text
 
 
 def test_sigterm_drains_then_requeues_what_outlasts_it(daemon_factory):
