@@ -240,7 +240,7 @@ public actor Runner {
                                             createdAt: now, queueMs: queueMs)
         let output = result.map { r -> [UInt8] in
             guard case .exited(0) = r.outcome else { return [] }
-            return (try? readFile(store.outputPath(job.id))) ?? []
+            return r.output ?? (try? readFile(store.outputPath(job.id))) ?? []
         } ?? []
         return InvokeResult(job: final ?? job, output: output, logTail: result?.logTail ?? [], outcome: result?.outcome ?? .infrastructure("not run"),
                             vmHandedOverAt: result?.handedOverAt ?? 0, vmExitedAt: result?.exitedAt ?? 0)

@@ -35,6 +35,9 @@ public struct VMResult: Sendable {
     /// The `--report-fd` line's fields (boot-ms, job-host-ms, outcome, ...).
     public var report: [String: String]
     public var outputBytes: Int
+    /// Stdout as well as in its file, when it was at most `VMOutput.keptInMemory`
+    /// (a synchronous invoke's response then needs no read back).
+    public var output: [UInt8]?
     public var logBytes: Int
     /// The last 4 KiB of stderr (Lambda's `LogType: Tail`).
     public var logTail: [UInt8]
@@ -54,6 +57,7 @@ public struct VMOutput: Sendable {
     public var outputLimit: Int
     /// Stderr past this is dropped (the tail is still kept).
     public var logLimit: Int
+    static let keptInMemory = 256 * 1024
     public init(outputPath: String, logPath: String, outputLimit: Int, logLimit: Int) {
         (self.outputPath, self.logPath, self.outputLimit, self.logLimit) = (outputPath, logPath, outputLimit, logLimit)
     }
@@ -215,6 +219,7 @@ public final class VMProcess: Sendable {
             if log >= 0 { close(log) }
         }
         var outputBytes = 0, logBytes = 0
+        var kept: [UInt8]? = []
         var tail: [UInt8] = []
         var report: [UInt8] = []
         var written = 0
@@ -256,6 +261,7 @@ public final class VMProcess: Sendable {
                     } else if out >= 0 {
                         Self.append(out, chunk)
                     }
+                    if outputBytes <= VMOutput.keptInMemory { kept? += chunk } else { kept = nil }
                 } else if p.fd == stderrFD {
                     if logBytes < output.logLimit, log >= 0 { Self.append(log, chunk.prefix(output.logLimit - logBytes)) }
                     logBytes += k
@@ -277,7 +283,7 @@ public final class VMProcess: Sendable {
         let fields = Self.parseReport(report)
         let outcome = stopping ?? Self.outcome(status: status, fields: fields, log: tail)
         return VMResult(outcome: outcome, report: fields, outputBytes: min(outputBytes, output.outputLimit),
-                        logBytes: logBytes, logTail: tail, handedOverAt: handedOverAt, exitedAt: exitedAt)
+                        output: out >= 0 ? kept : nil, logBytes: logBytes, logTail: tail, handedOverAt: handedOverAt, exitedAt: exitedAt)
     }
 
     /// Appends a chunk to an output file; a failed write (a full disk)

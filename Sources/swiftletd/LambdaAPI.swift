@@ -140,9 +140,13 @@ struct LambdaAPI {
         var response = response
         let done = SwiftletSys.Clock.monotonicNanos()
         let queue = (r.job.timings.queueMs ?? 0)
-        func ms(_ n: UInt64) -> String { String(format: "%.3f", Double(n) / 1e6) }
+        // Integer arithmetic: String(format:) costs tens of microseconds here.
+        func ms(_ n: UInt64) -> String {
+            let us = (n + 500) / 1000, frac = String(us % 1000)
+            return "\(us / 1000)." + String(repeating: "0", count: 3 - frac.count) + frac
+        }
         response.headers[HTTPField.Name("Server-Timing")!] =
-            "daemon-pre;dur=\(ms(r.vmHandedOverAt - received)), queue;dur=\(String(format: "%.3f", queue)), daemon-post;dur=\(ms(done - r.vmExitedAt))"
+            "daemon-pre;dur=\(ms(r.vmHandedOverAt - received)), queue;dur=\(ms(UInt64(max(0, queue) * 1e6))), daemon-post;dur=\(ms(done - r.vmExitedAt))"
         return response
     }
 
