@@ -48,12 +48,6 @@ static int spawn_child(void *p) {
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) { e = errno; goto fail; }
     if (getppid() != a->parent) { e = ESRCH; goto fail; }   // the daemon died before prctl
     if (setpgid(0, 0) != 0) { e = errno; goto fail; }
-    if (a->nice > 0) {
-        errno = 0;
-        int now = getpriority(PRIO_PROCESS, 0);
-        if (now == -1 && errno != 0) { e = errno; goto fail; }
-        if (setpriority(PRIO_PROCESS, 0, now + a->nice) != 0) { e = errno; goto fail; }
-    }
     // Move the wanted descriptors above nfds first, so that dup2 into
     // 0..nfds-1 never clobbers one still needed.
     int moved[16];
@@ -99,6 +93,14 @@ pid_t swd_spawn(const char *path, char *const argv[], char *const envp[], const 
         int status;
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
         return -a.err;
+    }
+    // Niced after its exec, not before: the exec (this thread waits on it)
+    // runs at the daemon's priority. The whole process group, every thread:
+    // threads and children made later inherit it.
+    if (a.nice > 0) {
+        errno = 0;
+        int now = getpriority(PRIO_PROCESS, 0);
+        if (!(now == -1 && errno != 0)) setpriority(PRIO_PGRP, pid, now + a.nice);
     }
     return pid;
 }

@@ -7,7 +7,7 @@
 /// (call it from a thread that lives as long as the daemon). `fds[i]`
 /// becomes descriptor i in the child for i < nfds (-1: /dev/null); every
 /// other descriptor is closed. `nice` (0..39) is added to the child's
-/// nice value. Returns the pid, or -errno.
+/// process group's nice value once it has exec'd. Returns the pid, or -errno.
 pid_t swd_spawn(const char *path, char *const argv[], char *const envp[], const int *fds, int nfds, int nice);
 
 /// pipe2(fds, O_CLOEXEC): 0 or -errno.
