@@ -83,6 +83,20 @@ def summary(values):
                 min=min(values), max=max(values))
 
 
+def timer_overshoot_ms(seconds=20.0, sleep_s=0.0005):
+    """The machine's own noise floor: how late a 0.5 ms sleep wakes, over
+    `seconds` of an idle host (vCPU steal and scheduling; no daemon work)."""
+    over = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        t = time.monotonic_ns()
+        time.sleep(sleep_s)
+        over.append((time.monotonic_ns() - t) / 1e6 - sleep_s * 1000)
+    s = summary(over)
+    s.update(p999=pct(over, 99.9), over_2ms=sum(o > 2 for o in over), over_4ms=sum(o > 4 for o in over))
+    return s
+
+
 def pss_kib(pid):
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -143,7 +157,7 @@ def main():
         results["snapshot_create_s"] = time.time() - t
         assert wait_warm(d, 1)
         kinds = {"warm": [], "cold": []}
-        pre, post = [], []
+        pre, post, ids = [], [], []
         for i in range(a.n):
             for kind in ("cold", "warm"):
                 if kind == "warm":
@@ -155,6 +169,7 @@ def main():
                 timing = server_timing(h)
                 pre.append(timing["daemon-pre"] - timing.get("queue", 0))
                 post.append(timing["daemon-post"])
+                ids.append(h["X-Amzn-RequestId"])
         snapshots = [os.path.join(state, "snapshots", x) for x in os.listdir(os.path.join(state, "snapshots")) if ".tmp-" not in x]
         direct = []
         for i in range(a.n):
@@ -165,6 +180,17 @@ def main():
             assert r.returncode == 0 and r.stdout == b"d%d" % i, r
         results["daemon_pre_ms"] = summary(pre)
         results["daemon_post_ms"] = summary(post)
+        # The daemon logs when each response was handed to SwiftNIO to write.
+        sent = {}
+        with open(d.log.name, "rb") as f:
+            for line in f:
+                o = json.loads(line)
+                if o.get("msg") == "response sent":
+                    sent[o["job"]] = float(o["vm_exit_to_sent_ms"])
+        results["daemon_post_sent_ms"] = summary([sent[i] for i in ids])
+        # Every sample, in call order (cold and warm alternate), for other percentiles.
+        results["samples"] = dict(kind=["cold", "warm"] * a.n, daemon_pre_ms=pre, daemon_post_ms=post,
+                                  daemon_post_sent_ms=[sent[i] for i in ids])
         results["invoke_warm_ms"] = summary(kinds["warm"])
         results["invoke_cold_ms"] = summary(kinds["cold"])
         results["run_direct_ms"] = summary(direct)
@@ -172,6 +198,7 @@ def main():
         results["ratios_p50"] = dict(warm_over_direct=w / r_, cold_over_direct=c / r_, warm_over_cold=w / c)
         results["daemon_rss_kib_after_latency"] = int(open(f"/proc/{d.p.pid}/status").read().split("VmRSS:")[1].split()[0])
         d.stop()
+        results["timer_overshoot_ms"] = timer_overshoot_ms()
 
         # --- PSS per held VM: a warm pool of 4 -------------------------------
         d = Daemon(a.swiftletd, a.swiftlet, state, max_vms=4)
@@ -214,6 +241,7 @@ def main():
           "| figure | p50 | p90 | p99 |", "|---|---|---|---|"]
     for k, label in [("daemon_pre_ms", "daemon: request received -> VMM given the job (ms)"),
                      ("daemon_post_ms", "daemon: VMM reaped -> response built (ms)"),
+                     ("daemon_post_sent_ms", "daemon: VMM reaped -> response handed to SwiftNIO (ms)"),
                      ("invoke_warm_ms", "warm-pool invoke, end to end (ms)"),
                      ("invoke_cold_ms", "cold invoke (restore), end to end (ms)"),
                      ("run_direct_ms", "`swiftlet run --snapshot` directly (ms)")]:
@@ -221,7 +249,10 @@ def main():
         md.append(f"| {label} | {s['p50']:.3f} | {s['p90']:.3f} | {s['p99']:.3f} |")
     r = results["ratios_p50"]
     md += ["", f"Ratios of medians: warm / direct {r['warm_over_direct']:.2f}, cold / direct {r['cold_over_direct']:.2f}, "
-               f"warm / cold {r['warm_over_cold']:.2f}.", "",
+               f"warm / cold {r['warm_over_cold']:.2f}."]
+    t = results["timer_overshoot_ms"]
+    md += ["", f"Noise floor, the same host idle: a 0.5 ms sleep woke late by p50 {t['p50']:.3f}, p99 {t['p99']:.3f}, "
+               f"p99.9 {t['p999']:.3f}, max {t['max']:.3f} ms ({t['over_2ms']} of {t['n']} over 2 ms, {t['over_4ms']} over 4 ms).", "",
            "| --max-vms | jobs | s | jobs/s |", "|---|---|---|---|"]
     for vms, t in results["throughput"].items():
         md.append(f"| {vms} | {t['jobs']} | {t['seconds']:.1f} | {t['jobs_per_s']:.2f} |")
