@@ -104,6 +104,7 @@ let package = Package(
         ),
         .testTarget(name: "SwiftletRunnerTests", dependencies: ["SwiftletRunner"]),
         .testTarget(name: "SwiftletdTests", dependencies: ["swiftletd"]),
+        .testTarget(name: "SwiftletSysTests", dependencies: ["SwiftletSys"]),
         .testTarget(name: "SwiftletX86Tests", dependencies: ["SwiftletX86", "SwiftletMemory"]),
         .testTarget(name: "SwiftletDevicesTests", dependencies: ["SwiftletDevices"]),
         .testTarget(name: "SwiftletVirtioTests", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletSys"]),

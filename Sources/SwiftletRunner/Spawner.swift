@@ -48,8 +48,7 @@ public final class Spawner: Sendable {
         while true {
             wake.wait()
             guard let request = queue.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { continue }
-            let r = Self.start(request, nice: nice)
-            request.done(r)
+            request.done(Self.start(request, nice: nice))
         }
     }
 

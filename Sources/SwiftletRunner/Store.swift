@@ -94,17 +94,15 @@ public final class Store: Sendable {
     /// failed commit drops the cache, reloaded at once under the writer.
     func writeFunctions<T: Sendable>(_ what: @autoclosure () -> String,
                                      _ body: @Sendable (Database) throws -> (T, [String: FunctionRecord?])) throws(RunnerError) -> T {
-        defer { checkpointer.written() }
         do {
-            return try pool.write { db in
+            return try write(what()) { db in
                 let (result, changes) = try body(db)
                 current.withLock { cache in for (name, record) in changes { cache?[name] = record } }
                 return result
             }
         } catch {
             do { try pool.write { db in try current.withLock { $0 = try Self.loadFunctions(db) } } } catch { current.withLock { $0 = nil } }
-            if let e = error as? RunnerError { throw e }
-            throw .internalFailure("\(what()): \(error)")
+            throw error
         }
     }
 

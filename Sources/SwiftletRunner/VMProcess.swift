@@ -164,11 +164,14 @@ public final class VMProcess: Sendable {
     public func run(payload: [UInt8], output: VMOutput) async -> VMResult {
         // A warm VM gets its start byte first: making the collecting thread
         // then overlaps the guest's resume instead of preceding it.
-        let handedOverAt = startFD >= 0 ? Clock.monotonicNanos() : spawnedAt
+        let handedOverAt: UInt64
         if startFD >= 0 {
+            handedOverAt = Clock.monotonicNanos()
             var go: UInt8 = 1
             _ = write(startFD, &go, 1)
             closeOnce(startFD)
+        } else {
+            handedOverAt = spawnedAt
         }
         return await withCheckedContinuation { continuation in
             let thread = Thread { continuation.resume(returning: self.collect(payload: payload, output: output, handedOverAt: handedOverAt)) }

@@ -23,6 +23,19 @@ public enum Clock {
         return now + UInt64(nanos)
     }
 
+    /// `nanos` as milliseconds with `digits` decimals (0 to 6), rounded
+    /// half up: "12.3" for 12_345_678 and 1. Integer arithmetic, since
+    /// `String(format:)` costs tens of microseconds on a hot path.
+    public static func millisecondsText(_ nanos: UInt64, digits: Int) -> String {
+        let digits = min(max(digits, 0), 6)
+        var scale: UInt64 = 1_000_000, power: UInt64 = 1
+        for _ in 0..<digits { scale /= 10; power *= 10 }
+        let units = nanos / scale + (nanos % scale >= scale / 2 && scale > 1 ? 1 : 0)
+        guard digits > 0 else { return String(units) }
+        let fraction = String(units % power)
+        return "\(units / power)." + String(repeating: "0", count: digits - fraction.count) + fraction
+    }
+
     /// CLOCK_REALTIME in nanoseconds since the epoch.
     public static func realtimeNanos() -> UInt64 {
         var ts = timespec()

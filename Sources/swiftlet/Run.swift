@@ -270,10 +270,7 @@ struct RunFailure: Error, CustomStringConvertible {
     var description: String { message }
 }
 
-func formatMillis(_ nanos: UInt64) -> String {
-    let tenths = (nanos + 50_000) / 100_000
-    return "\(tenths / 10).\(tenths % 10)"
-}
+func formatMillis(_ nanos: UInt64) -> String { Clock.millisecondsText(nanos, digits: 1) }
 
 func formatSeconds(_ s: Double) -> String { AgentSession.formatSeconds(s) }
 

@@ -42,9 +42,10 @@ struct JSONLogHandler: LogHandler {
         return out
     }
 
+    private static let hex: [UInt8] = Array("0123456789abcdef".utf8)
+
     /// A JSON string (RFC 8259): quote, backslash and control characters escaped.
     static func appendString(_ out: inout [UInt8], _ s: String) {
-        let hex: [UInt8] = Array("0123456789abcdef".utf8)
         out.append(UInt8(ascii: "\""))
         for b in s.utf8 {
             switch b {

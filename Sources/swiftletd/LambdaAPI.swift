@@ -140,11 +140,7 @@ struct LambdaAPI {
         var response = response
         let done = SwiftletSys.Clock.monotonicNanos()
         let queue = (r.job.timings.queueMs ?? 0)
-        // Integer arithmetic: String(format:) costs tens of microseconds here.
-        func ms(_ n: UInt64) -> String {
-            let us = (n + 500) / 1000, frac = String(us % 1000)
-            return "\(us / 1000)." + String(repeating: "0", count: 3 - frac.count) + frac
-        }
+        func ms(_ n: UInt64) -> String { SwiftletSys.Clock.millisecondsText(n, digits: 3) }
         response.headers[HTTPField.Name("Server-Timing")!] =
             "daemon-pre;dur=\(ms(r.vmHandedOverAt - received)), queue;dur=\(ms(UInt64(max(0, queue) * 1e6))), daemon-post;dur=\(ms(done - r.vmExitedAt))"
         return response
