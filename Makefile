@@ -7,7 +7,7 @@ SHELL := /bin/bash
 export SWIFTLET_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/swiftlet
 
 DEBIAN_PACKAGES := build-essential zlib1g-dev liblz4-dev libzstd-dev libseccomp-dev \
-	e2fsprogs cpio busybox-static qemu-system-x86 acl iproute2
+	e2fsprogs cpio busybox-static qemu-system-x86 acl iproute2 postgresql
 RELEASE_FLAGS := -c release --static-swift-stdlib
 SWIFTLET := .build/release/swiftlet
 

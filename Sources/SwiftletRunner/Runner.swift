@@ -68,7 +68,7 @@ public struct InvokeResult: Sendable {
 /// starve another.
 public actor Runner {
     public nonisolated let config: RunnerConfig
-    public nonisolated let store: Store
+    public nonisolated let store: any JobStore
     public nonisolated let metrics: RunnerMetrics
     let snapshots: Snapshots
     /// Two spawning threads: a job's VMM never waits behind the start of a
@@ -106,12 +106,15 @@ public actor Runner {
     /// one with access(2) instead of a hop to the Snapshots actor.
     private var readySnapshots: [String: String] = [:]
     private var pumpScheduled = false
+    private var pumping = false
+    private var pumpAgain = false
     private var wakeTask: Task<Void, Never>?
 
-    public init(config: RunnerConfig, logger: Logger) throws(RunnerError) {
+    /// `store`: `SQLiteStore` under the state directory, or a `PostgresStore`.
+    public init(config: RunnerConfig, store: any JobStore, logger: Logger) {
         self.config = config
         self.logger = logger
-        store = try Store(directory: config.stateDirectory)
+        self.store = store
         metrics = RunnerMetrics()
         spawner = Spawner(nice: config.vmNice)
         backgroundSpawner = Spawner(nice: config.vmNice)
@@ -122,12 +125,12 @@ public actor Runner {
     /// After a restart: jobs left running are re-queued or failed (see
     /// `Store.recover`), then the queue starts moving.
     public func start() async throws(RunnerError) {
-        let (requeued, failed) = try store.recover(now: Date().timeIntervalSince1970)
+        let (requeued, failed) = try await store.recover(now: Date().timeIntervalSince1970)
         if requeued + failed > 0 {
             logger.info("recovered jobs after a restart", metadata: ["requeued": "\(requeued)", "failed": "\(failed)"])
         }
-        pump()
-        refillWarmPools()
+        await pump()
+        await refillWarmPools()
     }
 
     // MARK: Functions
@@ -141,30 +144,30 @@ public actor Runner {
             throw .badRequest("image \(spec.image == FunctionSpec.defaultImage ? "default (\(imagePath))" : imagePath) does not exist or is not readable")
         }
         let sha = try Snapshots.sha256(ofFile: resolved)
-        let result = try store.deploy(name: name, spec: spec, imagePath: resolved, imageSha256: sha, now: Date().timeIntervalSince1970)
+        let result = try await store.deploy(name: name, spec: spec, imagePath: resolved, imageSha256: sha, now: Date().timeIntervalSince1970)
         logger.info("function deployed", metadata: ["function": "\(name)", "version": "\(result.0.version)"])
-        collectGarbage()
-        refillWarmPools()
+        await collectGarbage()
+        await refillWarmPools()
         return result
     }
 
-    public func removeFunction(_ name: String) throws(RunnerError) {
-        guard try store.removeFunction(name, now: Date().timeIntervalSince1970) else { throw .functionNotFound(name) }
+    public func removeFunction(_ name: String) async throws(RunnerError) {
+        guard try await store.removeFunction(name, now: Date().timeIntervalSince1970) else { throw .functionNotFound(name) }
         for key in warm.keys where key.function == name { for w in warm.removeValue(forKey: key) ?? [] { w.vm.discard() } }
         updateGauges()
-        collectGarbage()
+        await collectGarbage()
         logger.info("function removed", metadata: ["function": "\(name)"])
     }
 
     // MARK: Invocations
 
     /// A queued job (Lambda `Event`, or `POST /v1/functions/F/jobs`).
-    public func submit(function name: String, payload: [UInt8], idempotencyKey: String?) throws(RunnerError) -> (JobRecord, replayed: Bool) {
+    public func submit(function name: String, payload: [UInt8], idempotencyKey: String?) async throws(RunnerError) -> (JobRecord, replayed: Bool) {
         guard !draining else { throw .draining }
-        guard let f = try store.function(name) else { throw .functionNotFound(name) }
+        guard let f = try await store.function(name) else { throw .functionNotFound(name) }
         guard payload.count <= config.asyncPayloadLimit else { throw .payloadTooLarge(limit: config.asyncPayloadLimit) }
-        if let key = idempotencyKey, let existing = try store.insertJobIfReplay(function: name, key: key) { return (existing, true) }
-        guard try store.countQueued() < config.maxQueued else {
+        if let key = idempotencyKey, let existing = try await store.replayedJob(function: name, key: key) { return (existing, true) }
+        guard try await store.countQueued() < config.maxQueued else {
             throw .tooManyRequests(reason: .queueFull, retryAfterSeconds: 5)
         }
         let now = Date().timeIntervalSince1970
@@ -172,7 +175,7 @@ public actor Runner {
                             maxAttempts: f.spec.retries + 1, exitStatus: nil, error: nil, idempotencyKey: idempotencyKey,
                             createdAt: now, startedAt: nil, finishedAt: nil, notBefore: now, outputBytes: 0, logBytes: 0,
                             timings: JobTimings(), seq: 0)
-        let (stored, replayed) = try store.insertJob(job, payload: payload)
+        let (stored, replayed) = try await store.insertJob(job, payload: payload)
         if !replayed {
             logger.info("job queued", metadata: ["job": "\(stored.id)", "function": "\(name)"])
             schedulePump()
@@ -204,12 +207,12 @@ public actor Runner {
         let queueMs: Double
         if tryAdmit(function: name, memoryMiB: f.spec.memoryMiB, concurrency: f.spec.concurrency, jobID: job.id, version: f.version) {
             queueMs = Double(Clock.monotonicNanos() - accepted) / 1e6
-            do { job = try store.insertRunningJob(job, now: Date().timeIntervalSince1970, queueMs: queueMs) } catch {
+            do { job = try await store.insertRunningJob(job, now: Date().timeIntervalSince1970, queueMs: queueMs) } catch {
                 release(jobID: job.id)
                 throw error
             }
         } else {
-            job = try store.insertJob(job, payload: nil).0
+            job = try await store.insertJob(job, payload: nil).0
             let jobID = job.id
             let timeout = config.syncWaitSeconds
             let granted = await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
@@ -219,29 +222,29 @@ public actor Runner {
                     try? await Task.sleep(for: .seconds(timeout))
                     await self?.expireWaiter(function: name, jobID: jobID)
                 }
-                pump()
+                schedulePump()
             }
             if !granted {
-                if let j = try? store.job(job.id), j.state == .cancelled { throw .alreadyFinal(id: job.id, state: .cancelled) }
+                if let j = try? await store.job(job.id), j.state == .cancelled { throw .alreadyFinal(id: job.id, state: .cancelled) }
                 if draining { throw .draining }
                 // A throttled invoke never ran: it leaves no job behind (as Lambda's 429).
-                try? store.deleteJob(job.id)
+                try? await store.deleteJob(job.id)
                 let atLimit = (runningPerFunction[name] ?? 0) >= f.spec.concurrency
                 throw .tooManyRequests(reason: atLimit ? .functionConcurrencyLimitExceeded : .concurrentInvocationLimitExceeded,
                                        retryAfterSeconds: 1)
             }
             queueMs = Double(Clock.monotonicNanos() - accepted) / 1e6
-            guard try store.markRunning(job.id, now: Date().timeIntervalSince1970, queueMs: queueMs) else {
+            guard try await store.markRunning(job.id, now: Date().timeIntervalSince1970, queueMs: queueMs) else {
                 release(jobID: job.id)
                 throw .alreadyFinal(id: job.id, state: .cancelled)
             }
         }
         let (result, final) = await execute(jobID: job.id, version: f, payload: payload, invocation: .sync, attempt: 1, maxAttempts: 1,
                                             createdAt: now, queueMs: queueMs)
-        let output = result.map { r -> [UInt8] in
-            guard case .exited(0) = r.outcome else { return [] }
-            return r.output ?? (try? readFile(store.outputPath(job.id))) ?? []
-        } ?? []
+        var output: [UInt8] = []
+        if let r = result, case .exited(0) = r.outcome {
+            if let o = r.output { output = o } else { output = (try? await store.readOutput(job.id, log: false)) ?? [] }
+        }
         return InvokeResult(job: final ?? job, output: output, logTail: result?.logTail ?? [], outcome: result?.outcome ?? .infrastructure("not run"),
                             vmHandedOverAt: result?.handedOverAt ?? 0, vmExitedAt: result?.exitedAt ?? 0)
     }
@@ -307,17 +310,29 @@ public actor Runner {
     private func schedulePump() {
         guard !pumpScheduled else { return }
         pumpScheduled = true
-        Task { self.pump() }
+        Task { await self.pump() }
     }
 
     /// Starts what can start: sync waiters and due queued jobs, the least
-    /// recently served function first.
-    func pump() {
+    /// recently served function first. One pass at a time: a store that
+    /// suspends (PostgreSQL) lets other calls in, and one that asks for a
+    /// pump meanwhile gets another pass after this one.
+    func pump() async {
         pumpScheduled = false
+        guard !pumping else { pumpAgain = true; return }
+        pumping = true
+        defer { pumping = false }
+        repeat {
+            pumpAgain = false
+            await pumpOnce()
+        } while pumpAgain
+    }
+
+    private func pumpOnce() async {
         guard !draining else { return }
         var due: [String: JobRecord] = [:]
         do {
-            for job in try store.dueHeads(now: Date().timeIntervalSince1970) { due[job.function] = job }
+            for job in try await store.dueHeads(now: Date().timeIntervalSince1970) { due[job.function] = job }
         } catch {
             logger.error("reading the queue failed", metadata: ["error": "\(error)"])
         }
@@ -340,11 +355,11 @@ public actor Runner {
             let version: FunctionRecord
             if let v = specs["\(function)@\(job.version)"] {
                 version = v
-            } else if let v = try? store.version(function, job.version) {
+            } else if let v = try? await store.version(function, job.version) {
                 version = v
                 specs["\(function)@\(job.version)"] = v
             } else {
-                _ = try? store.finishAttempt(job.id, state: .failed, exitStatus: nil, error: "its function version is gone", outcome: "no version",
+                _ = try? await store.finishAttempt(job.id, attempt: job.attempts, state: .failed, exitStatus: nil, error: "its function version is gone", outcome: "no version",
                                              now: Date().timeIntervalSince1970, retryAt: nil, timings: JobTimings(), outputBytes: 0, logBytes: 0)
                 due[function] = nil
                 continue
@@ -355,21 +370,21 @@ public actor Runner {
             }
             due[function] = nil
             let queueMs = max(0, (Date().timeIntervalSince1970 - job.notBefore) * 1000)
-            guard (try? store.markRunning(job.id, now: Date().timeIntervalSince1970, queueMs: queueMs)) == true else {
+            guard (try? await store.markRunning(job.id, now: Date().timeIntervalSince1970, queueMs: queueMs)) == true else {
                 release(jobID: job.id)
                 continue
             }
             Task { await self.runQueued(job: job, version: version, queueMs: queueMs) }
             // The next due job of this function, if any.
-            if let next = try? store.dueHead(function: function, now: Date().timeIntervalSince1970) { due[function] = next }
+            if let next = try? await store.dueHead(function: function, now: Date().timeIntervalSince1970) { due[function] = next }
         }
-        scheduleWakeForBackoff()
+        await scheduleWakeForBackoff()
         updateGauges()
     }
 
     /// Jobs waiting out a retry backoff need a pump when it ends.
-    private func scheduleWakeForBackoff() {
-        guard let next = try? store.nextDue(), next > Date().timeIntervalSince1970 else { return }
+    private func scheduleWakeForBackoff() async {
+        guard let next = try? await store.nextDue(), next > Date().timeIntervalSince1970 else { return }
         wakeTask?.cancel()
         let delay = next - Date().timeIntervalSince1970
         wakeTask = Task { [weak self] in
@@ -385,7 +400,7 @@ public actor Runner {
     }
 
     private func runQueued(job: JobRecord, version: FunctionRecord, queueMs: Double) async {
-        let payload = (try? store.payload(job.id)) ?? []
+        let payload = (try? await store.payload(job.id)) ?? []
         _ = await execute(jobID: job.id, version: version, payload: payload, invocation: .async, attempt: job.attempts + 1,
                           maxAttempts: job.maxAttempts, createdAt: job.createdAt, queueMs: queueMs)
     }
@@ -442,7 +457,7 @@ public actor Runner {
         timings.totalMs = (now - createdAt) * 1000
         let final: JobRecord?
         do {
-            final = try store.finishAttempt(jobID, state: state, exitStatus: exitStatus, error: error, outcome: "\(outcome)", now: now,
+            final = try await store.finishAttempt(jobID, attempt: attempt, state: state, exitStatus: exitStatus, error: error, outcome: "\(outcome)", now: now,
                                             retryAt: retryAt, timings: timings, outputBytes: result?.outputBytes ?? 0,
                                             logBytes: result?.logBytes ?? 0)
         } catch {
@@ -463,10 +478,10 @@ public actor Runner {
         // The pool refills once the job is done, not while it runs: a restore
         // beside the job would take the CPU the warm start was meant to save.
         // A synchronous invoke's refill waits for its response (`responded`).
-        if invocation == .async { Task { self.refillWarmPools() } }
+        if invocation == .async { Task { await self.refillWarmPools() } }
         // Snapshots change owners only by deploy and remove (which collect),
         // or when the last job of a version no longer current ends.
-        if ((try? store.function(f.name)) ?? nil)?.version != f.version { Task { self.collectGarbage() } }
+        if ((try? await store.function(f.name)) ?? nil)?.version != f.version { Task { await self.collectGarbage() } }
         return (result, final)
     }
 
@@ -490,14 +505,14 @@ public actor Runner {
 
     // MARK: Jobs
 
-    public func job(_ id: String) throws(RunnerError) -> JobRecord {
-        guard let j = try store.job(id) else { throw .jobNotFound(id) }
+    public func job(_ id: String) async throws(RunnerError) -> JobRecord {
+        guard let j = try await store.job(id) else { throw .jobNotFound(id) }
         return j
     }
 
     /// The job once final, or as it is after `seconds`.
     public func waitFinal(_ id: String, seconds: Double) async throws(RunnerError) -> JobRecord {
-        let j = try job(id)
+        let j = try await job(id)
         if j.state.isFinal || seconds <= 0 { return j }
         let token = UUID()
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
@@ -507,7 +522,7 @@ public actor Runner {
                 await self?.resumeWaiter(id, token)
             }
         }
-        return try job(id)
+        return try await job(id)
     }
 
     private func resumeWaiter(_ id: String, _ token: UUID) {
@@ -523,16 +538,16 @@ public actor Runner {
     /// Cancels a job: a queued one never runs; a running one's VMM is
     /// stopped at once.
     public func cancel(_ id: String) async throws(RunnerError) -> JobRecord {
-        let j = try job(id)
+        let j = try await job(id)
         if j.state.isFinal { throw .alreadyFinal(id: id, state: j.state) }
         // A sync invoke still waiting for a slot.
         if var line = waiters[j.function], let i = line.firstIndex(where: { $0.job.id == id }) {
             let w = line.remove(at: i)
             waiters[j.function] = line.isEmpty ? nil : line
-            _ = try store.cancelQueued(id, now: Date().timeIntervalSince1970)
+            _ = try await store.cancelQueued(id, now: Date().timeIntervalSince1970)
             w.continuation.resume(returning: false)
             notifyFinal(id)
-            return try job(id)
+            return try await job(id)
         }
         if running[id] != nil {
             running[id]!.cancelRequested = true
@@ -544,28 +559,26 @@ public actor Runner {
             }
             // Still preparing (its snapshot being made): final now; the VMM is never started.
             let now = Date().timeIntervalSince1970
-            _ = try store.finishAttempt(id, state: .cancelled, exitStatus: nil, error: "cancelled", outcome: "cancelled", now: now,
+            _ = try await store.finishAttempt(id, attempt: j.attempts, state: .cancelled, exitStatus: nil, error: "cancelled", outcome: "cancelled", now: now,
                                         retryAt: nil, timings: JobTimings(totalMs: (now - j.createdAt) * 1000), outputBytes: 0, logBytes: 0)
             notifyFinal(id)
             metrics.finished(function: j.function, state: .cancelled)
             logger.info("job cancelled before its VMM started", metadata: ["job": "\(id)"])
-            return try job(id)
+            return try await job(id)
         }
-        if let c = try store.cancelQueued(id, now: Date().timeIntervalSince1970) {
+        if let c = try await store.cancelQueued(id, now: Date().timeIntervalSince1970) {
             metrics.finished(function: j.function, state: .cancelled)
             logger.info("job cancelled", metadata: ["job": "\(id)"])
             notifyFinal(id)
             updateGauges()
             return c
         }
-        return try job(id)
+        return try await job(id)
     }
 
-    /// Reads a job's output or log file (what there is so far).
-    public nonisolated func readOutput(_ id: String, log: Bool) throws(RunnerError) -> [UInt8] {
-        guard try store.job(id) != nil else { throw .jobNotFound(id) }
-        // Bounded: the VMM's collector writes at most --max-output and the log limit.
-        return (try? readFile(log ? store.logPath(id) : store.outputPath(id))) ?? []
+    /// A job's output or log (what there is so far).
+    public nonisolated func readOutput(_ id: String, log: Bool) async throws(RunnerError) -> [UInt8] {
+        try await store.readOutput(id, log: log)
     }
 
     // MARK: Warm pools
@@ -585,9 +598,9 @@ public actor Runner {
 
     /// Tops up every current function's pool to its `warm`, while slots and
     /// memory allow and no job waits (pools never take a slot from work).
-    func refillWarmPools() {
+    func refillWarmPools() async {
         guard !draining, waiters.isEmpty else { return }
-        guard let functions = try? store.functions() else { return }
+        guard let functions = try? await store.functions() else { return }
         let wanted = Dictionary(functions.map { (VersionKey(function: $0.name, version: $0.version), $0) }, uniquingKeysWith: { a, _ in a })
         // Pools of versions no longer current, or larger than wanted, shrink.
         for (key, pool) in warm {
@@ -600,7 +613,7 @@ public actor Runner {
         for (key, f) in wanted where f.spec.warm > 0 && !warmFilling.contains(key) {
             let have = warm[key]?.count ?? 0
             let held = warm.values.reduce(0) { $0 + $1.count } + warmFilling.count
-            guard have < f.spec.warm, held < config.maxWarm, hasRoom(memoryMiB: f.spec.memoryMiB), (try? store.dueHeads(now: Date().timeIntervalSince1970).isEmpty) ?? false else { continue }
+            guard have < f.spec.warm, held < config.maxWarm, hasRoom(memoryMiB: f.spec.memoryMiB), (try? await store.dueHeads(now: Date().timeIntervalSince1970).isEmpty) ?? false else { continue }
             warmFilling.insert(key)
             Task { await self.fillOne(key, f) }
         }
@@ -623,9 +636,8 @@ public actor Runner {
         }
         updateGauges()
         // One at a time per pool; go on until full.
-        Task { self.refillWarmPools() }
+        Task { await self.refillWarmPools() }
     }
-
 
     // MARK: Housekeeping
 
@@ -634,19 +646,19 @@ public actor Runner {
         metrics.warmVMs.set(to: Double(warm.values.reduce(0) { $0 + $1.count }))
     }
 
-    private func collectGarbage() {
-        guard let inUse = try? store.versionsInUse() else { return }
+    private func collectGarbage() async {
+        guard let inUse = try? await store.versionsInUse() else { return }
         var shapes = Set<String>()
         for key in inUse.union(warm.keys) {
-            if let f = try? store.version(key.function, key.version) { shapes.insert(Snapshots.shape(f)) }
+            if let f = try? await store.version(key.function, key.version) { shapes.insert(Snapshots.shape(f)) }
         }
         Task { _ = await snapshots.collect(keeping: shapes) }
     }
 
     /// Deletes finished jobs past the retention.
-    public func prune() {
+    public func prune() async {
         let cutoff = Date().timeIntervalSince1970 - config.retentionSeconds
-        if let n = try? store.prune(finishedBefore: cutoff), n > 0 { logger.info("pruned finished jobs", metadata: ["count": "\(n)"]) }
+        if let n = try? await store.prune(finishedBefore: cutoff), n > 0 { logger.info("pruned finished jobs", metadata: ["count": "\(n)"]) }
     }
 
     public var isDraining: Bool { draining }

@@ -16,6 +16,8 @@ public enum RunnerError: Error, Equatable, Sendable {
     case draining
     /// The store or the host failed: the operation's name and errno or SQLite's words.
     case internalFailure(String)
+    /// The database cannot be reached now (a PostgreSQL outage): retry later.
+    case storeUnavailable(String)
 
     public enum TooManyReason: Sendable {
         /// Every VM slot (or the memory budget) was taken for the whole wait.
@@ -52,6 +54,7 @@ extension RunnerError: CustomStringConvertible {
             }
         case .draining: return "the runner is shutting down"
         case let .internalFailure(m): return m
+        case let .storeUnavailable(m): return "the database is unavailable: \(m)"
         }
     }
 }

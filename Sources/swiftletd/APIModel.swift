@@ -68,6 +68,7 @@ enum APIModel {
             return error(.tooManyRequests, "too_many_requests", e.description, headers: [.retryAfter: String(retry)])
         case .draining: return error(.serviceUnavailable, "unavailable", e.description, headers: [.retryAfter: "5"])
         case .internalFailure: return error(.internalServerError, "internal", e.description)
+        case .storeUnavailable: return error(.serviceUnavailable, "unavailable", e.description, headers: [.retryAfter: "2"])
         }
     }
 }

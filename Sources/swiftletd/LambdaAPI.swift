@@ -74,7 +74,7 @@ struct LambdaAPI {
             return Self.error("InvalidRequestContentException", .badRequest, "'\(rawName)' is not a function name or ARN")
         }
         do {
-            guard let f = try runner.store.function(name) else { throw RunnerError.functionNotFound(name) }
+            guard let f = try await runner.store.function(name) else { throw RunnerError.functionNotFound(name) }
             if let q = request.uri.queryParameters["Qualifier"], q != "$LATEST", q != String(f.version) {
                 throw RunnerError.functionNotFound("\(name):\(q)")
             }
@@ -181,6 +181,7 @@ struct LambdaAPI {
             return error("ResourceConflictException", .conflict, "invocation \(id) is \(state.rawValue)")
         case .draining: return error("ServiceException", .serviceUnavailable, e.description)
         case .internalFailure: return error("ServiceException", .internalServerError, e.description)
+        case .storeUnavailable: return error("ServiceException", .serviceUnavailable, e.description, headers: [.retryAfter: "2"])
         }
     }
 

@@ -21,6 +21,12 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Where the database, job output and snapshots live (created).")
     var stateDir: String
 
+    @Option(help: ArgumentHelp("The store: SQLite under --state-dir (the default), or a PostgreSQL database that a fleet of runners shares (postgres://user:password@host:port/db, or postgres:///db?host=/run/postgresql for a Unix socket).", valueName: "url"))
+    var store: String?
+
+    @Option(help: "This runner's id in the fleet (default: the host name).")
+    var hostId: String?
+
     @Option(help: "Bearer tokens, one per line: required on every API call. Required when --listen is not loopback.")
     var tokenFile: String?
 
@@ -84,6 +90,10 @@ struct Serve: AsyncParsableCommand {
         guard (0...19).contains(vmNice) else { throw ValidationError("--vm-nice must be 0 to 19") }
         guard maxOutput >= 1 else { throw ValidationError("--max-output must be positive") }
         if jail == true && geteuid() != 0 { throw ValidationError("--jail needs root") }
+        if let store {
+            do { _ = try PostgresURL(store) } catch { throw ValidationError("--store: \(error)") }
+        }
+        if let h = hostId, !FunctionSpec.isValidName(h) { throw ValidationError("--host-id must be 1 to 64 letters, digits, '-' or '_'") }
         if tokenFile == nil, accessKeysFile == nil, let (host, _) = Self.parseListen(listen), !Self.isLoopback(host) {
             throw ValidationError("--listen \(listen) is not loopback-only: give --token-file (or --access-keys-file)")
         }
@@ -136,7 +146,10 @@ struct Serve: AsyncParsableCommand {
         if let maxWarm { config.maxWarm = maxWarm }
         config.vmNice = vmNice
         let runner: Runner
-        do { runner = try Runner(config: config, logger: logger) } catch { throw ServeFailure(message: "\(error)") }
+        do {
+            let store = try await openStore(store, stateDirectory: stateDir, hostID: hostId ?? ProcessInfo.processInfo.hostName, logger: logger)
+            runner = Runner(config: config, store: store, logger: logger)
+        } catch { throw ServeFailure(message: "\(error)") }
         try await runner.start()
         if let functions { try await deployDeclared(functions, runner: runner) }
 

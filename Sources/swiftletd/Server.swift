@@ -51,7 +51,7 @@ struct Server {
         }
         router.get("/metrics") { request, _ in
             if let denied = checkBearer(request) { return denied }
-            let counts = (try? runner.store.jobCounts()) ?? []
+            let counts = (try? await runner.store.jobCounts()) ?? []
             return APIModel.bytes(runner.metrics.render(counts: counts), contentType: "text/plain; version=0.0.4")
         }
 
@@ -76,13 +76,13 @@ struct Server {
             let name = try context.parameters.require("name")
             return await respond {
                 try Self.checkName(name)
-                guard let f = try runner.store.function(name) else { throw RunnerError.functionNotFound(name) }
+                guard let f = try await runner.store.function(name) else { throw RunnerError.functionNotFound(name) }
                 return APIModel.json(APIModel.function(f))
             }
         }
         router.get("/v1/functions") { request, _ in
             if let denied = checkBearer(request) { return denied }
-            return await respond { APIModel.json(["functions": try runner.store.functions().map(APIModel.function)]) }
+            return await respond { APIModel.json(["functions": try await runner.store.functions().map(APIModel.function)]) }
         }
         router.delete("/v1/functions/:name") { request, context in
             if let denied = checkBearer(request) { return denied }
@@ -129,12 +129,12 @@ struct Server {
         router.get("/v1/jobs/:id/output") { request, context in
             if let denied = checkBearer(request) { return denied }
             let id = try context.parameters.require("id")
-            return await respond { APIModel.bytes(try runner.readOutput(id, log: false), contentType: "application/octet-stream") }
+            return await respond { APIModel.bytes(try await runner.readOutput(id, log: false), contentType: "application/octet-stream") }
         }
         router.get("/v1/jobs/:id/log") { request, context in
             if let denied = checkBearer(request) { return denied }
             let id = try context.parameters.require("id")
-            return await respond { APIModel.bytes(try runner.readOutput(id, log: true), contentType: "text/plain; charset=utf-8") }
+            return await respond { APIModel.bytes(try await runner.readOutput(id, log: true), contentType: "text/plain; charset=utf-8") }
         }
         router.delete("/v1/jobs/:id") { request, context in
             if let denied = checkBearer(request) { return denied }
@@ -164,7 +164,7 @@ struct Server {
                 }
                 let function = q["function"].map(String.init)
                 if let function { try Self.checkName(function) }
-                let jobs = try runner.store.jobs(function: function, state: state, limit: limit + 1, before: cursor)
+                let jobs = try await runner.store.jobs(function: function, state: state, limit: limit + 1, before: cursor)
                 let page = Array(jobs.prefix(limit))
                 let next: Any = jobs.count > limit ? String(page.last!.seq) : NSNull()
                 return APIModel.json(["jobs": page.map(APIModel.job), "nextCursor": next])

@@ -1,13 +1,14 @@
 import Foundation
 import GRDB
 import Synchronization
+import SwiftletSys
 
 /// The runner's durable state: SQLite in WAL mode under `--state-dir`
 /// (functions, their versions, jobs and attempts), with job output in
 /// files beside it (`jobs/<id>.out`, `.log`). Every method is one
 /// transaction; errors come back as `RunnerError.internalFailure` naming
 /// the operation and SQLite's words.
-public final class Store: Sendable {
+public final class SQLiteStore: JobStore {
     public let directory: String
     let pool: DatabasePool
     /// Every function's current version, by name: an invoke reads its
@@ -120,7 +121,7 @@ public final class Store: Sendable {
     /// differs from the current one. Returns the record and whether the
     /// function is new.
     public func deploy(name: String, spec: FunctionSpec, imagePath: String, imageSha256: String, now: Double) throws(RunnerError) -> (FunctionRecord, created: Bool) {
-        let specText = String(decoding: try Self.encode(spec), as: UTF8.self)
+        let specText = try StoredSpec.encode(spec)
         return try writeFunctions("deploying \(name)") { db in
             let current = try Row.fetchOne(db, sql: "SELECT version, createdAt FROM functions WHERE name = ?", arguments: [name])
             if let current {
@@ -201,15 +202,9 @@ public final class Store: Sendable {
     }
 
     static func record(_ v: Row, name: String, createdAt: Double, updatedAt: Double) throws -> FunctionRecord {
-        let spec = try JSONDecoder().decode(FunctionSpec.self, from: Data((v["spec"] as String).utf8))
+        let spec = try StoredSpec.decode(v["spec"])
         return FunctionRecord(name: name, version: v["version"], spec: spec, imageSha256: v["imageSha256"], imagePath: v["imagePath"],
                               createdAt: Date(timeIntervalSince1970: createdAt), updatedAt: Date(timeIntervalSince1970: updatedAt))
-    }
-
-    static func encode(_ spec: FunctionSpec) throws(RunnerError) -> [UInt8] {
-        let e = JSONEncoder()
-        e.outputFormatting = [.sortedKeys]
-        do { return Array(try e.encode(spec)) } catch { throw .internalFailure("encoding a spec: \(error)") }
     }
 
     // MARK: Jobs
@@ -301,29 +296,31 @@ public final class Store: Sendable {
         }
     }
 
-    /// running → final (or back to queued for a retry at `retryAt`).
-    public func finishAttempt(_ id: String, state: JobState, exitStatus: Int?, error: String?, outcome: String, now: Double,
+    public func finishAttempt(_ id: String, attempt: Int, state: JobState, exitStatus: Int?, error: String?, outcome: String, now: Double,
                               retryAt: Double?, timings: JobTimings, outputBytes: Int, logBytes: Int) throws(RunnerError) -> JobRecord? {
-        // Cached statements, the attempt found by a subquery and the record
-        // by RETURNING: this runs between the VMM's exit and the response.
+        // Cached statements and the record by RETURNING: this runs between
+        // the VMM's exit and the response. One host: the attempt number is
+        // the whole fence.
         try write("finishing job \(id)") { db in
-            try db.cachedStatement(sql: """
-                UPDATE attempts SET finishedAt = ?, outcome = ? WHERE job = ? AND number = (SELECT attempts FROM jobs WHERE id = ?)
-                """).execute(arguments: [now, outcome, id, id])
             let updated: Row?
             if let retryAt {
                 updated = try Row.fetchOne(db.cachedStatement(sql: """
-                    UPDATE jobs SET state = 'queued', notBefore = ?, error = ? WHERE id = ? AND state = 'running' RETURNING *
-                    """), arguments: [retryAt, error, id])
+                    UPDATE jobs SET state = 'queued', notBefore = ?, error = ? WHERE id = ? AND attempts = ? AND state = 'running' RETURNING *
+                    """), arguments: [retryAt, error, id, attempt])
             } else {
                 updated = try Row.fetchOne(db.cachedStatement(sql: """
                     UPDATE jobs SET state = ?, exitStatus = ?, error = ?, finishedAt = ?, payload = NULL, restoreMs = ?, runMs = ?,
-                        totalMs = ?, outputBytes = ?, logBytes = ? WHERE id = ? AND state IN ('running', 'queued') RETURNING *
+                        totalMs = ?, outputBytes = ?, logBytes = ? WHERE id = ? AND attempts = ? AND state IN ('running', 'queued') RETURNING *
                     """), arguments: [state.rawValue, exitStatus, error, now, timings.restoreMs, timings.runMs, timings.totalMs,
-                                      outputBytes, logBytes, id])
+                                      outputBytes, logBytes, id, attempt])
             }
-            // Not updated: it was already final (cancelled); that record.
-            return try (updated ?? Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE id = ?", arguments: [id])).map(Self.job)
+            guard let updated else {
+                // Not this attempt's to finish (already final: cancelled): the job as it is.
+                return try Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE id = ?", arguments: [id]).map(Self.job)
+            }
+            try db.cachedStatement(sql: "UPDATE attempts SET finishedAt = ?, outcome = ? WHERE job = ? AND number = ? AND finishedAt IS NULL")
+                .execute(arguments: [now, outcome, id, attempt])
+            return Self.job(updated)
         }
     }
 
@@ -364,8 +361,7 @@ public final class Store: Sendable {
         try write("deleting job \(id)") { db in try db.execute(sql: "DELETE FROM jobs WHERE id = ? AND state = 'queued'", arguments: [id]) }
     }
 
-    /// The job an earlier submit with this key made, if any.
-    public func insertJobIfReplay(function: String, key: String) throws(RunnerError) -> JobRecord? {
+    public func replayedJob(function: String, key: String) throws(RunnerError) -> JobRecord? {
         try read("reading idempotency key") { db in
             try Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE function = ? AND idempotencyKey = ?", arguments: [function, key]).map(Self.job)
         }
@@ -417,6 +413,12 @@ public final class Store: Sendable {
 
     public func outputPath(_ id: String) -> String { directory + "/jobs/\(id).out" }
     public func logPath(_ id: String) -> String { directory + "/jobs/\(id).log" }
+
+    /// The files themselves: the VMM's collector wrote at most the caps.
+    public func readOutput(_ id: String, log: Bool) throws(RunnerError) -> [UInt8] {
+        guard try job(id) != nil else { throw .jobNotFound(id) }
+        return (try? readFile(log ? logPath(id) : outputPath(id))) ?? []
+    }
 
     /// The jobs table's columns in order: what `SELECT *` and `RETURNING *`
     /// give, checked at open. `job(_:)` reads them by position; by name,
