@@ -97,7 +97,8 @@ public final class PostgresStore: JobStore {
                 started_at double precision, finished_at double precision, not_before double precision NOT NULL,
                 output_bytes bigint NOT NULL DEFAULT 0, log_bytes bigint NOT NULL DEFAULT 0,
                 queue_ms double precision, restore_ms double precision, run_ms double precision, total_ms double precision,
-                origin text NOT NULL, lease_owner text, lease_until double precision)
+                origin text NOT NULL, lease_owner text, lease_until double precision,
+                cancel_requested boolean NOT NULL DEFAULT false)
             """,
             "CREATE UNIQUE INDEX jobs_idempotency ON jobs (function, idempotency_key) WHERE idempotency_key IS NOT NULL",
             "CREATE INDEX jobs_queue ON jobs (seq) WHERE state = 'queued'",
@@ -113,7 +114,8 @@ public final class PostgresStore: JobStore {
             """
             CREATE TABLE hosts (
                 id text PRIMARY KEY, slots bigint NOT NULL, memory_mib bigint NOT NULL, images text[] NOT NULL,
-                running bigint NOT NULL DEFAULT 0, started_at double precision NOT NULL, heartbeat_at double precision NOT NULL)
+                running bigint NOT NULL DEFAULT 0, started_at double precision NOT NULL, heartbeat_at double precision NOT NULL,
+                address text NOT NULL DEFAULT '')
             """,
         ]),
     ]
@@ -383,7 +385,10 @@ public final class PostgresStore: JobStore {
                     ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                     RETURNING \(unescaped: Self.jobColumns)
                     """, logger: logger))
-                if let j = inserted.first { return (j, false) }
+                if let j = inserted.first {
+                    try await c.query("SELECT pg_notify(\(Channel.name), \(Channel.work))", logger: logger)
+                    return (j, false)
+                }
                 guard let existing = try await Self.jobs(c.query("""
                     SELECT \(unescaped: Self.jobColumns) FROM jobs WHERE function = \(job.function) AND idempotency_key = \(key)
                     """, logger: logger)).first else { throw RunnerError.internalFailure("recording job \(job.id): the idempotency key's job vanished") }
@@ -395,6 +400,7 @@ public final class PostgresStore: JobStore {
                     \(job.maxAttempts), \(bytes), \(job.createdAt), \(job.notBefore), \(host))
                 RETURNING \(unescaped: Self.jobColumns)
                 """, logger: logger))
+            try await c.query("SELECT pg_notify(\(Channel.name), \(Channel.work))", logger: logger)
             return (inserted[0], false)
         }
     }
@@ -509,6 +515,11 @@ public final class PostgresStore: JobStore {
             try await c.query("""
                 UPDATE attempts SET finished_at = \(now), outcome = \(outcome) WHERE job = \(id) AND number = \(attempt) AND finished_at IS NULL
                 """, logger: logger)
+            if job.state.isFinal {
+                try await c.query("SELECT pg_notify(\(Channel.name), \(Channel.final(id)))", logger: logger)
+            } else {
+                try await c.query("SELECT pg_notify(\(Channel.name), \(Channel.work))", logger: logger)
+            }
             if final {
                 for (kind, bytes) in [("output", output), ("log", log)] where !bytes.isEmpty {
                     try await c.query("""
@@ -527,11 +538,13 @@ public final class PostgresStore: JobStore {
 
     public func cancelQueued(_ id: String, now: Double) async throws(RunnerError) -> JobRecord? {
         let logger = self.logger
-        return try await run("cancelling job \(id)") { c in
-            try await Self.jobs(c.query("""
+        return try await transaction("cancelling job \(id)") { c in
+            let j = try await Self.jobs(c.query("""
                 UPDATE jobs SET state = 'cancelled', finished_at = \(now), payload = NULL, total_ms = (\(now) - created_at) * 1000
                 WHERE id = \(id) AND state = 'queued' RETURNING \(unescaped: Self.jobColumns)
                 """, logger: logger)).first
+            if j != nil { try await c.query("SELECT pg_notify(\(Channel.name), \(Channel.final(id)))", logger: logger) }
+            return j
         }
     }
 
