@@ -17,7 +17,8 @@ public protocol FleetStore: JobStore {
     /// Returns the leases it no longer holds (rescued by another host) and
     /// those whose cancellation was asked for on another host.
     nonisolated(nonsending) func heartbeat(_ host: HostCapacity, running: [JobLease]) async throws(RunnerError) -> (lost: [JobLease], cancel: [JobLease])
-    /// Takes the oldest due queued job that fits: its image is one of
+    /// Takes the oldest due queued job (queued, or a synchronous invoke its
+    /// host had no slot for) that fits: its image is one of
     /// `images`, its memory within `memoryMiB`, its function not in
     /// `excluding` and under its concurrency across the fleet. One
     /// statement (`FOR UPDATE SKIP LOCKED`): hosts claiming at once take
@@ -74,11 +75,14 @@ public enum FleetEvent: Sendable, Equatable {
     case final(String)
     /// Cancel this running job, wherever it runs.
     case cancel(String)
+    /// A function was deployed or removed: hosts check which images they hold.
+    case functions
     /// The listening connection was re-established: notifications may have been missed.
     case reconnected
 
     init?(payload: String) {
         if payload == "work" { self = .work; return }
+        if payload == "functions" { self = .functions; return }
         if payload.hasPrefix("final:") { self = .final(String(payload.dropFirst(6))); return }
         if payload.hasPrefix("cancel:") { self = .cancel(String(payload.dropFirst(7))); return }
         return nil
@@ -89,6 +93,7 @@ public enum FleetEvent: Sendable, Equatable {
 enum Channel {
     static let name = "swiftlet"
     static let work = "work"
+    static let functions = "functions"
     static func final(_ id: String) -> String { "final:" + id }
     static func cancel(_ id: String) -> String { "cancel:" + id }
 }
@@ -143,7 +148,7 @@ extension PostgresStore: FleetStore {
             for try await row in try await c.query("""
                 WITH pick AS (
                     SELECT j.seq FROM jobs j JOIN versions v ON v.function = j.function AND v.version = j.version
-                    WHERE j.state = 'queued' AND j.invocation = 'async' AND j.not_before <= \(now)
+                    WHERE j.state = 'queued' AND j.not_before <= \(now)
                         AND v.image_sha256 = ANY(\(images)::text[]) AND j.function <> ALL(\(excluding)::text[])
                         AND COALESCE((v.spec::jsonb->>'memoryMiB')::bigint, 128) <= \(memoryMiB)
                         AND (SELECT COUNT(*) FROM jobs r WHERE r.function = j.function AND r.state = 'running')

@@ -63,8 +63,9 @@ public protocol JobStore: Sendable {
     /// "runner restarted"; its queued sync invocations (their caller is
     /// gone) fail the same way. Returns (requeued, failed).
     nonisolated(nonsending) func recover(now: Double) async throws(RunnerError) -> (requeued: Int, failed: Int)
-    /// A throttled synchronous invoke that never ran.
-    nonisolated(nonsending) func deleteJob(_ id: String) async throws(RunnerError)
+    /// A throttled synchronous invoke that never ran: deleted while still
+    /// queued. False when it was not (it started meanwhile).
+    nonisolated(nonsending) func deleteJob(_ id: String) async throws(RunnerError) -> Bool
     /// The job an earlier submit with this key made, if any.
     nonisolated(nonsending) func replayedJob(function: String, key: String) async throws(RunnerError) -> JobRecord?
     /// The oldest due queued job of each function.
@@ -90,9 +91,20 @@ public protocol JobStore: Sendable {
 /// The store `serve --store` names: SQLite under the state directory when
 /// there is no URL, else the PostgreSQL database it names, migrated to the
 /// current schema.
-public func openStore(_ url: String?, stateDirectory: String, hostID: String, logger: Logger) async throws(RunnerError) -> any JobStore {
+public func openStore(_ url: String?, stateDirectory: String, hostID: String, leaseSeconds: Double = 30,
+                      logger: Logger) async throws(RunnerError) -> any JobStore {
     guard let url else { return try SQLiteStore(directory: stateDirectory) }
     let parsed: PostgresURL
     do { parsed = try PostgresURL(url) } catch { throw .badRequest("--store: \(error)") }
-    return try await PostgresStore.open(parsed, stateDirectory: stateDirectory, hostID: hostID, logger: logger)
+    // A database that is not reachable yet (starting, or its network not up)
+    // is waited for, up to a minute; anything else fails at once.
+    let deadline = ContinuousClock.now + .seconds(60)
+    while true {
+        do {
+            return try await PostgresStore.open(parsed, stateDirectory: stateDirectory, hostID: hostID, leaseSeconds: leaseSeconds, logger: logger)
+        } catch .storeUnavailable(let why) where ContinuousClock.now < deadline {
+            logger.warning("waiting for the database", metadata: ["store": "\(parsed)", "error": "\(why)"])
+            try? await Task.sleep(for: .seconds(1))
+        }
+    }
 }

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import PostgresNIO
 import SwiftletSys
+import Synchronization
 
 /// The runner's state in PostgreSQL, shared by a fleet of runners
 /// (`serve --store postgres://...`): functions, versions, jobs, attempts,
@@ -155,18 +156,8 @@ public final class PostgresStore: JobStore {
     func run<T: Sendable>(_ what: @autoclosure () -> String,
                           _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws(RunnerError) -> T {
         let client = self.client
-        let deadline = self.deadline
         do {
-            return try await withThrowingTaskGroup(of: T?.self) { group in
-                group.addTask { try await client.withConnection { c in try await body(c) } }
-                group.addTask {
-                    try await Task.sleep(for: deadline)
-                    return nil
-                }
-                defer { group.cancelAll() }
-                guard let first = try await group.next(), let value = first else { throw Unreachable() }
-                return value
-            }
+            return try await Self.within(deadline) { try await client.withConnection { c in try await body(c) } }
         } catch let e as RunnerError {
             throw e
         } catch {
@@ -192,6 +183,38 @@ public final class PostgresStore: JobStore {
     }
 
     struct Unreachable: Error {}
+
+    /// `body`'s result, or `Unreachable` once `limit` passes. Not a task
+    /// group: a group waits for its children, and a query on a connection
+    /// whose peer vanished (a partition) ignores cancellation until TCP
+    /// gives up, minutes later. The straggler is cancelled and left to end
+    /// on its own; its connection is the pool's to close.
+    static func within<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let race = Race<T>()
+        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
+            race.waiter.withLock { $0 = c }
+            let timer = Task {
+                // Cancelled: the body finished first.
+                guard (try? await Task.sleep(for: limit)) != nil else { return }
+                race.finish(.failure(Unreachable()))
+                race.work.withLock { $0 }?.cancel()
+            }
+            let work = Task {
+                let result: Result<T, any Error>
+                do { result = .success(try await body()) } catch { result = .failure(error) }
+                race.finish(result)
+                timer.cancel()
+            }
+            race.work.withLock { $0 = work }
+        }
+    }
+
+    /// The first of two to finish resumes the waiter.
+    final class Race<T: Sendable>: Sendable {
+        let waiter = Mutex<CheckedContinuation<T, any Error>?>(nil)
+        let work = Mutex<Task<Void, Never>?>(nil)
+        func finish(_ result: Result<T, any Error>) { waiter.withLock { $0.take() }?.resume(with: result) }
+    }
 
     static func map(_ error: any Error, _ what: String) -> RunnerError {
         if error is Unreachable { return .storeUnavailable("no connection to PostgreSQL while \(what)") }
@@ -314,6 +337,7 @@ public final class PostgresStore: JobStore {
                 try await c.query("UPDATE functions SET version = \(version), updated_at = \(now) WHERE name = \(name)", logger: logger)
             }
             guard let f = try await Self.currentFunction(c, name, logger) else { throw RunnerError.internalFailure("deploying \(name): the version vanished") }
+            try await c.query("SELECT pg_notify(\(Channel.name), \(Channel.functions))", logger: logger)
             return (f, currentVersion == nil)
         }
     }
@@ -348,6 +372,7 @@ public final class PostgresStore: JobStore {
         return try await transaction("removing \(name)") { c in
             let removed = try await Self.column(c.query("DELETE FROM functions WHERE name = \(name) RETURNING name", logger: logger), String.self)
             guard !removed.isEmpty else { return false }
+            try await c.query("SELECT pg_notify(\(Channel.name), \(Channel.functions))", logger: logger)
             try await c.query("""
                 UPDATE jobs SET state = 'cancelled', error = 'the function was removed', finished_at = \(now), payload = NULL,
                     total_ms = (\(now) - created_at) * 1000 WHERE function = \(name) AND state = 'queued'
@@ -569,11 +594,11 @@ public final class PostgresStore: JobStore {
         }
     }
 
-    public func deleteJob(_ id: String) async throws(RunnerError) {
+    @discardableResult
+    public func deleteJob(_ id: String) async throws(RunnerError) -> Bool {
         let logger = self.logger
-        try await run("deleting job \(id)") { c in
-            try await c.query("DELETE FROM jobs WHERE id = \(id) AND state = 'queued'", logger: logger)
-            return ()
+        return try await run("deleting job \(id)") { c in
+            !(try await Self.column(c.query("DELETE FROM jobs WHERE id = \(id) AND state = 'queued' RETURNING id", logger: logger), String.self)).isEmpty
         }
     }
 

@@ -38,6 +38,11 @@ public struct RunnerConfig: Sendable {
     /// themselves. With 0, a cold spawn beside a restoring warm VM took
     /// 2 ms at the median on 2 CPUs (0.5 ms at 5).
     public var vmNice: Int = 5
+    /// Where other hosts and clients reach this runner's API (shown in `GET /v1/hosts`).
+    public var advertiseAddress = ""
+    /// Where snapshots live (default: `<state>/snapshots`); runners on one
+    /// machine may share one.
+    public var snapshotDirectory: String?
 
     public init(stateDirectory: String, swiftlet: String, kernel: String?, defaultRootfs: String, maxVMs: Int,
                 memoryBudgetMiB: Int, jail: Bool) {
@@ -78,16 +83,25 @@ public actor Runner {
     let backgroundSpawner: Spawner
     let logger: Logger
 
-    private struct Running {
+    struct Running {
         var function: String
         var memoryMiB: Int
         var vm: VMProcess?
         /// A warm VM of the job's version, handed to it at admission.
         var reservedWarm: VMProcess?
         var cancelRequested = false
+        /// The attempt it runs (0 until known): what its lease names.
+        var attempt = 0
+        /// The fleet took its lease back (or this host could not extend it
+        /// in time): its VM is stopped and its result discarded.
+        var leaseLost = false
+        /// CLOCK_MONOTONIC ns until which its lease surely holds: the start
+        /// of the last statement that set it (claim, insert or heartbeat)
+        /// plus one lease, which the database's own expiry is never before.
+        var leaseHeldUntil: UInt64 = .max
     }
-    private var running: [String: Running] = [:]
-    private var runningPerFunction: [String: Int] = [:]
+    var running: [String: Running] = [:]
+    var runningPerFunction: [String: Int] = [:]
     private struct Waiter {
         var job: JobRecord
         var memoryMiB: Int
@@ -98,27 +112,43 @@ public actor Runner {
     private var waiters: [String: [Waiter]] = [:]
     private var lastServed: [String: UInt64] = [:]
     private var serveCounter: UInt64 = 0
-    private var finalWaiters: [String: [UUID: CheckedContinuation<Void, Never>]] = [:]
-    private var warm: [VersionKey: [(vm: VMProcess, memoryMiB: Int)]] = [:]
+    var finalWaiters: [String: [UUID: CheckedContinuation<Void, Never>]] = [:]
+    var warm: [VersionKey: [(vm: VMProcess, memoryMiB: Int)]] = [:]
     private var warmFilling: Set<VersionKey> = []
-    private var draining = false
+    var draining = false
     /// Snapshot directories known to exist, by shape: the hot path checks
     /// one with access(2) instead of a hop to the Snapshots actor.
     private var readySnapshots: [String: String] = [:]
     private var pumpScheduled = false
     private var pumping = false
     private var pumpAgain = false
-    private var wakeTask: Task<Void, Never>?
+    var wakeTask: Task<Void, Never>?
+    /// The shared store when this runner is one host of a fleet (see RunnerFleet.swift).
+    public nonisolated let fleet: (any FleetStore)?
+    var fleetTasks: [Task<Void, Never>] = []
+    /// CLOCK_MONOTONIC ns until which this host's leases surely hold: the
+    /// start of the last heartbeat the database took, plus one lease.
+    var leasesHoldUntil: UInt64 = .max
+    /// SHA-256 of the images verified here (what this host may claim).
+    var verifiedImages: [String] = []
+    var imageDigests: [String: ImageDigest] = [:]
+    var heartbeatFailures = 0
+    var ticks = 0
+    /// Attempts' ends the store could not take (an outage): retried on
+    /// every tick until it does, oldest first.
+    var pendingFinishes: [PendingFinish] = []
+    static let maxPendingFinishes = 10_000
 
     /// `store`: `SQLiteStore` under the state directory, or a `PostgresStore`.
     public init(config: RunnerConfig, store: any JobStore, logger: Logger) {
         self.config = config
         self.logger = logger
         self.store = store
+        fleet = store as? any FleetStore
         metrics = RunnerMetrics()
         spawner = Spawner(nice: config.vmNice)
         backgroundSpawner = Spawner(nice: config.vmNice)
-        snapshots = Snapshots(directory: config.stateDirectory + "/snapshots", swiftlet: config.swiftlet, kernel: config.kernel, spawner: backgroundSpawner,
+        snapshots = Snapshots(directory: config.snapshotDirectory ?? config.stateDirectory + "/snapshots", swiftlet: config.swiftlet, kernel: config.kernel, spawner: backgroundSpawner,
                               metrics: metrics)
     }
 
@@ -129,6 +159,7 @@ public actor Runner {
         if requeued + failed > 0 {
             logger.info("recovered jobs after a restart", metadata: ["requeued": "\(requeued)", "failed": "\(failed)"])
         }
+        if let fleet { try await joinFleet(fleet) }
         await pump()
         await refillWarmPools()
     }
@@ -146,6 +177,7 @@ public actor Runner {
         let sha = try Snapshots.sha256(ofFile: resolved)
         let result = try await store.deploy(name: name, spec: spec, imagePath: resolved, imageSha256: sha, now: Date().timeIntervalSince1970)
         logger.info("function deployed", metadata: ["function": "\(name)", "version": "\(result.0.version)"])
+        if let fleet { await refreshImages(fleet) }
         await collectGarbage()
         await refillWarmPools()
         return result
@@ -207,10 +239,15 @@ public actor Runner {
         let queueMs: Double
         if tryAdmit(function: name, memoryMiB: f.spec.memoryMiB, concurrency: f.spec.concurrency, jobID: job.id, version: f.version) {
             queueMs = Double(Clock.monotonicNanos() - accepted) / 1e6
+            if let fleet { running[job.id]?.leaseHeldUntil = Clock.monotonicNanos() + fleet.leaseNanos }
             do { job = try await store.insertRunningJob(job, now: Date().timeIntervalSince1970, queueMs: queueMs) } catch {
                 release(jobID: job.id)
                 throw error
             }
+        } else if fleet != nil {
+            // No slot here: the job goes to the fleet's queue, and whichever
+            // host has room (this one included) runs it.
+            return try await invokeThroughQueue(f, job: job, payload: payload, accepted: accepted)
         } else {
             job = try await store.insertJob(job, payload: nil).0
             let jobID = job.id
@@ -228,7 +265,7 @@ public actor Runner {
                 if let j = try? await store.job(job.id), j.state == .cancelled { throw .alreadyFinal(id: job.id, state: .cancelled) }
                 if draining { throw .draining }
                 // A throttled invoke never ran: it leaves no job behind (as Lambda's 429).
-                try? await store.deleteJob(job.id)
+                _ = try? await store.deleteJob(job.id)
                 let atLimit = (runningPerFunction[name] ?? 0) >= f.spec.concurrency
                 throw .tooManyRequests(reason: atLimit ? .functionConcurrencyLimitExceeded : .concurrentInvocationLimitExceeded,
                                        retryAfterSeconds: 1)
@@ -260,7 +297,7 @@ public actor Runner {
     /// Takes a slot for the job if one is free now. A warm VM of the job's
     /// own version is its slot: it is reserved for the job. Warm VMs of
     /// other versions give way.
-    private func tryAdmit(function: String, memoryMiB: Int, concurrency: Int, jobID: String, version: Int) -> Bool {
+    func tryAdmit(function: String, memoryMiB: Int, concurrency: Int, jobID: String, version: Int) -> Bool {
         guard (runningPerFunction[function] ?? 0) < concurrency else { return false }
         let key = VersionKey(function: function, version: version)
         var reserved: VMProcess?
@@ -279,9 +316,9 @@ public actor Runner {
     }
 
     private var slotsUsed: Int { running.count + warm.values.reduce(0) { $0 + $1.count } }
-    private var memoryUsed: Int { running.values.reduce(0) { $0 + $1.memoryMiB } + warm.values.reduce(0) { $0 + $1.reduce(0) { $0 + $1.memoryMiB } } }
+    var memoryUsed: Int { running.values.reduce(0) { $0 + $1.memoryMiB } + warm.values.reduce(0) { $0 + $1.reduce(0) { $0 + $1.memoryMiB } } }
 
-    private func hasRoom(memoryMiB: Int) -> Bool {
+    func hasRoom(memoryMiB: Int) -> Bool {
         slotsUsed < config.maxVMs && memoryUsed + memoryMiB <= config.memoryBudgetMiB
     }
 
@@ -297,7 +334,7 @@ public actor Runner {
         }
     }
 
-    private func release(jobID: String) {
+    func release(jobID: String) {
         guard let r = running.removeValue(forKey: jobID) else { return }
         if let w = r.reservedWarm, r.vm == nil { w.discard() }
         runningPerFunction[r.function, default: 1] -= 1
@@ -307,7 +344,7 @@ public actor Runner {
 
     /// Runs `pump` after the current actor turn, once however many ask:
     /// a finished invoke's response is not held up by the queue's queries.
-    private func schedulePump() {
+    func schedulePump() {
         guard !pumpScheduled else { return }
         pumpScheduled = true
         Task { await self.pump() }
@@ -330,6 +367,7 @@ public actor Runner {
 
     private func pumpOnce() async {
         guard !draining else { return }
+        if let fleet { return await claimWork(fleet) }
         var due: [String: JobRecord] = [:]
         do {
             for job in try await store.dueHeads(now: Date().timeIntervalSince1970) { due[job.function] = job }
@@ -406,9 +444,10 @@ public actor Runner {
     }
 
     /// Runs one attempt in the slot already taken, records it, frees the slot.
-    private func execute(jobID: String, version f: FunctionRecord, payload: [UInt8], invocation: Invocation, attempt: Int,
+    func execute(jobID: String, version f: FunctionRecord, payload: [UInt8], invocation: Invocation, attempt: Int,
                          maxAttempts: Int, createdAt: Double, queueMs: Double) async -> (VMResult?, JobRecord?) {
         let slotAt = Clock.monotonicNanos()
+        running[jobID]?.attempt = attempt
         var result: VMResult?
         var failure: String?
         do {
@@ -455,11 +494,27 @@ public actor Runner {
             timings.runMs = r.milliseconds("job-host-ms")
         }
         timings.totalMs = (now - createdAt) * 1000
+        if running[jobID]?.leaseLost == true {
+            // Another host has (or will have) the job: this result is not its.
+            logger.warning("result discarded: the lease was lost", metadata: ["job": "\(jobID)", "attempt": "\(attempt)", "outcome": "\(outcome)"])
+            metrics.leasesLost.increment()
+            release(jobID: jobID)
+            unlink(store.outputPath(jobID))
+            unlink(store.logPath(jobID))
+            return (result, nil)
+        }
+        let finish = PendingFinish(id: jobID, function: f.name, attempt: attempt, state: state, exitStatus: exitStatus, error: error,
+                                   outcome: "\(outcome)", now: now, retryAt: retryAt, timings: timings,
+                                   outputBytes: result?.outputBytes ?? 0, logBytes: result?.logBytes ?? 0)
         let final: JobRecord?
         do {
-            final = try await store.finishAttempt(jobID, attempt: attempt, state: state, exitStatus: exitStatus, error: error, outcome: "\(outcome)", now: now,
-                                            retryAt: retryAt, timings: timings, outputBytes: result?.outputBytes ?? 0,
-                                            logBytes: result?.logBytes ?? 0)
+            final = try await record(finish)
+        } catch .storeUnavailable(let why) {
+            // Kept (the output stays in its files) and written when the database returns.
+            if pendingFinishes.count < Self.maxPendingFinishes { pendingFinishes.append(finish) }
+            logger.warning("the database is unavailable: the job's end is kept until it returns",
+                           metadata: ["job": "\(jobID)", "pending": "\(pendingFinishes.count)", "error": "\(why)"])
+            final = nil
         } catch {
             logger.error("recording a job's end failed", metadata: ["job": "\(jobID)", "error": "\(error)"])
             final = nil
@@ -481,7 +536,7 @@ public actor Runner {
         if invocation == .async { Task { await self.refillWarmPools() } }
         // Snapshots change owners only by deploy and remove (which collect),
         // or when the last job of a version no longer current ends.
-        if ((try? await store.function(f.name)) ?? nil)?.version != f.version { Task { await self.collectGarbage() } }
+        if fleet == nil, ((try? await store.function(f.name)) ?? nil)?.version != f.version { Task { await self.collectGarbage() } }
         return (result, final)
     }
 
@@ -510,19 +565,27 @@ public actor Runner {
         return j
     }
 
-    /// The job once final, or as it is after `seconds`.
+    /// The job once final, or as it is after `seconds`. In a fleet it may
+    /// end on another host: a notification wakes the wait, and the store is
+    /// read again at least every second (notifications are best-effort).
     public func waitFinal(_ id: String, seconds: Double) async throws(RunnerError) -> JobRecord {
-        let j = try await job(id)
-        if j.state.isFinal || seconds <= 0 { return j }
-        let token = UUID()
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            finalWaiters[id, default: [:]][token] = c
-            Task { [weak self] in
-                try? await Task.sleep(for: .seconds(seconds))
-                await self?.resumeWaiter(id, token)
+        var j = try await job(id)
+        let deadline = Clock.monotonicNanos() + UInt64(max(0, seconds) * 1e9)
+        while !j.state.isFinal {
+            let now = Clock.monotonicNanos()
+            guard now < deadline else { break }
+            let slice = min(Double(deadline - now) / 1e9, fleet == nil ? .infinity : 1)
+            let token = UUID()
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                finalWaiters[id, default: [:]][token] = c
+                Task { [weak self] in
+                    try? await Task.sleep(for: .seconds(slice))
+                    await self?.resumeWaiter(id, token)
+                }
             }
+            j = try await job(id)
         }
-        return try await job(id)
+        return j
     }
 
     private func resumeWaiter(_ id: String, _ token: UUID) {
@@ -531,7 +594,7 @@ public actor Runner {
         c.resume()
     }
 
-    private func notifyFinal(_ id: String) {
+    func notifyFinal(_ id: String) {
         for (_, c) in finalWaiters.removeValue(forKey: id) ?? [:] { c.resume() }
     }
 
@@ -572,6 +635,11 @@ public actor Runner {
             notifyFinal(id)
             updateGauges()
             return c
+        }
+        if let fleet, try await fleet.requestCancel(id) {
+            // Running on another host: its runner stops the VMM on the notification (or its next heartbeat).
+            logger.info("job cancel requested from its host", metadata: ["job": "\(id)"])
+            return try await waitFinal(id, seconds: 2)
         }
         return try await job(id)
     }
@@ -641,7 +709,7 @@ public actor Runner {
 
     // MARK: Housekeeping
 
-    private func updateGauges() {
+    func updateGauges() {
         metrics.runningVMs.set(to: Double(running.count))
         metrics.warmVMs.set(to: Double(warm.values.reduce(0) { $0 + $1.count }))
     }
@@ -686,5 +754,6 @@ public actor Runner {
             while !running.isEmpty && Date() < hard { try? await Task.sleep(for: .milliseconds(20)) }
         }
         for (id, _) in finalWaiters { notifyFinal(id) }
+        await leaveFleet()
     }
 }

@@ -11,6 +11,10 @@ public final class RunnerMetrics: Sendable {
     let warmVMs: Gauge
     let spawnFailures: Counter
     let snapshotsCreated: Counter
+    let leasesLost: Counter
+    let claims: Counter
+    let rescued: Counter
+    let pendingFinishes: Gauge
     /// Every (function, state) pair ever reported: one that has no jobs now reads 0.
     private let reported = Mutex<Set<[String]>>([])
     /// Seconds, from 1 ms to 10 min.
@@ -21,6 +25,10 @@ public final class RunnerMetrics: Sendable {
         runningVMs = registry.makeGauge(descriptor: .init(metricName: "swiftlet_running", unitName: "vms", helpText: "VMMs running a job."))
         warmVMs = registry.makeGauge(descriptor: .init(metricName: "swiftlet_warm", unitName: "vms", helpText: "Restored VMMs waiting in warm pools."))
         snapshotsCreated = registry.makeCounter(descriptor: .init(metricName: "swiftlet_snapshots_created", unitName: "total", helpText: "Snapshots made (one cold boot each)."))
+        leasesLost = registry.makeCounter(descriptor: .init(metricName: "swiftlet_leases_lost", unitName: "total", helpText: "Attempts this host stopped because its lease was lost (fleet)."))
+        claims = registry.makeCounter(descriptor: .init(metricName: "swiftlet_claims", unitName: "total", helpText: "Jobs this host claimed from the shared queue (fleet)."))
+        rescued = registry.makeCounter(descriptor: .init(metricName: "swiftlet_rescued", unitName: "total", helpText: "Jobs with expired leases this host re-queued or failed (fleet)."))
+        pendingFinishes = registry.makeGauge(descriptor: .init(metricName: "swiftlet_pending_finishes", unitName: "jobs", helpText: "Job ends kept until the database takes them."))
         spawnFailures = registry.makeCounter(descriptor: .init(metricName: "swiftlet_vmm_failures", unitName: "total", helpText: "Attempts whose VMM failed (status 125, killed, or not started)."))
     }
 

@@ -357,8 +357,12 @@ public final class SQLiteStore: JobStore {
     }
 
     /// A throttled synchronous invoke that never ran.
-    public func deleteJob(_ id: String) throws(RunnerError) {
-        try write("deleting job \(id)") { db in try db.execute(sql: "DELETE FROM jobs WHERE id = ? AND state = 'queued'", arguments: [id]) }
+    @discardableResult
+    public func deleteJob(_ id: String) throws(RunnerError) -> Bool {
+        try write("deleting job \(id)") { db in
+            try db.execute(sql: "DELETE FROM jobs WHERE id = ? AND state = 'queued'", arguments: [id])
+            return db.changesCount > 0
+        }
     }
 
     public func replayedJob(function: String, key: String) throws(RunnerError) -> JobRecord? {

@@ -32,6 +32,14 @@ enum APIModel {
         ]
     }
 
+    static func host(_ h: HostRecord) -> [String: Any] {
+        [
+            "id": h.id, "alive": h.alive, "slots": h.capacity.slots, "memoryMiB": h.capacity.memoryMiB, "running": h.capacity.running,
+            "images": h.capacity.images, "address": h.capacity.address, "startedAt": timestamp(h.startedAt),
+            "heartbeatAt": timestamp(h.heartbeatAt), "silentSeconds": round3(h.silentSeconds),
+        ]
+    }
+
     static func round3(_ v: Double) -> Double { (v * 1000).rounded() / 1000 }
 
     static func timestamp(_ seconds: Double) -> String {

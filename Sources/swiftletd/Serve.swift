@@ -27,6 +27,15 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "This runner's id in the fleet (default: the host name).")
     var hostId: String?
 
+    @Option(help: "Seconds a fleet host's lease on a running job lasts without a heartbeat (it heartbeats 4 times a lease, at most once a second).")
+    var leaseSeconds: Double = 30
+
+    @Option(help: "Where snapshots are kept (default: <state-dir>/snapshots). Runners on one machine may share one.")
+    var snapshotDir: String?
+
+    @Option(help: ArgumentHelp("Where other hosts and clients reach this runner (shown in GET /v1/hosts; default: --listen).", valueName: "host:port"))
+    var advertise: String?
+
     @Option(help: "Bearer tokens, one per line: required on every API call. Required when --listen is not loopback.")
     var tokenFile: String?
 
@@ -93,6 +102,7 @@ struct Serve: AsyncParsableCommand {
         if let store {
             do { _ = try PostgresURL(store) } catch { throw ValidationError("--store: \(error)") }
         }
+        guard leaseSeconds.isFinite, (1...3600).contains(leaseSeconds) else { throw ValidationError("--lease-seconds must be 1 to 3600") }
         if let h = hostId, !FunctionSpec.isValidName(h) { throw ValidationError("--host-id must be 1 to 64 letters, digits, '-' or '_'") }
         if tokenFile == nil, accessKeysFile == nil, let (host, _) = Self.parseListen(listen), !Self.isLoopback(host) {
             throw ValidationError("--listen \(listen) is not loopback-only: give --token-file (or --access-keys-file)")
@@ -145,9 +155,12 @@ struct Serve: AsyncParsableCommand {
         config.retryBaseSeconds = retryDelay
         if let maxWarm { config.maxWarm = maxWarm }
         config.vmNice = vmNice
+        config.advertiseAddress = advertise ?? listen
+        config.snapshotDirectory = snapshotDir
         let runner: Runner
         do {
-            let store = try await openStore(store, stateDirectory: stateDir, hostID: hostId ?? ProcessInfo.processInfo.hostName, logger: logger)
+            let host = hostId ?? String(ProcessInfo.processInfo.hostName.map { FunctionSpec.isValidName(String($0)) ? $0 : "-" }.prefix(64))
+            let store = try await openStore(store, stateDirectory: stateDir, hostID: host, leaseSeconds: leaseSeconds, logger: logger)
             runner = Runner(config: config, store: store, logger: logger)
         } catch { throw ServeFailure(message: "\(error)") }
         try await runner.start()

@@ -84,6 +84,10 @@ struct Server {
             if let denied = checkBearer(request) { return denied }
             return await respond { APIModel.json(["functions": try await runner.store.functions().map(APIModel.function)]) }
         }
+        router.get("/v1/hosts") { request, _ in
+            if let denied = checkBearer(request) { return denied }
+            return await respond { APIModel.json(["hosts": try await runner.hosts().map(APIModel.host)]) }
+        }
         router.delete("/v1/functions/:name") { request, context in
             if let denied = checkBearer(request) { return denied }
             let name = try context.parameters.require("name")

@@ -207,3 +207,21 @@ import Testing
         }
     }
 }
+
+@Suite struct DeadlineTests {
+    @Test func theBodyWinsWithinTheLimitAndTheLimitWinsAfter() async throws {
+        let started = ContinuousClock.now
+        #expect(try await PostgresStore.within(.seconds(3)) { try await Task.sleep(for: .milliseconds(1500)); return 7 } == 7)
+        #expect(ContinuousClock.now - started >= .milliseconds(1500))
+        let again = ContinuousClock.now
+        await #expect(throws: PostgresStore.Unreachable.self) {
+            try await PostgresStore.within(.milliseconds(300)) { () async throws -> Int in
+                // Ignores cancellation, as a query on a dead connection does.
+                let until = ContinuousClock.now + .seconds(2)
+                while ContinuousClock.now < until { try? await Task.sleep(for: .milliseconds(50)) }
+                return 1
+            }
+        }
+        #expect(ContinuousClock.now - again < .seconds(1), "the limit, not the straggler, decides")
+    }
+}

@@ -74,7 +74,7 @@ def pytest_configure(config):
 
 
 MODULE_ORDER = ["test_bad_input", "test_native_api", "test_lambda_boto3", "test_lambda_cli", "test_openapi",
-                "test_crash", "test_load"]
+                "test_crash", "test_fleet", "test_load"]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -166,14 +166,17 @@ def free_port():
 class Daemon:
     """One swiftletd process and what tests need to talk to it."""
 
-    def __init__(self, factory, name, state_dir, args, token, keys):
+    def __init__(self, factory, name, state_dir, args, token, keys, netns=None, address=None):
         self.factory, self.name, self.state_dir = factory, name, state_dir
         self.token, self.keys = token, keys
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        # In a network namespace (the fleet tests) at a given address; else loopback.
+        self.host, self.port = (address, 8080) if address else ("127.0.0.1", free_port())
+        self.base = f"http://{self.host}:{self.port}"
         self.log_path = factory.root / f"{name}.log"
-        self.args = [str(SWIFTLETD), "serve", "--listen", f"127.0.0.1:{self.port}",
-                     "--state-dir", state_dir, "--swiftlet", str(SWIFTLET)] + list(args)
+        # nsenter, not `ip netns exec`: that one also remounts /sys, hiding the cgroup tree the jail needs.
+        prefix = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
+        self.args = prefix + [str(SWIFTLETD), "serve", "--listen", f"{self.host}:{self.port}",
+                              "--state-dir", state_dir, "--swiftlet", str(SWIFTLET)] + list(args)
         if token:
             tf = factory.root / f"{name}.token"
             tf.write_text(token + "\n")
@@ -193,11 +196,14 @@ class Daemon:
 
     # -- life cycle
 
-    def start(self):
+    def start(self, wait=True):
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT, cwd=REPO, env=dict(os.environ))
         self.pid = self.proc.pid
+        return self.wait_ready() if wait else self
+
+    def wait_ready(self):
         deadline = time.time() + READY_TIMEOUT
         last = None
         while time.time() < deadline:
@@ -379,7 +385,7 @@ class Factory:
         self.daemons = []
         self.state_dirs = []
 
-    def start(self, *args, token=None, keys=True, state_dir=None, name=None):
+    def start(self, *args, token=None, keys=True, state_dir=None, name=None, netns=None, address=None, wait=True):
         if state_dir is None:
             # Short and outside pytest's deep temp tree (Unix socket paths live under it).
             state_dir = tempfile.mkdtemp(prefix="swd-", dir="/tmp")
@@ -389,9 +395,9 @@ class Factory:
         if not SWIFTLET.exists():
             pytest.fail(f"{SWIFTLET} is not built (set SWIFTLET)")
         name = name or f"swiftletd{len(self.daemons)}"
-        d = Daemon(self, name, state_dir, args, token, keys)
+        d = Daemon(self, name, state_dir, args, token, keys, netns=netns, address=address)
         self.daemons.append(d)
-        return d.start()
+        return d.start(wait=wait)
 
     def close(self):
         problems = []
