@@ -216,10 +216,13 @@ extension Runner {
             do {
                 claimed = try await fleet.claim(now: Date().timeIntervalSince1970, memoryMiB: config.memoryBudgetMiB - runningMemory,
                                                 images: verifiedImages, excluding: [])
+            } catch .storeUnavailable {
+                return  // the heartbeat says so, once
             } catch {
                 logger.warning("claiming work failed", metadata: ["error": "\(error)"])
                 return
             }
+            metrics.claimed(seconds: Double(Clock.monotonicNanos() - sentAt) / 1e9)
             guard let (job, payload) = claimed else { break }
             metrics.claims.increment()
             let key = VersionKey(function: job.function, version: job.version)

@@ -32,6 +32,12 @@ public final class RunnerMetrics: Sendable {
         spawnFailures = registry.makeCounter(descriptor: .init(metricName: "swiftlet_vmm_failures", unitName: "total", helpText: "Attempts whose VMM failed (status 125, killed, or not started)."))
     }
 
+    /// One claim statement's round trip (fleet), found work or not.
+    func claimed(seconds: Double) {
+        registry.makeValueHistogram(descriptor: .init(metricName: "swiftlet_claim", unitName: "seconds", helpText: "One claim on the shared queue, from sent to answered (fleet)."),
+                                    buckets: Self.buckets).record(seconds)
+    }
+
     /// A job reached a final state (`swiftlet_jobs_total{function,state}`).
     func finished(function: String, state: JobState) {
         registry.makeCounter(descriptor: .init(metricName: "swiftlet_jobs", unitName: "total", helpText: "Jobs that reached a final state, by function and state."),
