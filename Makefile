@@ -11,7 +11,7 @@ DEBIAN_PACKAGES := build-essential zlib1g-dev liblz4-dev libzstd-dev libseccomp-
 RELEASE_FLAGS := -c release --static-swift-stdlib
 SWIFTLET := .build/release/swiftlet
 
-.PHONY: all deps kernel rootfs images release build demo demo-boot test unit-test runner-test stress bench bench-run bench-snapshot seccomp-log clean
+.PHONY: all deps kernel rootfs images release build demo demo-boot test unit-test runner-test stress bench bench-run bench-snapshot bench-fleet seccomp-log clean
 
 all: release
 
@@ -94,6 +94,11 @@ bench: deps images release
 ## Snapshot restore: latency (median, p99), restored vs cold, memory per VM (benchmarks/snapshot/run.sh).
 bench-snapshot: deps images release
 	benchmarks/snapshot/run.sh
+
+## The fleet: jobs/s at 1-3 hosts on one PostgreSQL, claim latency, pgbench on the claim (benchmarks/runner/README.md).
+bench-fleet: deps images release
+	swift build -c release --product swiftletd --scratch-path .build-rel
+	SWIFTLETD=.build-rel/release/swiftletd SWIFTLET=$(SWIFTLET) python3 benchmarks/runner/fleet.py
 
 ## A cold `swiftlet run --cold -- true` end to end, phase by phase (see benchmarks/run/run.sh).
 bench-run: deps images release

@@ -36,13 +36,31 @@ import tempfile
 import time
 from pathlib import Path
 
-import requests
+import urllib.error
+import urllib.request
 
 REPO = Path(__file__).resolve().parents[2]
 SWIFTLETD = Path(os.environ.get("SWIFTLETD", REPO / ".build-rel/release/swiftletd"))
 SWIFTLET = Path(os.environ.get("SWIFTLET", REPO / ".build/release/swiftlet"))
 PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
 DROP = ["setpriv", "--reuid=postgres", "--regid=postgres", "--clear-groups"]
+
+
+def http(method, url, body=None, timeout=60):
+    """(status, body bytes): the standard library only, so any python3 runs this."""
+    data = body.encode() if isinstance(body, str) else (json.dumps(body).encode() if isinstance(body, dict) else body)
+    req = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def http_json(method, url, body=None, timeout=60):
+    status, data = http(method, url, body, timeout)
+    assert status < 300, (method, url, status, data[:300])
+    return json.loads(data)
 
 
 def free_port():
@@ -94,9 +112,9 @@ class Host:
                                      stdout=self.log, stderr=subprocess.STDOUT)
         for _ in range(600):
             try:
-                if requests.get(self.base + "/readyz", timeout=2).status_code == 200:
+                if http("GET", self.base + "/readyz", timeout=2)[0] == 200:
                     return
-            except requests.RequestException:
+            except OSError:
                 pass
             if self.proc.poll() is not None:
                 raise SystemExit(f"{name} exited: {(root / f'{name}.log').read_text()[-2000:]}")
@@ -105,7 +123,7 @@ class Host:
 
     def metric(self, name):
         total = 0.0
-        for line in requests.get(self.base + "/metrics").text.splitlines():
+        for line in http("GET", self.base + "/metrics")[1].decode().splitlines():
             if re.match(rf"^{re.escape(name)}(\{{.*\}})? ", line):
                 total += float(line.rsplit(" ", 1)[1])
         return total
@@ -120,7 +138,7 @@ def wait_final(host, ids, timeout=1800):
     jobs = {}
     for i in ids:
         while True:
-            j = requests.get(f"{host.base}/v1/jobs/{i}?wait=30", timeout=60).json()
+            j = http_json("GET", f"{host.base}/v1/jobs/{i}?wait=30")
             if j["state"] in ("succeeded", "failed", "timed_out", "cancelled"):
                 jobs[i] = j
                 break
@@ -145,11 +163,11 @@ def statements(pg, db):
 def run_fleet(pg, root, hosts, jobs, snapshot_dir, seconds_idle=5):
     db = f"fleet{hosts}"
     pg.psql("postgres", f"CREATE DATABASE {db}")
+    pg.psql(db, "CREATE EXTENSION pg_stat_statements")
     args = ["--store", pg.url(db), "--max-vms", "1", "--no-jail", "--snapshot-dir", snapshot_dir, "--lease-seconds", "30"]
     fleet = [Host(root, f"n{hosts}-h{i}", args) for i in range(1, hosts + 1)]
     try:
-        r = requests.put(f"{fleet[0].base}/v1/functions/bench", json={"command": ["cat"]})
-        assert r.status_code in (200, 201), r.text
+        http_json("PUT", f"{fleet[0].base}/v1/functions/bench", {"command": ["cat"]})
         time.sleep(1.5)  # every host has verified the image (the functions notification)
         # Background statements alone (heartbeats, idle claims), over a quiet spell.
         pg.psql(db, "SELECT pg_stat_statements_reset()")
@@ -158,7 +176,7 @@ def run_fleet(pg, root, hosts, jobs, snapshot_dir, seconds_idle=5):
         idle_per_s = idle / seconds_idle
         pg.psql(db, "SELECT pg_stat_statements_reset()")
         t0 = time.time()
-        ids = [requests.post(f"{fleet[i % hosts].base}/v1/functions/bench/jobs", data=f"j{i}").json()["id"] for i in range(jobs)]
+        ids = [http_json("POST", f"{fleet[i % hosts].base}/v1/functions/bench/jobs", f"j{i}")["id"] for i in range(jobs)]
         done = wait_final(fleet[0], ids)
         wall = max(datetime.datetime.fromisoformat(j["finishedAt"].replace("Z", "+00:00")).timestamp() for j in done.values()) - t0
         stats = statements(pg, db)
@@ -252,8 +270,8 @@ def main():
     try:
         snapshot_dir = root / "snapshots"
         warm = Host(root, "warm", ["--max-vms", "1", "--no-jail", "--snapshot-dir", snapshot_dir])
-        requests.put(f"{warm.base}/v1/functions/w", json={"command": ["true"]})
-        wait_final(warm, [requests.post(f"{warm.base}/v1/functions/w/jobs").json()["id"]])
+        http_json("PUT", f"{warm.base}/v1/functions/w", {"command": ["true"]})
+        wait_final(warm, [http_json("POST", f"{warm.base}/v1/functions/w/jobs", b"")["id"]])
         warm.stop()
         out["fleet"] = []
         for hosts in (1, 2, 3):
