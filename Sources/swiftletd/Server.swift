@@ -236,7 +236,7 @@ struct ErrorBodies: RouterMiddleware {
     /// Each route's path, `:` for a parameter, and its methods.
     static let routes: [([Substring], [String])] = [
         ("/healthz", ["GET"]), ("/readyz", ["GET"]), ("/openapi.yaml", ["GET"]), ("/metrics", ["GET"]),
-        ("/v1/functions", ["GET"]), ("/v1/functions/:", ["GET", "PUT", "DELETE"]), ("/v1/functions/:/jobs", ["POST"]),
+        ("/v1/functions", ["GET"]), ("/v1/functions/:", ["GET", "PUT", "DELETE"]), ("/v1/functions/:/jobs", ["POST"]), ("/v1/hosts", ["GET"]),
         ("/v1/jobs", ["GET"]), ("/v1/jobs/:", ["GET", "DELETE"]), ("/v1/jobs/:/output", ["GET"]), ("/v1/jobs/:/log", ["GET"]),
         ("/2015-03-31/functions/:/invocations", ["POST"]),
     ].map { ($0.0.split(separator: "/"), $0.1) }
