@@ -16,7 +16,7 @@ import PackageDescription
 /// - `SwiftletSandbox`: `swiftlet run`: the guest agent's protocol and one command in a throwaway VM.
 /// - `CSeccomp`, `SwiftletSeccomp`: per-thread seccomp filters over Debian's libseccomp, allowlists as data.
 /// - `CJail`, `SwiftletJail`: the jailer (`--jail`): cgroup leaf, namespaces, pivot_root, unprivileged uid, supervisor.
-/// - `CRunner`, `SwiftletRunner`: the job runner's core (functions, jobs, the SQLite store, the
+/// - `CRunner`, `SwiftletRunner`: the job runner's core (functions, jobs, the stores: SQLite, and PostgreSQL for a fleet; the
 ///   scheduler, the VMM processes it starts), without any HTTP.
 /// - `swiftletd`: the job runner daemon (Hummingbird, GRDB, swift-prometheus): a separate
 ///   executable, so the `swiftlet` VMM binary links none of the server libraries.

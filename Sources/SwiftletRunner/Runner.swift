@@ -64,7 +64,7 @@ public struct InvokeResult: Sendable {
 
 /// The job runner: functions, the queue, VM slots, warm pools. One actor
 /// owns all scheduling state; VMs run on their own threads (VMProcess), and
-/// the store is SQLite.
+/// the store is a `JobStore` (SQLite, or PostgreSQL shared by a fleet: see RunnerFleet.swift).
 ///
 /// Scheduling: a job needs a slot (`maxVMs`), its guest memory within the
 /// budget, and its function under its `concurrency`. When a slot frees,
@@ -99,6 +99,9 @@ public actor Runner {
         /// of the last statement that set it (claim, insert or heartbeat)
         /// plus one lease, which the database's own expiry is never before.
         var leaseHeldUntil: UInt64 = .max
+        /// Its VM has ended and its end is being recorded: a heartbeat that
+        /// no longer finds its lease raced that record, and lost nothing.
+        var finishing = false
     }
     var running: [String: Running] = [:]
     var runningPerFunction: [String: Int] = [:]
@@ -506,6 +509,7 @@ public actor Runner {
         let finish = PendingFinish(id: jobID, function: f.name, attempt: attempt, state: state, exitStatus: exitStatus, error: error,
                                    outcome: "\(outcome)", now: now, retryAt: retryAt, timings: timings,
                                    outputBytes: result?.outputBytes ?? 0, logBytes: result?.logBytes ?? 0)
+        running[jobID]?.finishing = true
         let final: JobRecord?
         do {
             final = try await record(finish)

@@ -119,7 +119,9 @@ extension Runner {
             for l in held where running[l.id]?.attempt == l.attempt { running[l.id]!.leaseHeldUntil = sentAt + fleet.leaseNanos }
             if heartbeatFailures > 0 { logger.info("the database is back", metadata: ["failed_heartbeats": "\(heartbeatFailures)"]) }
             heartbeatFailures = 0
-            for l in lost where running[l.id]?.attempt == l.attempt { loseLease(l.id, why: "another host took it over") }
+            for l in lost where running[l.id]?.attempt == l.attempt && running[l.id]?.finishing == false {
+                loseLease(l.id, why: "another host took it over")
+            }
             for c in cancel { stopForCancel(c.id) }
             await flushPending()
             let (requeued, failed) = try await fleet.rescueExpired(now: Date().timeIntervalSince1970)
@@ -144,7 +146,7 @@ extension Runner {
     /// now, so this host must not go on running them.
     func checkLeases() {
         let now = Clock.monotonicNanos()
-        for (id, r) in running where r.attempt > 0 && !r.leaseLost && now > r.leaseHeldUntil {
+        for (id, r) in running where r.attempt > 0 && !r.leaseLost && !r.finishing && now > r.leaseHeldUntil {
             loseLease(id, why: "no heartbeat reached the database within a lease")
         }
     }

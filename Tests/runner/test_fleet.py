@@ -321,3 +321,40 @@ def test_postgres_away_for_10_seconds_loses_nothing(fleet, postgres):
         assert finished[j] == 1, (j, finished[j])
     assert all(d.get("/readyz").status_code == 200 for d in daemons)
     print(f"job ends kept through the outage and written after: {sum(kept.values())}")
+
+
+def test_a_synchronous_invoke_runs_on_another_host_when_its_own_is_full(fleet):
+    url, daemons = fleet("sync_elsewhere", slots=1)
+    h1 = daemons[0]
+    deploy(h1, "hold", ["sh", "-c", "sleep 4; cat"], concurrency=10)
+    path = "/2015-03-31/functions/hold/invocations"
+    with ThreadPoolExecutor(2) as pool:
+        # Two at once at h1, which has one slot: one runs there, the other on h2 or h3.
+        calls = [pool.submit(h1.post, path, data=f"s{i}".encode(), timeout=300) for i in range(2)]
+        answers = [c.result() for c in calls]
+    assert sorted((r.status_code, r.content) for r in answers) == [(200, b"s0"), (200, b"s1")], \
+        [(r.status_code, r.text[:200]) for r in answers]
+    started = {d.name: sum(log_events([d], "job started").values()) for d in daemons}
+    assert started["h1"] == 1 and started["h2"] + started["h3"] == 1, started
+
+
+def test_a_cancel_reaches_the_running_host(fleet):
+    url, daemons = fleet("cancel_elsewhere")
+    deploy(daemons[0], "long", ["sh", "-c", "sleep 60"])
+    job = daemons[0].submit("long")
+    deadline = time.time() + 120
+    owner = None
+    while owner is None and time.time() < deadline:
+        owner = next((d for d in daemons if job["id"] in log_events([d], "job started")), None)
+        time.sleep(0.2)
+    assert owner is not None, f"nobody started {job['id']}"
+    while not owner.vmms() and time.time() < deadline:
+        time.sleep(0.1)
+    other = next(d for d in daemons if d is not owner)
+    t0 = time.time()
+    r = other.delete(f"/v1/jobs/{job['id']}")
+    assert r.status_code == 200 and r.json()["state"] == "cancelled", (r.status_code, r.text)
+    while owner.vmms() and time.time() < t0 + 2:
+        time.sleep(0.05)
+    assert not owner.vmms(), f"{owner.name} still runs a VMM 2 s after the cancel: {owner.vmms()}"
+    assert time.time() - t0 < 2.5
