@@ -176,7 +176,7 @@ extension PostgresStore: FleetStore {
         return try await transaction("rescuing expired leases") { c in
             var requeued: [String] = []
             var failed: [String] = []
-            for try await (id, state, owner) in try await c.query("""
+            for try await (id, state) in try await c.query("""
                 WITH expired AS (
                     SELECT seq, lease_owner AS owner FROM jobs WHERE state = 'running' AND lease_until < \(unescaped: Self.dbNow)
                     FOR UPDATE SKIP LOCKED),
@@ -194,9 +194,8 @@ extension PostgresStore: FleetStore {
                 closed AS (
                     UPDATE attempts a SET finished_at = \(now), outcome = 'lease expired (' || r.owner || ')'
                     FROM rescued r WHERE a.job = r.id AND a.number = r.attempts AND a.finished_at IS NULL)
-                SELECT id, state, owner FROM rescued
-                """, logger: logger).decode((String, String, String).self) {
-                _ = owner
+                SELECT id, state FROM rescued
+                """, logger: logger).decode((String, String).self) {
                 if state == "queued" { requeued.append(id) } else { failed.append(id) }
             }
             if !requeued.isEmpty { try await c.query("SELECT pg_notify(\(Channel.name), \(Channel.work))", logger: logger) }

@@ -250,7 +250,7 @@ public actor Runner {
         } else if fleet != nil {
             // No slot here: the job goes to the fleet's queue, and whichever
             // host has room (this one included) runs it.
-            return try await invokeThroughQueue(f, job: job, payload: payload, accepted: accepted)
+            return try await invokeThroughQueue(f, job: job, payload: payload)
         } else {
             job = try await store.insertJob(job, payload: nil).0
             let jobID = job.id
@@ -400,8 +400,7 @@ public actor Runner {
                 version = v
                 specs["\(function)@\(job.version)"] = v
             } else {
-                _ = try? await store.finishAttempt(job.id, attempt: job.attempts, state: .failed, exitStatus: nil, error: "its function version is gone", outcome: "no version",
-                                             now: Date().timeIntervalSince1970, retryAt: nil, timings: JobTimings(), outputBytes: 0, logBytes: 0)
+                await failVersionGone(job)
                 due[function] = nil
                 continue
             }
@@ -421,6 +420,13 @@ public actor Runner {
         }
         await scheduleWakeForBackoff()
         updateGauges()
+    }
+
+    /// A queued job whose function version no longer exists cannot run: failed.
+    func failVersionGone(_ job: JobRecord) async {
+        _ = try? await store.finishAttempt(job.id, attempt: job.attempts, state: .failed, exitStatus: nil, error: "its function version is gone",
+                                           outcome: "no version", now: Date().timeIntervalSince1970, retryAt: nil, timings: JobTimings(),
+                                           outputBytes: 0, logBytes: 0)
     }
 
     /// Jobs waiting out a retry backoff need a pump when it ends.

@@ -231,9 +231,7 @@ extension Runner {
             var version = versions[key]
             if version == nil { version = try? await store.version(job.function, job.version) }
             guard let version else {
-                _ = try? await store.finishAttempt(job.id, attempt: job.attempts, state: .failed, exitStatus: nil, error: "its function version is gone",
-                                                   outcome: "no version", now: Date().timeIntervalSince1970, retryAt: nil, timings: JobTimings(),
-                                                   outputBytes: 0, logBytes: 0)
+                await failVersionGone(job)
                 continue
             }
             versions[key] = version
@@ -257,7 +255,7 @@ extension Runner {
     /// A synchronous invoke with no slot here: queued in the fleet, run by
     /// whichever host claims it first, answered here when it ends. If no
     /// host starts it within `syncWaitSeconds`, it is withdrawn: 429.
-    func invokeThroughQueue(_ f: FunctionRecord, job queuedJob: JobRecord, payload: [UInt8], accepted: UInt64) async throws(RunnerError) -> InvokeResult {
+    func invokeThroughQueue(_ f: FunctionRecord, job queuedJob: JobRecord, payload: [UInt8]) async throws(RunnerError) -> InvokeResult {
         let queued = try await store.insertJob(queuedJob, payload: payload).0
         schedulePump()
         var j = try await waitStarted(queued.id, seconds: config.syncWaitSeconds)
