@@ -8,7 +8,13 @@ export SWIFTLET_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/swiftlet
 
 DEBIAN_PACKAGES := build-essential zlib1g-dev liblz4-dev libzstd-dev libseccomp-dev \
 	e2fsprogs cpio busybox-static qemu-system-x86 acl iproute2 postgresql
-RELEASE_FLAGS := -c release --static-swift-stdlib
+# The VMM binary is a static executable (no dynamic loader: no shared-library relocations or
+# symbol look-ups at exec, no libc/libstdc++ mappings), linked by lld with the functions a VMM
+# executes laid out together (Sources/swiftlet/link-order.txt, from benchmarks/startup/link-order.sh):
+# it maps fewer pages. benchmarks/startup/README.md has what each of these bought.
+RELEASE_FLAGS := -c release -Xswiftc -static-executable -Xswiftc -use-ld=lld \
+	-Xswiftc -Xfrontend -Xswiftc -function-sections \
+	-Xlinker --symbol-ordering-file=$(CURDIR)/Sources/swiftlet/link-order.txt -Xlinker --no-warn-symbol-ordering
 SWIFTLET := .build/release/swiftlet
 
 .PHONY: all deps kernel rootfs images release build demo demo-boot test unit-test runner-test stress bench bench-run bench-snapshot bench-fleet seccomp-log clean
@@ -34,7 +40,7 @@ rootfs:
 
 images: kernel rootfs
 
-## A release build, with the Swift standard library linked statically (faster start-up).
+## A release build: a static executable, its start-up code laid out together (see RELEASE_FLAGS).
 release: deps
 	swift build $(RELEASE_FLAGS) --product swiftlet
 

@@ -74,7 +74,9 @@ let package = Package(
             dependencies: [
                 "SwiftletVMM", "SwiftletSandbox", "SwiftletSeccomp", "SwiftletJail", "SwiftletSys", "SwiftletX86", "CSwiftlet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]
+            ],
+            // The release build's lld --symbol-ordering-file (Makefile, RELEASE_FLAGS).
+            exclude: ["link-order.txt"]
         ),
         .target(name: "CRunner"),
         .target(

@@ -85,11 +85,11 @@ public final class DynamicID: @unchecked Sendable {
     public static func allocate(range: Range<UInt32> = DynamicID.range) throws(JailError) -> DynamicID {
         guard !range.isEmpty else { throw .invalidConfig("empty dynamic id range") }
         try sys { () throws(SystemError) in try makeDirectories(lockDirectory, mode: 0o700) }
-        let inUse = runningIDs(in: range)
+        let inUse = runningIDs(in: range).union(accountIDs(in: range))
         let start = UInt32.random(in: range)
         for i in 0..<UInt32(range.count) {
             let id = range.lowerBound + (start - range.lowerBound + i) % UInt32(range.count)
-            if inUse.contains(id) || getpwuid(id) != nil || getgrgid(id) != nil { continue }
+            if inUse.contains(id) { continue }
             let path = lockDirectory + "/\(id).lock"
             let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
             guard fd >= 0 else { throw .last("open(\(path))") }
@@ -99,6 +99,24 @@ public final class DynamicID: @unchecked Sendable {
             if e != EWOULDBLOCK && e != EINTR { throw .system(SystemError("flock(\(path))", errno: e)) }
         }
         throw .noFreeID(lower: range.lowerBound, upper: range.upperBound)
+    }
+
+    /// The uids and gids in `range` that /etc/passwd and /etc/group name.
+    /// Read from the files, not through getpwuid: the VMM is a static
+    /// executable, and a static glibc that loads an NSS module (nss_systemd)
+    /// crashes in it. The dynamic range sits far above what directory
+    /// services and systemd's DynamicUser hand out (61184-65519).
+    static func accountIDs(in range: Range<UInt32>) -> Set<UInt32> {
+        var ids = Set<UInt32>()
+        for path in ["/etc/passwd", "/etc/group"] {
+            guard let text = try? readText(path) else { continue }
+            for line in text.split(separator: "\n") {
+                // name:password:ID:... in both files.
+                let fields = line.split(separator: ":", maxSplits: 3, omittingEmptySubsequences: false)
+                if fields.count > 2, let v = UInt32(fields[2]), range.contains(v) { ids.insert(v) }
+            }
+        }
+        return ids
     }
 
     /// The real, effective, saved and filesystem uids and gids of every

@@ -29,13 +29,6 @@ struct JailOptions: ParsableArguments {
 
     static let defaultMemoryMarginMiB = 64
 
-    /// Every field set: `run`'s fast parser builds one without ArgumentParser.
-    static var off: JailOptions {
-        var j = JailOptions()
-        (j.jail, j.uid, j.gid, j.jailMemoryMargin, j.jailPids, j.jailCpus) = (false, nil, nil, nil, nil, nil)
-        return j
-    }
-
     func validate() throws {
         guard jail || (uid == nil && gid == nil && jailMemoryMargin == nil && jailPids == nil && jailCpus == nil) else {
             throw ValidationError("--uid, --gid and --jail-* need --jail")

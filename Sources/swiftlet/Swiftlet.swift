@@ -19,10 +19,16 @@ struct Swiftlet: ParsableCommand {
             RunnerClient.exec(Array(CommandLine.arguments.dropFirst()))
         }
         do {
-            // `run`, the hot path, skips ArgumentParser when it can (see Run.parseFast).
-            if var run = Run.parseFast(Array(CommandLine.arguments.dropFirst())) {
+            // `boot` and `run` skip ArgumentParser when they can (FastParse.swift).
+            let arguments = CommandLine.arguments.dropFirst()
+            if arguments.first == "run", let run = Run.parseFast(arguments.dropFirst()) {
                 try run.validate()
                 try run.run()
+            } else if arguments.first == "boot", let boot = Boot.parseFast(arguments.dropFirst()) {
+                try boot.validate()
+                try boot.run()
+            } else if arguments.first == "__fast-options" {
+                for line in FastOptionsDump.lines() { printStdout(line) }
             } else {
                 var command = try parseAsRoot()
                 try command.run()
@@ -64,6 +70,12 @@ func printError(_ message: String) {
     let line = "swiftlet: error: " + message.replacingNewlines() + "\n"
     var bytes = Array(line.utf8)
     _ = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+}
+
+/// Prints a line on stdout.
+func printStdout(_ line: String) {
+    var bytes = Array((line + "\n").utf8)
+    _ = bytes.withUnsafeMutableBytes { Glibc.write(1, $0.baseAddress, $0.count) }
 }
 
 /// Prints a line on stderr.
