@@ -7,7 +7,7 @@ SHELL := /bin/bash
 export SWIFTLET_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/swiftlet
 
 DEBIAN_PACKAGES := build-essential zlib1g-dev liblz4-dev libzstd-dev libseccomp-dev \
-	e2fsprogs cpio busybox-static qemu-system-x86 acl iproute2 postgresql
+	e2fsprogs cpio busybox-static qemu-system-x86 acl iproute2 postgresql valgrind
 # The VMM binary is a static executable (no dynamic loader: no shared-library relocations or
 # symbol look-ups at exec, no libc/libstdc++ mappings), linked by lld with the functions a VMM
 # executes laid out together (Sources/swiftlet/link-order.txt, from benchmarks/startup/link-order.sh):
@@ -98,9 +98,10 @@ seccomp-log: deps images
 	swift build
 	Tests/seccomp-log.sh .build/debug/swiftlet
 
-## The VMM start-up benchmark (see benchmarks/README.md).
+## The VMM's own footprint (RSS, PSS per extra VM, exec to the first KVM_RUN) against its targets,
+## failing when start-up instructions grew >10% over benchmarks/startup/baseline.json.
 bench: deps images release
-	benchmarks/startup.sh
+	benchmarks/startup/run.sh --check
 
 ## Snapshot restore: latency (median, p99), restored vs cold, memory per VM (benchmarks/snapshot/run.sh).
 bench-snapshot: deps images release

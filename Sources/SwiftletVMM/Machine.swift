@@ -20,6 +20,9 @@ public struct RunReport: Sendable {
     public var firstRunCPUMicros: UInt64
     /// Microseconds from process start to the first exit to userspace.
     public var firstExitMicros: UInt64
+    /// Of `firstRunMicros`, how long set-up waited for KVM to register guest
+    /// memory (an SRCU grace period: milliseconds on nested KVM; see init).
+    public var memorySlotWaitMicros: UInt64
     /// Exits that reached userspace, by reason, over all vCPUs.
     public var exits: ExitStats
     /// What the UART printed, when capture was on.
@@ -38,6 +41,8 @@ public final class Machine: @unchecked Sendable {
     let vcpus: [Vcpu]
     let serial: Serial8250
     let output: ConsoleOutput
+    /// How long set-up blocked on the memory-slot helper thread.
+    let memorySlotWaitMicros: UInt64
     let context: MachineContext
     let transports: [VirtioMMIOTransport]
     /// The vsock device, when configured (its transport is the last of `transports`).
@@ -211,6 +216,7 @@ public final class Machine: @unchecked Sendable {
         self.vcpus = vcpus
         cpuidTables = tables
         if let e = slots.wait() { throw .kvm(e) }
+        memorySlotWaitMicros = slots.blockedNanos / 1000
 
         // Devices.
         let latch: ExitLatch
@@ -379,6 +385,7 @@ public final class Machine: @unchecked Sendable {
             firstRunMicros: context.firstRunMicros.load(ordering: .relaxed),
             firstRunCPUMicros: context.firstRunCPUMicros.load(ordering: .relaxed),
             firstExitMicros: context.firstExitMicros.load(ordering: .relaxed),
+            memorySlotWaitMicros: memorySlotWaitMicros,
             exits: stats,
             console: output.captured
         )
@@ -492,6 +499,8 @@ final class MemorySlotRegistration: @unchecked Sendable {
     let memory: GuestMemory
     private var thread: pthread_t?
     private var error: KVMError?
+    /// How long the first `wait` blocked: the registration's cost on set-up's critical path.
+    private(set) var blockedNanos: UInt64 = 0
 
     init(vm: VirtualMachine, memory: GuestMemory) {
         self.vm = vm
@@ -507,7 +516,9 @@ final class MemorySlotRegistration: @unchecked Sendable {
     /// Joins the thread (once) and returns its error, if any.
     func wait() -> KVMError? {
         if let t = thread {
+            let start = Clock.monotonicNanos()
             pthread_join(t, nil)
+            blockedNanos = Clock.monotonicNanos() &- start
             thread = nil
         }
         return error

@@ -1,5 +1,6 @@
 // swiftlet-seccomp-probe ROLE ACTION: installs ROLE's strict filter on this
-// thread, then does ACTION. The seccomp tests expect death by SIGSYS for the
+// thread, then does ACTION. (`swiftlet-seccomp-probe generate` prints
+// Filters.generated.swift instead.) The seccomp tests expect death by SIGSYS for the
 // forbidden actions and exit 0 (after printing "alive") for the allowed ones.
 // A separate test executable, so that the `swiftlet` binary has no test hook.
 import CSeccomp
@@ -16,6 +17,17 @@ func say(_ s: String, fd: Int32 = 1) {
 }
 
 let args = CommandLine.arguments
+// `generate`: prints Filters.generated.swift (the filters compiled at build time).
+if args.count == 2 && args[1] == "generate" {
+    do throws(SeccompError) {
+        let source = try Seccomp.generatedSource()
+        _ = Array(source.utf8).withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+        exit(0)
+    } catch {
+        say("swiftlet-seccomp-probe: \(error)", fd: 2)
+        exit(1)
+    }
+}
 guard args.count == 3, let role = SeccompRole(rawValue: args[1]) else {
     say("usage: swiftlet-seccomp-probe ROLE ACTION (roles: \(SeccompRole.allCases.map(\.rawValue).joined(separator: " ")))", fd: 2)
     exit(2)

@@ -147,6 +147,7 @@ struct Boot: ParsableCommand {
         if bootTimer {
             printStderr("vmm-first-kvm-run-us=\(report.firstRunMicros)")
             printStderr("vmm-first-kvm-run-cpu-us=\(report.firstRunCPUMicros)")
+            printStderr("vmm-memslot-wait-us=\(report.memorySlotWaitMicros)")
             printStderr("vmm-first-exit-us=\(report.firstExitMicros)")
             if let t = report.bootTimerMicros { printStderr("guest-boot-time-us=\(t)") }
         }

@@ -223,7 +223,7 @@ struct Run: ParsableCommand {
         line += " teardown-ms=\(ms(t.jobExited, r.tornDown))"
         line += " total-ms=\(ms(start, Clock.monotonicNanos()))"
         if let b = r.machine.bootTimerMicros { line += " guest-boot-timer-ms=\(formatMillis(b * 1000))" }
-        line += " first-kvm-run-us=\(r.machine.firstRunMicros)"
+        line += " first-kvm-run-us=\(r.machine.firstRunMicros) memslot-wait-us=\(r.machine.memorySlotWaitMicros)"
         // Exit counts transfer to hardware KVM better than wall times on an emulated guest.
         line += " exits-io=\(r.machine.exits.io) exits-mmio=\(r.machine.exits.mmio)"
         if startWait.fd != nil {

@@ -170,3 +170,35 @@ extension String {
         String(drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
     }
 }
+
+@Suite struct BuiltFilterTests {
+    /// The filters a VMM installs were compiled when Swiftlet was built
+    /// (Filters.generated.swift). This holds that file to what libseccomp
+    /// compiles from the allowlists now: an allowlist edited without
+    /// regenerating the file fails here.
+    @Test("Filters.generated.swift is what the allowlists compile to (regenerate: swift run swiftlet-seccomp-probe generate > Sources/SwiftletSeccomp/Filters.generated.swift)")
+    func generatedFiltersAreCurrent() throws {
+        let path = String(#filePath.split(separator: "/Tests/").first!) + "/Sources/SwiftletSeccomp/Filters.generated.swift"
+        let committed = try #require(try? readWholeFile(path))
+        let current = try Seccomp.generatedSource()
+        #expect(committed == current)
+        // Every role, in both filtering modes.
+        for role in SeccompRole.allCases {
+            #expect(committed.contains("case (.\(role), .strict):") && committed.contains("case (.\(role), .log):"), "\(role)")
+        }
+    }
+
+    func readWholeFile(_ path: String) throws -> String {
+        struct OpenFailed: Error { let path: String; let errno: Int32 }
+        guard let f = fopen(path, "r") else { throw OpenFailed(path: path, errno: errno) }
+        defer { fclose(f) }
+        var bytes = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = fread(&buffer, 1, buffer.count, f)
+            if n <= 0 { break }
+            bytes += buffer[0..<n]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
