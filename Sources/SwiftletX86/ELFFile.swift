@@ -30,21 +30,32 @@ extension ELFLoader {
             throw .invalidELF("entry point 0x\(String(entry, radix: 16)) is outside the loaded segments")
         }
         let page: UInt64 = 4096
+        // The guest ranges the file is mapped over: a .bss there is written
+        // (`fill`); elsewhere it is fresh guest memory and `zero` drops it.
+        /// The whole pages of file data that are mapped, not copied (0: none).
+        func mappedLength(_ s: Segment) -> UInt64 {
+            s.offset % page == 0 && s.paddr % page == 0 && s.filesz >= page ? s.filesz & ~(page - 1) : 0
+        }
+        let mapped = segments.map { $0.paddr..<($0.paddr + mappedLength($0)) }
         for s in segments {
             do {
                 let dst = try memory.slice(at: s.paddr, count: Int(s.memsz))
-                let mappable = s.offset % page == 0 && s.paddr % page == 0 && s.filesz >= page
                 var copied: UInt64 = 0
-                if mappable {
+                let whole = mappedLength(s)
+                if whole > 0 {
                     // Map the whole pages of file data; the partial last page is copied.
-                    let whole = s.filesz & ~(page - 1)
                     let p = mmap(dst.baseAddress, Int(whole), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd.raw, off_t(s.offset))
                     guard p == dst.baseAddress else { throw X86BootError.io(.last("mmap(\(path) segment)")) }
                     copied = whole
                 }
                 let rest = UnsafeRawBufferPointer(rebasing: elf[Int(s.offset + copied)..<Int(s.offset + s.filesz)])
                 try memory.write(rest, at: s.paddr + copied)
-                try memory.fill(0, at: s.paddr + s.filesz, count: Int(s.memsz - s.filesz))
+                let bss = (s.paddr + s.filesz)..<(s.paddr + s.memsz)
+                if mapped.contains(where: { $0.overlaps(bss) }) {
+                    try memory.fill(0, at: bss.lowerBound, count: bss.count)
+                } else {
+                    try memory.zero(at: bss.lowerBound, count: bss.count)
+                }
             } catch let e as GuestMemoryError {
                 throw .memory(e)
             } catch let e as X86BootError {

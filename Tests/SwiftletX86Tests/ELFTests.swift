@@ -1,3 +1,4 @@
+import Glibc
 import Testing
 import SwiftletMemory
 @testable import SwiftletX86
@@ -69,5 +70,55 @@ import SwiftletMemory
         let k = try ELFLoader.load(elf, into: mem)
         #expect(k.highestAddress == 0x1_0000_0010)
         #expect(try mem.read(at: 0x1_0000_0000, count: 3) == [9, 9, 0])
+    }
+}
+
+@Suite struct ELFFileTests {
+    /// The loader that boots the default kernel: from a file, its .bss
+    /// zeroed with `GuestMemory.zero` (pages dropped, not written).
+    @Test("a vmlinux loaded from its file has its .bss zeroed, also over memory written before")
+    func loadsFromFileAndZeroesBSS() throws {
+        let mem = try GuestMemory(size: 32 << 20)
+        try mem.fill(0xcc, at: 0x100_0000, count: 0x8000)
+        let path = "/tmp/swiftlet-elftest-\(getpid())"
+        let bytes = Fixtures.smallKernel()
+        let f = fopen(path, "w")
+        #expect(fwrite(bytes, 1, bytes.count, f) == bytes.count)
+        fclose(f)
+        defer { unlink(path) }
+        let a = Fixtures.data(count: 5000), b = Fixtures.data(count: 100, seed: 7)
+        let k = try ELFLoader.load(fileAt: path, into: mem)
+        #expect(k.entry == 0x100_0000)
+        #expect(try mem.read(at: 0x100_0000, count: a.count) == a)
+        #expect(try mem.read(at: 0x100_0000 + UInt64(a.count), count: 8192 - a.count).allSatisfy { $0 == 0 })
+        #expect(try mem.read(at: 0x100_4000, count: b.count) == b)
+        #expect(try mem.read(at: 0x100_4000 + UInt64(b.count), count: 0x3000 - b.count).allSatisfy { $0 == 0 })
+        // Past the last segment, untouched.
+        #expect(try mem.read(at: 0x100_7000, count: 0x1000).allSatisfy { $0 == 0xcc })
+    }
+}
+
+@Suite struct GuestMemoryZeroTests {
+    @Test("zero clears exactly its range, partial pages at both ends included, and leaves the rest",
+          arguments: [(0x1000 as UInt64, 0x3000), (0x1234, 0x5000), (0x1ff0, 0x20), (0x3001, 0x0fff), (0x5000, 0)])
+    func zeroesExactly(start: UInt64, count: Int) throws {
+        let mem = try GuestMemory(size: 1 << 20)
+        try mem.fill(0xab, at: 0, count: 0x10000)
+        try mem.zero(at: start, count: count)
+        let all = try mem.read(at: 0, count: 0x10000)
+        for (i, byte) in all.enumerated() {
+            let inside = UInt64(i) >= start && UInt64(i) < start + UInt64(count)
+            if byte != (inside ? 0 : 0xab) {
+                Issue.record("byte 0x\(String(i, radix: 16)) is 0x\(String(byte, radix: 16))")
+                return
+            }
+        }
+    }
+
+    @Test("zero is bounds-checked like every other access")
+    func zeroIsBoundsChecked() throws {
+        let mem = try GuestMemory(size: 1 << 20)
+        #expect(throws: GuestMemoryError.self) { try mem.zero(at: (1 << 20) - 0x800, count: 0x1000) }
+        #expect(throws: GuestMemoryError.self) { try mem.zero(at: UInt64.max - 10, count: 100) }
     }
 }
