@@ -14,13 +14,14 @@ import PackageDescription
 /// - `SwiftletVirtio`: split virtqueues and the virtio devices' request handling (block).
 /// - `SwiftletVMM`: assembles a machine and runs it.
 /// - `SwiftletSandbox`: `swiftlet run`: the guest agent's protocol and one command in a throwaway VM.
-/// - `CSeccomp`, `SwiftletSeccomp`: per-thread seccomp filters over Debian's libseccomp, allowlists as data.
+/// - `CSeccomp`, `SwiftletSeccomp`: per-thread seccomp filters: allowlists as data, compiled by Debian's libseccomp
+///   when Swiftlet is built (Filters.generated.swift), so a VMM runs no filter compiler.
 /// - `CJail`, `SwiftletJail`: the jailer (`--jail`): cgroup leaf, namespaces, pivot_root, unprivileged uid, supervisor.
 /// - `CRunner`, `SwiftletRunner`: the job runner's core (functions, jobs, the stores: SQLite, and PostgreSQL for a fleet; the
 ///   scheduler, the VMM processes it starts), without any HTTP.
 /// - `swiftletd`: the job runner daemon (Hummingbird, GRDB, swift-prometheus): a separate
 ///   executable, so the `swiftlet` VMM binary links none of the server libraries.
-/// - `swiftlet`: the command-line tool.
+/// - `swiftlet`: the command-line tool, and the VMM: a static executable in release (Makefile, RELEASE_FLAGS).
 let package = Package(
     name: "Swiftlet",
     platforms: [.macOS(.v15)],
@@ -68,6 +69,7 @@ let package = Package(
         // Test-only: jails itself as configured and prints what it sees (the jail tests); not a product.
         .executableTarget(name: "swiftlet-jail-probe", dependencies: ["SwiftletJail", "SwiftletSys"]),
         // Test-only: installs one role's filter and makes one syscall (the seccomp tests); not a product.
+        // `swiftlet-seccomp-probe generate` prints Filters.generated.swift.
         .executableTarget(name: "swiftlet-seccomp-probe", dependencies: ["SwiftletSeccomp", "SwiftletVirtio", "SwiftletMemory", "SwiftletSys", "CSeccomp", "CSwiftlet"]),
         .executableTarget(
             name: "swiftlet",
