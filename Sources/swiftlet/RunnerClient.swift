@@ -6,7 +6,10 @@ import Glibc
 /// (SwiftNIO, Hummingbird, SQLite): these exec it with the same arguments.
 /// It is looked for in `$SWIFTLETD`, beside this binary, then on PATH.
 enum RunnerClient {
-    static let commands: Set<String> = ["serve", "fn", "invoke", "job"]
+    // An array: a Set<String> is instantiated at run time, which checks
+    // String: Hashable by scanning every conformance record in the binary
+    // (0.23 M instructions and their pages, on every VMM's start-up).
+    static let commands = ["serve", "fn", "invoke", "job"]
 
     /// Replaces this process with `swiftletd ARGS...`; returns only on failure.
     static func exec(_ arguments: [String]) -> Never {
