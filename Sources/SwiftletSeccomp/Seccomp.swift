@@ -125,10 +125,10 @@ public enum Seccomp {
         guard rc == 0 else { throw .libseccomp("seccomp(SET_MODE_FILTER)", rc) }
     }
 
+    /// Installs `role`'s program, the one a VMM thread of that role installs.
     public static func install(role: SeccompRole, mode: SeccompMode) throws(SeccompError) {
-        let rules: [SeccompRule]
-        do { rules = try role.allowlist() } catch { throw .allowlist(error) }
-        try install(rules, mode: mode)
+        guard mode != .off else { return }
+        try install(program: try program(role, mode: mode))
     }
 
     /// The rules for a thread name with no role of its own: the union of every
