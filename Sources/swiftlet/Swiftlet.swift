@@ -67,21 +67,20 @@ enum ExitStatus {
 
 /// Prints `swiftlet: error: MESSAGE` as one line on stderr.
 func printError(_ message: String) {
-    let line = "swiftlet: error: " + message.replacingNewlines() + "\n"
-    var bytes = Array(line.utf8)
-    _ = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+    writeLine("swiftlet: error: " + message.replacingNewlines(), to: 2)
 }
 
 /// Prints a line on stdout.
-func printStdout(_ line: String) {
-    var bytes = Array((line + "\n").utf8)
-    _ = bytes.withUnsafeMutableBytes { Glibc.write(1, $0.baseAddress, $0.count) }
-}
+func printStdout(_ line: String) { writeLine(line, to: 1) }
 
 /// Prints a line on stderr.
-func printStderr(_ line: String) {
+func printStderr(_ line: String) { writeLine(line, to: 2) }
+
+/// One write(2) of `line` and a newline: no stdio buffering, so nothing is
+/// lost when the process exits or execs right after.
+private func writeLine(_ line: String, to fd: Int32) {
     var bytes = Array((line + "\n").utf8)
-    _ = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+    _ = bytes.withUnsafeMutableBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
 }
 
 extension String {
