@@ -12,6 +12,7 @@ that lost a lease "lease lost" and "result discarded". A job that ran twice
 would show two starts; one recorded twice, two finishes.
 """
 
+import ipaddress
 import json
 import os
 import shutil
@@ -28,8 +29,39 @@ import requests
 
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), reverse=True)), None)
 PREFIX = f"sf{os.getpid() % 100000}"
-PG_NS, PG_ADDR = f"{PREFIX}-pg", "10.77.0.1"
-ROOT_LINK, ROOT_ADDR = f"{PREFIX}-r", "10.77.0.254"
+
+
+def free_subnet():
+    """A /24 of the benchmarking range 198.18.0.0/15 (RFC 2544) that no route or
+    address of this host's namespace overlaps: a fixed subnet could be the CI
+    machine's own network, and then psql would reach something else."""
+    r = subprocess.run(["ip", "-4", "route", "show", "table", "all"], stdout=subprocess.PIPE, text=True, check=True)
+    used = []
+    for line in r.stdout.splitlines():
+        words = line.split()
+        if words and words[0] in ("local", "broadcast", "unicast"):
+            words = words[1:]
+        if words and words[0] != "default":
+            try:
+                used.append(ipaddress.ip_network(words[0], strict=False))
+            except ValueError:
+                pass
+    for k in range(512):
+        net = ipaddress.ip_network(f"198.{18 + (os.getpid() + k) % 512 // 256}.{(os.getpid() + k) % 256}.0/24")
+        if not any(net.overlaps(u) for u in used):
+            return net
+    raise AssertionError(f"no free /24 in 198.18.0.0/15 for the fleet tests: {r.stdout}")
+
+
+SUBNET = free_subnet()
+
+
+def subnet_host(n):
+    return str(SUBNET.network_address + n)
+
+
+PG_NS, PG_ADDR = f"{PREFIX}-pg", subnet_host(1)
+ROOT_LINK, ROOT_ADDR = f"{PREFIX}-r", subnet_host(254)
 HOSTS = 3
 LEASE = 4  # seconds: the partition and kill tests wait for one to run out
 
@@ -50,7 +82,7 @@ def host_ns(i):
 
 
 def host_addr(i):
-    return f"10.77.0.{10 + i}"
+    return subnet_host(10 + i)
 
 
 class Postgres:
@@ -64,7 +96,7 @@ class Postgres:
         sh(*self.drop, str(PG_BIN.parent / "initdb"), "-D", self.data, "-U", "postgres", "--auth=trust",
            "--no-sync", "-E", "UTF8", "--locale=C")
         with open(f"{self.data}/pg_hba.conf", "a") as f:
-            f.write("host all all 10.77.0.0/24 trust\n")
+            f.write(f"host all all {SUBNET} trust\n")
         self.proc = None
 
     def start(self):
@@ -73,11 +105,15 @@ class Postgres:
                                       "-D", self.data, "-k", self.dir, "-c", f"listen_addresses={PG_ADDR}",
                                       "-c", "fsync=off", "-c", "max_connections=300"],
                                      stdout=self.log, stderr=subprocess.STDOUT)
+        answer = ""
         for _ in range(200):
-            if self.psql("postgres", "SELECT 1", check=False) == "1":
+            answer = self.psql("postgres", "SELECT 1", check=False)
+            if answer == "1":
                 return
             time.sleep(0.05)
-        raise AssertionError(f"postgres did not start: {Path(self.dir, 'postgres.log').read_text()[-2000:]}")
+        raise AssertionError(f"postgres did not answer on {PG_ADDR}: psql said {answer!r}, {self.last_error!r}; "
+                             f"routes: {sh('ip', '-4', 'route', 'get', PG_ADDR, check=False)}; "
+                             f"log: {Path(self.dir, 'postgres.log').read_text()[-2000:]}")
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -86,7 +122,15 @@ class Postgres:
         self.proc = None
 
     def psql(self, db, query, check=True):
-        return sh(str(PG_BIN.parent / "psql"), "-h", PG_ADDR, "-U", "postgres", "-d", db, "-Atc", query, check=check)
+        """The query's rows; stderr kept apart, so a warning psql prints cannot
+        pass for (or spoil) an answer."""
+        argv = [str(PG_BIN.parent / "psql"), "-h", PG_ADDR, "-U", "postgres", "-d", db, "-Atc", query]
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "PGCONNECT_TIMEOUT": "5"})
+        self.last_error = r.stderr.strip()
+        if check and r.returncode != 0:
+            raise AssertionError(f"psql {query!r}: exit {r.returncode}: {r.stdout}{r.stderr}")
+        return r.stdout.strip()
 
     def create_db(self, name):
         self.psql("postgres", f"CREATE DATABASE {name}")
