@@ -14,7 +14,8 @@ DEBIAN_PACKAGES := build-essential zlib1g-dev liblz4-dev libzstd-dev libseccomp-
 # it maps fewer pages. benchmarks/startup/README.md has what each of these bought.
 RELEASE_FLAGS := -c release -Xswiftc -static-executable -Xswiftc -use-ld=lld \
 	-Xswiftc -Xfrontend -Xswiftc -function-sections \
-	-Xlinker --symbol-ordering-file=$(CURDIR)/Sources/swiftlet/link-order.txt -Xlinker --no-warn-symbol-ordering
+	-Xlinker --symbol-ordering-file=$(CURDIR)/Sources/swiftlet/link-order.txt -Xlinker --no-warn-symbol-ordering \
+	-Xlinker -Map=$(CURDIR)/.build/swiftlet.map
 SWIFTLET := .build/release/swiftlet
 
 .PHONY: all deps kernel rootfs images release build demo demo-boot test unit-test runner-test stress bench bench-run bench-snapshot bench-fleet seccomp-log clean
@@ -41,7 +42,9 @@ rootfs:
 images: kernel rootfs
 
 ## A release build: a static executable, its start-up code laid out together (see RELEASE_FLAGS).
+## SwiftPM does not know the order file is a link input: a newer one forces the link.
 release: deps
+	@if [ Sources/swiftlet/link-order.txt -nt .build/release/swiftlet ]; then rm -f .build/release/swiftlet; fi
 	swift build $(RELEASE_FLAGS) --product swiftlet
 
 build: deps
