@@ -6,7 +6,7 @@ import PackageDescription
 /// Modules follow the seams of the machine:
 /// - `CSwiftlet`: the C shim for what Swift cannot import (ioctl numbers, `_GNU_SOURCE` calls, signals).
 /// - `CDecompress`: the C shim over Debian's zlib, liblz4 and libzstd.
-/// - `SwiftletSys`: typed errno errors, owned file descriptors, EINTR-retrying syscalls, clocks.
+/// - `SwiftletSys`: typed errno errors, owned file descriptors, EINTR handled in one place, `Epoll`, `EventFD`, clocks.
 /// - `SwiftletMemory`: guest physical memory, bounds-checked.
 /// - `SwiftletX86`: the x86_64 direct-boot structures (zero page, E820, GDT, page tables, MP table, loaders).
 /// - `SwiftletKVM`: `/dev/kvm`, the VM and its vCPUs.
@@ -111,7 +111,7 @@ let package = Package(
         ),
         .testTarget(name: "SwiftletRunnerTests", dependencies: ["SwiftletRunner"]),
         .testTarget(name: "SwiftletdTests", dependencies: ["swiftletd"]),
-        .testTarget(name: "SwiftletSysTests", dependencies: ["SwiftletSys"]),
+        .testTarget(name: "SwiftletSysTests", dependencies: ["SwiftletSys", "CSwiftlet"]),
         .testTarget(name: "SwiftletX86Tests", dependencies: ["SwiftletX86", "SwiftletMemory"]),
         .testTarget(name: "SwiftletDevicesTests", dependencies: ["SwiftletDevices"]),
         .testTarget(name: "SwiftletVirtioTests", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletSys"]),

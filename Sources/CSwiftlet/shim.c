@@ -15,13 +15,8 @@ int swl_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, 
 }
 pid_t swl_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 int swl_pthread_setname(pthread_t thread, const char *name) { return pthread_setname_np(thread, name); }
-int swl_eventfd(unsigned int initval, int flags) { return eventfd(initval, flags); }
 int swl_eventfd_new(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
 int swl_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
-int swl_epoll_add(int epfd, int fd, uint64_t data) {
-    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = data };
-    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
-}
 int swl_epoll_wait(int epfd, uint32_t *events, uint64_t *data, int max, int timeout_ms) {
     struct epoll_event evs[64];
     if (max > 64) max = 64;

@@ -93,10 +93,10 @@ public final class DynamicID: @unchecked Sendable {
             let path = lockDirectory + "/\(id).lock"
             let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
             guard fd >= 0 else { throw .last("open(\(path))") }
-            if flock(fd, LOCK_EX | LOCK_NB) == 0 { return DynamicID(id: id, lockFD: fd) }
+            if retryingEINTR({ flock(fd, LOCK_EX | LOCK_NB) }) == 0 { return DynamicID(id: id, lockFD: fd) }
             let e = errno
             close(fd)
-            if e != EWOULDBLOCK && e != EINTR { throw .system(SystemError("flock(\(path))", errno: e)) }
+            if e != EWOULDBLOCK { throw .system(SystemError("flock(\(path))", errno: e)) }
         }
         throw .noFreeID(lower: range.lowerBound, upper: range.upperBound)
     }

@@ -15,14 +15,11 @@ func writeText(_ path: String, _ text: String) throws(JailError) {
     do { fd = try OwnedFD(opening: path, flags: O_WRONLY) } catch { throw .system(error) }
     let bytes = Array(text.utf8)
     let raw = fd.raw
-    while true {
-        // SAFETY: `bytes` outlives the call, which reads bytes.count bytes of it.
-        let n = bytes.withUnsafeBytes { write(raw, $0.baseAddress, $0.count) }
-        if n == bytes.count { return }
-        if n < 0 && errno == EINTR { continue }
-        // A short write of a cgroupfs value is a rejected value.
-        throw .system(SystemError("write(\(path))", errno: n < 0 ? errno : EIO))
-    }
+    // SAFETY: `bytes` outlives the call, which reads bytes.count bytes of it.
+    let n = bytes.withUnsafeBytes { b in retryingEINTR { write(raw, b.baseAddress, b.count) } }
+    if n == bytes.count { return }
+    // A short write of a cgroupfs value is a rejected value.
+    throw .system(SystemError("write(\(path))", errno: n < 0 ? errno : EIO))
 }
 
 func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }

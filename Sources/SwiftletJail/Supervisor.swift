@@ -30,8 +30,8 @@ public struct JailContext: Sendable {
     public func supervisorGone() -> Bool {
         guard supervisorLink >= 0 else { return false }
         var byte: UInt8 = 0
-        let n = recv(supervisorLink, &byte, 1, Int32(MSG_DONTWAIT) | Int32(MSG_PEEK))
-        return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+        let n = retryingEINTR { recv(supervisorLink, &byte, 1, Int32(MSG_DONTWAIT) | Int32(MSG_PEEK)) }
+        return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
     }
 }
 
@@ -205,11 +205,7 @@ public enum Jail {
         if joined != nil { _ = kill(pid, SIGKILL) }
         var status: Int32 = 0
         var waitError: JailError?
-        while waitpid(pid, &status, 0) < 0 {
-            if errno == EINTR { continue }
-            waitError = .last("waitpid(\(pid))")
-            break
-        }
+        if retryingEINTR({ waitpid(pid, &status, 0) }) < 0 { waitError = .last("waitpid(\(pid))") }
         swl_jail_stop_forwarding()
         // Closed only now: the child reads EOF on its end when the supervisor is gone.
         close(goWrite)

@@ -5,9 +5,10 @@ import SwiftletSys
 /// The KVM subsystem: an open `/dev/kvm`.
 ///
 /// Checks the API version and the capabilities Swiftlet needs once, at open.
-public final class Kvm: @unchecked Sendable {
-    /// The `/dev/kvm` descriptor.
-    public let fd: Int32
+public final class Kvm: Sendable {
+    private let handle: OwnedFD
+    /// The `/dev/kvm` descriptor, valid while `self` lives.
+    public var fd: Int32 { handle.raw }
     /// Size of each vCPU's shared `kvm_run` mapping.
     public let vcpuMmapSize: Int
 
@@ -28,32 +29,23 @@ public final class Kvm: @unchecked Sendable {
 
     /// Opens `path` (normally `/dev/kvm`) and checks the API and capabilities.
     public init(path: String = "/dev/kvm") throws(KVMError) {
-        let fd: Int32
+        let handle: OwnedFD
         do {
-            fd = try OwnedFD(opening: path, flags: O_RDWR).release()
+            handle = try OwnedFD(opening: path, flags: O_RDWR)
         } catch {
             throw .unavailable(error)
         }
-        self.fd = fd
+        let fd = handle.raw
         let version = ioctl(fd, SWL_KVM_GET_API_VERSION)
-        guard version == 12 else {
-            close(fd)
-            throw .apiVersion(version)
-        }
+        guard version == 12 else { throw .apiVersion(version) }
         for (name, cap) in Kvm.requiredCapabilities where ioctl(fd, SWL_KVM_CHECK_EXTENSION, cap) <= 0 {
-            close(fd)
             throw .missingCapability(name)
         }
         let size = ioctl(fd, SWL_KVM_GET_VCPU_MMAP_SIZE)
-        guard size > 0 else {
-            let e = SystemError.last("ioctl(KVM_GET_VCPU_MMAP_SIZE)")
-            close(fd)
-            throw .system(e)
-        }
+        guard size > 0 else { throw .system(.last("ioctl(KVM_GET_VCPU_MMAP_SIZE)")) }
         vcpuMmapSize = Int(size)
+        self.handle = handle
     }
-
-    deinit { close(fd) }
 
     /// The value KVM reports for a capability (0 when absent).
     public func checkExtension(_ cap: Int32) -> Int32 {
@@ -88,7 +80,7 @@ public final class Kvm: @unchecked Sendable {
     /// Creates an empty VM.
     public func createVM() throws(KVMError) -> VirtualMachine {
         let vmfd = try kvmIoctl(fd, SWL_KVM_CREATE_VM, value: 0, "KVM_CREATE_VM")
-        return VirtualMachine(fd: vmfd, kvm: self)
+        return VirtualMachine(handle: OwnedFD(taking: vmfd), kvm: self)
     }
 }
 

@@ -33,11 +33,15 @@ public enum VcpuExit {
 ///
 /// Only its own thread calls `run()` and the register accessors. Other threads
 /// may only `kick` it, which is why `immediate_exit` is written atomically.
+///
+/// `@unchecked Sendable`: `runArea` is a raw pointer to the shared page, which
+/// only the vCPU's own thread touches (but `immediate_exit`, written atomically).
 public final class Vcpu: @unchecked Sendable {
     /// The vCPU index (also its APIC id).
     public let id: Int
-    /// The vCPU descriptor.
-    public let fd: Int32
+    private let handle: OwnedFD
+    /// The vCPU descriptor, valid while `self` lives.
+    public var fd: Int32 { handle.raw }
     let runArea: UnsafeMutableRawPointer
     let runSize: Int
     /// The thread running this vCPU, once started.
@@ -46,17 +50,14 @@ public final class Vcpu: @unchecked Sendable {
     /// kick from a `KVM_RUN` that returns on its own, again and again.
     public let kicks = Atomic<UInt64>(0)
 
-    init(id: Int, fd: Int32, run: UnsafeMutableRawPointer, runSize: Int) {
+    init(id: Int, handle: consuming OwnedFD, run: UnsafeMutableRawPointer, runSize: Int) {
         self.id = id
-        self.fd = fd
+        self.handle = handle
         self.runArea = run
         self.runSize = runSize
     }
 
-    deinit {
-        munmap(runArea, runSize)
-        close(fd)
-    }
+    deinit { munmap(runArea, runSize) }
 
     /// Where the exit union starts in kvm_run (after apic_base), and the
     /// data bytes of its `mmio` member (after the 8-byte phys_addr).

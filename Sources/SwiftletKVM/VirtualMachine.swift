@@ -2,21 +2,22 @@ import CSwiftlet
 import Glibc
 import SwiftletMemory
 import SwiftletSys
+import Synchronization
 
 /// A KVM virtual machine: its memory slots, in-kernel irqchip and PIT, and vCPUs.
-public final class VirtualMachine: @unchecked Sendable {
-    /// The VM descriptor.
-    public let fd: Int32
+public final class VirtualMachine: Sendable {
+    private let handle: OwnedFD
+    /// The VM descriptor, valid while `self` lives.
+    public var fd: Int32 { handle.raw }
     /// The KVM system this VM belongs to.
     public let kvm: Kvm
-    private var nextSlot: UInt32 = 0
+    /// The next free memory slot number.
+    private let nextSlot = Mutex<UInt32>(0)
 
-    init(fd: Int32, kvm: Kvm) {
-        self.fd = fd
+    init(handle: consuming OwnedFD, kvm: Kvm) {
+        self.handle = handle
         self.kvm = kvm
     }
-
-    deinit { close(fd) }
 
     /// Sets the three-page region KVM needs for the TSS on Intel hosts.
     public func setTSSAddress(_ address: UInt64) throws(KVMError) {
@@ -45,12 +46,11 @@ public final class VirtualMachine: @unchecked Sendable {
     public func mapMemory(_ memory: GuestMemory) throws(KVMError) {
         for region in memory.regions {
             var slot = kvm_userspace_memory_region()
-            slot.slot = nextSlot
+            slot.slot = nextSlot.withLock { n in defer { n += 1 }; return n }
             slot.guest_phys_addr = region.guestBase
             slot.memory_size = UInt64(region.size)
             slot.userspace_addr = UInt64(UInt(bitPattern: region.host))
             _ = try kvmIoctl(fd, SWL_KVM_SET_USER_MEMORY_REGION, &slot, "KVM_SET_USER_MEMORY_REGION")
-            nextSlot += 1
         }
     }
 
@@ -92,14 +92,10 @@ public final class VirtualMachine: @unchecked Sendable {
 
     /// Creates vCPU `id`, with its `kvm_run` area mapped.
     public func createVcpu(id: Int) throws(KVMError) -> Vcpu {
-        let vcpufd = try kvmIoctl(fd, SWL_KVM_CREATE_VCPU, value: Int32(id), "KVM_CREATE_VCPU")
+        let vcpu = OwnedFD(taking: try kvmIoctl(fd, SWL_KVM_CREATE_VCPU, value: Int32(id), "KVM_CREATE_VCPU"))
         let size = kvm.vcpuMmapSize
-        let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpufd, 0)
-        guard let p, p != MAP_FAILED else {
-            let e = SystemError.last("mmap(kvm_run)")
-            close(vcpufd)
-            throw .system(e)
-        }
-        return Vcpu(id: id, fd: vcpufd, run: p, runSize: size)
+        let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu.raw, 0)
+        guard let p, p != MAP_FAILED else { throw .system(.last("mmap(kvm_run)")) }
+        return Vcpu(id: id, handle: vcpu, run: p, runSize: size)
     }
 }

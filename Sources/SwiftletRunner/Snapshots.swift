@@ -1,6 +1,7 @@
 import CRunner
 import Crypto
 import Foundation
+import SwiftletSys
 
 /// Function versions' snapshots under `<state>/snapshots`. A snapshot is of
 /// an idle guest, so it depends only on the image's content, memory and
@@ -73,14 +74,14 @@ public actor Snapshots {
                 var out: [UInt8] = []
                 var chunk = [UInt8](repeating: 0, count: 4096)
                 while true {
-                    let n = chunk.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
-                    if n > 0 { out += chunk[0..<n]; if out.count > 65536 { out.removeFirst(out.count - 65536) }; continue }
-                    if n < 0 && errno == EINTR { continue }
-                    break
+                    let n = chunk.withUnsafeMutableBytes { b in retryingEINTR { read(readEnd, b.baseAddress, b.count) } }
+                    guard n > 0 else { break }
+                    out += chunk[0..<n]
+                    if out.count > 65536 { out.removeFirst(out.count - 65536) }
                 }
                 close(readEnd)
                 var status: Int32 = 0
-                while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+                _ = retryingEINTR { waitpid(pid, &status, 0) }
                 c.resume(returning: (status, String(decoding: out, as: UTF8.self)))
             }
         }
@@ -126,8 +127,7 @@ public actor Snapshots {
         var hasher = SHA256()
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
         while true {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
+            let n = buffer.withUnsafeMutableBytes { b in retryingEINTR { read(fd, b.baseAddress, b.count) } }
             guard n >= 0 else { throw .badRequest("reading image \(path): \(String(cString: strerror(errno)))") }
             if n == 0 { break }
             hasher.update(data: buffer[0..<n])

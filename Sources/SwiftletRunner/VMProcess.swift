@@ -209,7 +209,7 @@ public final class VMProcess: Sendable {
         stop(.cancelled)
         Thread.detachNewThread { [self] in
             var status: Int32 = 0
-            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            _ = retryingEINTR { waitpid(pid, &status, 0) }
             state.withLock { $0.exited = true }
         }
     }
@@ -237,20 +237,19 @@ public final class VMProcess: Sendable {
             if open.stdout { fds.append(pollfd(fd: stdoutFD, events: Int16(POLLIN), revents: 0)) }
             if open.stderr { fds.append(pollfd(fd: stderrFD, events: Int16(POLLIN), revents: 0)) }
             if open.report { fds.append(pollfd(fd: reportFD, events: Int16(POLLIN), revents: 0)) }
-            let n = poll(&fds, nfds_t(fds.count), 1000)
-            if n < 0 && errno != EINTR { break }
+            if retryingEINTR({ poll(&fds, nfds_t(fds.count), 1000) }) < 0 { break }
             for p in fds where p.revents != 0 {
                 if p.fd == stdinFD {
-                    let k = payload.withUnsafeBytes { write(stdinFD, $0.baseAddress! + written, payload.count - written) }
+                    let k = payload.withUnsafeBytes { b in retryingEINTR { write(stdinFD, b.baseAddress! + written, b.count - written) } }
                     if k > 0 { written += k }
-                    if (k < 0 && errno != EAGAIN && errno != EINTR) || written == payload.count {
+                    if (k < 0 && errno != EAGAIN) || written == payload.count {
                         closeOnce(stdinFD)
                         stdinOpen = false
                     }
                     continue
                 }
-                let k = buffer.withUnsafeMutableBytes { read(p.fd, $0.baseAddress, $0.count) }
-                if k < 0 && (errno == EAGAIN || errno == EINTR) { continue }
+                let k = buffer.withUnsafeMutableBytes { b in retryingEINTR { read(p.fd, b.baseAddress, b.count) } }
+                if k < 0 && errno == EAGAIN { continue }
                 if k <= 0 {
                     if p.fd == stdoutFD { open.stdout = false } else if p.fd == stderrFD { open.stderr = false } else { open.report = false }
                     continue
@@ -277,7 +276,7 @@ public final class VMProcess: Sendable {
         }
         for fd in [stdinFD, stdoutFD, stderrFD, reportFD] { closeOnce(fd) }
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        _ = retryingEINTR { waitpid(pid, &status, 0) }
         let exitedAt = Clock.monotonicNanos()
         let stopping = state.withLock { s -> AttemptOutcome? in
             s.exited = true

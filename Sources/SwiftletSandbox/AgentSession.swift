@@ -75,7 +75,7 @@ public final class AgentSession: @unchecked Sendable {
     let options: Options
     /// Called once, on the session thread, when the outcome is known.
     let onOutcome: @Sendable (SessionOutcome) -> Void
-    private let stopFD: Int32
+    private let stopEvent: EventFD
     /// Signals handed in by `deliver(signal:)`: a non-blocking pipe, read end first.
     private let injected: (read: Int32, write: Int32)
     private var thread: pthread_t?
@@ -95,19 +95,14 @@ public final class AgentSession: @unchecked Sendable {
         self.onOutcome = onOutcome
         stdoutSink = OutputSink(fd: options.stdoutFD)
         stderrSink = OutputSink(fd: options.stderrFD)
+        do { stopEvent = try EventFD() } catch { throw .system(error) }
         var p: [Int32] = [-1, -1]
         guard swl_pipe2(&p, O_NONBLOCK | O_CLOEXEC) == 0 else { throw .system(.last("pipe2")) }
         injected = (p[0], p[1])
-        stopFD = swl_eventfd_new()
-        guard stopFD >= 0 else {
-            close(p[0]); close(p[1])
-            throw .system(.last("eventfd"))
-        }
     }
 
     deinit {
         stop()
-        close(stopFD)
         close(injected.read)
         close(injected.write)
     }
@@ -138,8 +133,7 @@ public final class AgentSession: @unchecked Sendable {
     /// Asks the session to end (after draining what the agent already sent) and joins it.
     public func stop() {
         guard let t = thread else { return }
-        var one: UInt64 = 1
-        _ = write(stopFD, &one, 8)
+        stopEvent.signal()
         pthread_join(t, nil)
         thread = nil
         if parkedConnection >= 0 {
@@ -188,14 +182,13 @@ public final class AgentSession: @unchecked Sendable {
         func receive() -> Bool {
             guard let c = connection else { return false }
             while !outputFull {
-                let n = chunk.withUnsafeMutableBytes { recv(c, $0.baseAddress, $0.count, 0) }
+                let n = chunk.withUnsafeMutableBytes { b in retryingEINTR { recv(c, b.baseAddress, b.count, 0) } }
                 if n > 0 {
                     chunk.withUnsafeBytes { reader.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
                     if !dispatch() { return false }
                     continue
                 }
                 if n == 0 { return false }
-                if errno == EINTR { continue }
                 return errno == EAGAIN
             }
             return true
@@ -307,19 +300,18 @@ public final class AgentSession: @unchecked Sendable {
         func flush() -> Bool {
             guard let c = connection else { return true }
             while outgoingSent < outgoing.count {
-                let n = outgoing.withUnsafeBytes {
-                    send(c, $0.baseAddress! + outgoingSent, $0.count - outgoingSent, Int32(MSG_NOSIGNAL))
+                let n = outgoing.withUnsafeBytes { b in
+                    retryingEINTR { send(c, b.baseAddress! + outgoingSent, b.count - outgoingSent, Int32(MSG_NOSIGNAL)) }
                 }
                 if n > 0 { outgoingSent += n; continue }
-                if n < 0 && errno == EINTR { continue }
                 return n < 0 && errno == EAGAIN
             }
             return true
         }
 
         func readStdin() {
-            let n = chunk.withUnsafeMutableBytes { read(options.stdinFD, $0.baseAddress, $0.count) }
-            if n < 0 && (errno == EINTR || errno == EAGAIN) { return }
+            let n = chunk.withUnsafeMutableBytes { b in retryingEINTR { read(options.stdinFD, b.baseAddress, b.count) } }
+            if n < 0 && errno == EAGAIN { return }
             var f: [UInt8] = []
             // EOF, or an error that ends stdin all the same: an empty STDIN frame.
             AgentProtocol.appendFrame(.stdin, n > 0 ? chunk[0..<n] : [], to: &f)
@@ -342,7 +334,7 @@ public final class AgentSession: @unchecked Sendable {
         }
 
         while outcome == nil {
-            var fds = [pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
+            var fds = [pollfd(fd: stopEvent.fd, events: Int16(POLLIN), revents: 0)]
             let sigIndex = fds.count
             if options.signalFD >= 0 { fds.append(pollfd(fd: options.signalFD, events: Int16(POLLIN), revents: 0)) }
             let injectedIndex = fds.count
@@ -382,9 +374,8 @@ public final class AgentSession: @unchecked Sendable {
                 break
             }
 
-            let n = poll(&fds, nfds_t(fds.count), wait)
+            let n = retryingEINTR { poll(&fds, nfds_t(fds.count), wait) }
             if n < 0 {
-                if errno == EINTR { continue }
                 finish(.failed(.system(.last("poll"))))
                 break
             }
@@ -472,10 +463,7 @@ public final class AgentSession: @unchecked Sendable {
             var fds = sinks.map { pollfd(fd: $0.hasPending ? $0.fd : -1, events: Int16(POLLOUT), revents: 0) }
             fds.append(pollfd(fd: options.signalFD, events: Int16(POLLIN), revents: 0))
             fds.append(pollfd(fd: injected.read, events: Int16(POLLIN), revents: 0))
-            if poll(&fds, nfds_t(fds.count), -1) < 0 {
-                if errno == EINTR { continue }
-                return
-            }
+            if retryingEINTR({ poll(&fds, nfds_t(fds.count), -1) }) < 0 { return }
             var signo: Int32 = 0
             if options.signalFD >= 0 && fds[2].revents != 0 { signo = swl_signalfd_read(options.signalFD) }
             if fds[3].revents != 0 { _ = read(injected.read, &signo, 4) }

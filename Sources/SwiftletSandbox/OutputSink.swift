@@ -1,5 +1,6 @@
 import CSwiftlet
 import Glibc
+import SwiftletSys
 
 /// One of the job's output streams on its way to a host descriptor, written
 /// without ever blocking the session thread, so that a reader that stalls
@@ -85,13 +86,14 @@ final class OutputSink {
             let n = pending.withUnsafeBytes { buf -> Int in
                 let p = buf.baseAddress! + sent
                 let count = buf.count - sent
-                return kind == .socket ? send(fd, p, count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) : Glibc.write(fd, p, count)
+                return retryingEINTR {
+                    kind == .socket ? send(fd, p, count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) : Glibc.write(fd, p, count)
+                }
             }
             if n > 0 {
                 sent += n
                 continue
             }
-            if n < 0 && errno == EINTR { continue }
             if n < 0 && errno == EAGAIN { return true }
             isOpen = false
             pending = []

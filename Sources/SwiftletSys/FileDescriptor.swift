@@ -3,7 +3,7 @@ import Glibc
 /// An owned file descriptor, closed when the owner goes away.
 ///
 /// Noncopyable, so exactly one owner closes it; `borrow` the raw value for calls.
-public struct OwnedFD: ~Copyable {
+public struct OwnedFD: ~Copyable, Sendable {
     /// The raw descriptor. Valid while `self` lives.
     public let raw: Int32
 

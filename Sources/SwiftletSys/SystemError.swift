@@ -25,15 +25,27 @@ public struct SystemError: Error, CustomStringConvertible, Sendable, Equatable {
     }
 }
 
+// EINTR is handled here and nowhere else: every system call that a signal can
+// interrupt goes through one of these two. (KVM_RUN is the exception: there
+// EINTR is the kick that stops a vCPU, an exit the vCPU loop acts on.)
+
 /// Runs `body` until it returns something other than -1 with EINTR.
 /// Returns the result, or throws the errno as a `SystemError` naming `call`.
 @inlinable
 public func retryingEINTR<T: FixedWidthInteger>(_ call: @autoclosure () -> String, _ body: () -> T) throws(SystemError) -> T {
+    let result = retryingEINTR(body)
+    if result != -1 { return result }
+    throw SystemError(call(), errno: Glibc.errno)
+}
+
+/// Runs `body` until it returns something other than -1 with EINTR, and returns
+/// that result with errno as the call left it: the variant for I/O paths, which
+/// read EAGAIN or a short count themselves and must not build an error (or a
+/// call name) per transfer.
+@inlinable
+public func retryingEINTR<T: FixedWidthInteger>(_ body: () -> T) -> T {
     while true {
         let result = body()
-        if result != -1 { return result }
-        let err = Glibc.errno
-        if err == EINTR { continue }
-        throw SystemError(call(), errno: err)
+        if result != -1 || Glibc.errno != EINTR { return result }
     }
 }

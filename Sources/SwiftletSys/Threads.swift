@@ -8,7 +8,7 @@ import SwiftletSys
 /// `KVM_RUN` would starve it. The closure is `@Sendable` because a closure
 /// formed in main-actor code traps when a foreign thread runs it.
 public func spawnThread(name: String, _ body: @escaping @Sendable () -> Void) throws(SystemError) -> pthread_t {
-    final class Box: @unchecked Sendable {
+    final class Box: Sendable {
         let name: String
         let body: @Sendable () -> Void
         init(_ name: String, _ body: @escaping @Sendable () -> Void) { self.name = name; self.body = body }

@@ -92,9 +92,7 @@ public enum UnixSocket {
     public static func connect(to path: String) throws(SystemError) -> OwnedFD {
         let s = try make()
         let rc = try withAddress(path) { addr, len in
-            var r: Int32
-            repeat { r = Glibc.connect(s.raw, addr, len) } while r != 0 && errno == EINTR
-            return r
+            retryingEINTR { Glibc.connect(s.raw, addr, len) }
         }
         guard rc == 0 else { throw .last("connect(\(path))") }
         return s
@@ -103,10 +101,10 @@ public enum UnixSocket {
     /// Accepts one pending connection, non-blocking and close-on-exec; nil when none is pending.
     public static func accept(_ listener: Int32) throws(SystemError) -> OwnedFD? {
         while true {
-            let fd = swl_accept_nonblocking(listener)
+            let fd = retryingEINTR { swl_accept_nonblocking(listener) }
             if fd >= 0 { return OwnedFD(taking: fd) }
             switch errno {
-            case EINTR, ECONNABORTED: continue
+            case ECONNABORTED: continue // that client gave up; the next may be waiting
             case EAGAIN: return nil
             default: throw .last("accept4")
             }

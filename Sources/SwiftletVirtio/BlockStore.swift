@@ -29,10 +29,7 @@ enum BlockStore: ~Copyable {
     func flush() -> Int32? {
         switch self {
         case .raw(let file):
-            while fdatasync(file.raw) != 0 {
-                if errno != EINTR { return errno }
-            }
-            return nil
+            return retryingEINTR({ fdatasync(file.raw) }) == 0 ? nil : errno
         case .copyOnWrite:
             // Nothing to make durable: the overlay is an unlinked file that
             // vanishes with the VM, so no crash can ever read it back, and the

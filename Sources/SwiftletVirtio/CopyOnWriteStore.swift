@@ -81,8 +81,7 @@ final class CopyOnWriteStore: @unchecked Sendable {
     private static func makeOverlay(size: Int64, directory: String?, path: String) throws(BlockError) -> OwnedFD {
         let environment = getenv("TMPDIR").map { String(cString: $0) }
         let dir = directory ?? environment.flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
-        var fd: Int32
-        repeat { fd = open(dir, openTmpfile | O_RDWR | O_CLOEXEC, mode_t(0o600)) } while fd < 0 && errno == EINTR
+        var fd = retryingEINTR { open(dir, openTmpfile | O_RDWR | O_CLOEXEC, mode_t(0o600)) }
         if fd < 0 {
             // EOPNOTSUPP (the file system), EISDIR (a kernel before 3.11), or
             // no usable directory: memory works anywhere, and still has no name.

@@ -1,5 +1,6 @@
 import CSwiftlet
 import Glibc
+import SwiftletSys
 
 /// File I/O the block backend needs beyond what SwiftletSys offers:
 /// vectored transfers that survive EINTR and short counts, and `fallocate`.
@@ -32,14 +33,13 @@ enum FileIO {
             // SAFETY: the iovecs point into checked slices of guest memory (or a
             // caller's buffer) that outlive this call; `first + batch <= iovs.count`.
             let v = iovs.baseAddress! + first
-            let n = batch == 1
-                ? (write ? pwrite(fd, v.pointee.iov_base, v.pointee.iov_len, off_t(position))
-                         : pread(fd, v.pointee.iov_base, v.pointee.iov_len, off_t(position)))
-                : (write ? pwritev(fd, v, Int32(batch), off_t(position)) : preadv(fd, v, Int32(batch), off_t(position)))
-            if n < 0 {
-                if errno == EINTR { continue }
-                return errno
+            let n = retryingEINTR {
+                batch == 1
+                    ? (write ? pwrite(fd, v.pointee.iov_base, v.pointee.iov_len, off_t(position))
+                             : pread(fd, v.pointee.iov_base, v.pointee.iov_len, off_t(position)))
+                    : (write ? pwritev(fd, v, Int32(batch), off_t(position)) : preadv(fd, v, Int32(batch), off_t(position)))
             }
+            if n < 0 { return errno }
             // Nothing moved for a non-empty request: the file ended (it shrank under us).
             if n == 0 { return EIO }
             position += Int64(n)
@@ -67,11 +67,7 @@ enum FileIO {
 
     /// `fallocate(fd, mode, offset, length)`, retrying EINTR. Returns the errno on failure.
     static func fallocate(_ fd: Int32, mode: Int32, offset: Int64, length: Int64) -> Int32? {
-        while true {
-            if swl_fallocate(fd, mode, offset, length) == 0 { return nil }
-            let e = errno
-            if e != EINTR { return e }
-        }
+        retryingEINTR({ swl_fallocate(fd, mode, offset, length) }) == 0 ? nil : errno
     }
 
     /// Writes `length` zero bytes at `offset`: the fallback when the file

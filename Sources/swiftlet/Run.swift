@@ -255,8 +255,7 @@ final class StartGate: @unchecked Sendable {
         guard let fd else { return }
         let start = Clock.monotonicNanos()
         var byte: UInt8 = 0
-        var n: Int
-        repeat { n = read(fd, &byte, 1) } while n < 0 && errno == EINTR
+        let n = retryingEINTR { read(fd, &byte, 1) }
         close(fd)
         openedAt = Clock.monotonicNanos()
         waitedNanos = openedAt - start

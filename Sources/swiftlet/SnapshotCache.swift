@@ -50,8 +50,8 @@ enum SnapshotCache {
         let lock = open(final + ".lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard lock >= 0 else { throw RunFailure(message: "snapshot cache lock \(final).lock: \(String(cString: strerror(errno)))") }
         defer { close(lock) }
-        while flock(lock, LOCK_EX) != 0 {
-            guard errno == EINTR else { throw RunFailure(message: "flock(\(final).lock): \(String(cString: strerror(errno)))") }
+        guard retryingEINTR({ flock(lock, LOCK_EX) }) == 0 else {
+            throw RunFailure(message: "flock(\(final).lock): \(String(cString: strerror(errno)))")
         }
         // Another run may have created it while this one waited.
         if let s = try? Snapshot.load(directory: final) { return s }
@@ -106,13 +106,12 @@ enum SnapshotCache {
         var output: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
-            let n = chunk.withUnsafeMutableBytes { read(pipeFDs[0], $0.baseAddress, $0.count) }
-            if n > 0 { output += chunk[0..<n]; continue }
-            if n < 0 && errno == EINTR { continue }
-            break
+            let n = chunk.withUnsafeMutableBytes { b in retryingEINTR { read(pipeFDs[0], b.baseAddress, b.count) } }
+            guard n > 0 else { break }
+            output += chunk[0..<n]
         }
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        _ = retryingEINTR { waitpid(pid, &status, 0) }
         guard status == 0 else {
             let text = String(decoding: output, as: UTF8.self)
             let last = text.split(separator: "\n").last.map(String.init) ?? "exit status \(status)"

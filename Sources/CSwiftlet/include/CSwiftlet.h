@@ -97,12 +97,9 @@ int swl_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, 
 /// gettid is hidden behind _GNU_SOURCE.
 pid_t swl_gettid(void);
 int swl_pthread_setname(pthread_t thread, const char *name);
-int swl_eventfd(unsigned int initval, int flags);
 /// A non-blocking, close-on-exec eventfd starting at 0.
 int swl_eventfd_new(void);
 int swl_epoll_create(void);
-/// Adds `fd` for readability (EPOLLIN), tagged with `data`.
-int swl_epoll_add(int epfd, int fd, uint64_t data);
 /// Waits for one batch; fills parallel arrays of event masks and data words.
 int swl_epoll_wait(int epfd, uint32_t *events, uint64_t *data, int max, int timeout_ms);
 int swl_memfd_create(const char *name, unsigned int flags);
@@ -150,7 +147,7 @@ int swl_timerfd_every(int fd, uint64_t nanos);
 /// and gid when it connected (for a connecting socket: the listener's at listen()).
 int swl_peer_credentials(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid);
 
-// ---- epoll with an explicit interest mask (the virtio-vsock muxer) ------------
+// ---- epoll with an explicit interest mask (SwiftletSys.Epoll) -----------------
 // Linux ABI values, so the header needs no <sys/epoll.h>.
 static const uint32_t SWL_EPOLLIN = 0x001;
 static const uint32_t SWL_EPOLLOUT = 0x004;

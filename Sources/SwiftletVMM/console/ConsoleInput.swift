@@ -51,11 +51,9 @@ final class ConsoleInput: @unchecked Sendable {
         var buffer = [UInt8](repeating: 0, count: 256)
         var escapePending = false
         while true {
-            let n = poll(&fds, 2, -1)
-            if n < 0 && errno == EINTR { continue }
+            let n = retryingEINTR { poll(&fds, 2, -1) }
             if n < 0 || fds[1].revents != 0 { return }
-            let got = buffer.withUnsafeMutableBytes { Glibc.read(inputFD, $0.baseAddress, $0.count) }
-            if got < 0 && errno == EINTR { continue }
+            let got = buffer.withUnsafeMutableBytes { b in retryingEINTR { Glibc.read(inputFD, b.baseAddress, b.count) } }
             if got <= 0 { return } // EOF or error: nothing more to forward.
             var bytes: [UInt8] = []
             for b in buffer[0..<got] {

@@ -1,4 +1,5 @@
 import Glibc
+import SwiftletSys
 import Synchronization
 
 /// Where the guest's UART output goes: a host file descriptor, and a
@@ -27,7 +28,7 @@ final class ConsoleOutput: Sendable {
         }
         if fd >= 0 {
             var b = byte
-            while Glibc.write(fd, &b, 1) < 0 && errno == EINTR {}
+            _ = retryingEINTR { Glibc.write(fd, &b, 1) }
         }
     }
 

@@ -8,57 +8,41 @@ import SwiftletSys
 /// Queue notifications arrive as ioeventfds that KVM signals without leaving
 /// the kernel, so the common path costs the vCPU thread no exit to userspace.
 /// Handlers run on this thread only, one at a time.
+///
+/// `@unchecked Sendable`: `handlers` and `thread` are set up by the thread that
+/// builds the machine (before `start`) and torn down by it (after `stop`).
 final class EventLoop: @unchecked Sendable {
-    private let epollFD: Int32
+    private let epoll: Epoll
     private let stopEvent: EventFD
     private var handlers: [@Sendable () -> Void] = []
     private var thread: pthread_t?
+    private static let stopTag = UInt64.max
 
     init() throws(SystemError) {
-        epollFD = swl_epoll_create()
-        guard epollFD >= 0 else { throw .last("epoll_create1") }
-        do {
-            stopEvent = try EventFD()
-        } catch {
-            close(epollFD)
-            throw error
-        }
-        guard swl_epoll_add(epollFD, stopEvent.fd, UInt64.max) == 0 else {
-            let e = SystemError.last("epoll_ctl")
-            close(epollFD)
-            throw e
-        }
+        epoll = try Epoll()
+        stopEvent = try EventFD()
+        try epoll.add(stopEvent.fd, tag: Self.stopTag)
     }
 
-    deinit {
-        stop()
-        close(epollFD)
-    }
+    deinit { stop() }
 
     /// Calls `handler` on the loop thread whenever `fd` is readable. Register
     /// everything before `start`. The handler must drain the fd.
     func add(_ fd: Int32, handler: @escaping @Sendable () -> Void) throws(SystemError) {
-        guard swl_epoll_add(epollFD, fd, UInt64(handlers.count)) == 0 else {
-            throw .last("epoll_ctl")
-        }
+        try epoll.add(fd, tag: UInt64(handlers.count))
         handlers.append(handler)
     }
 
     func start() throws(SystemError) {
         let handlers = self.handlers
-        let epollFD = self.epollFD
+        let epoll = self.epoll
         thread = try spawnThread(name: "devices") {
             var events = [UInt32](repeating: 0, count: 32)
-            var data = [UInt64](repeating: 0, count: 32)
-            while true {
-                let n = swl_epoll_wait(epollFD, &events, &data, 32, -1)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    return
-                }
-                for i in 0..<Int(n) {
-                    if data[i] == UInt64.max { return }
-                    if let h = handlers[safe: Int(data[i])] { h() }
+            var tags = [UInt64](repeating: 0, count: 32)
+            while let n = epoll.wait(events: &events, tags: &tags, timeoutMillis: -1) {
+                for tag in tags[0..<n] {
+                    if tag == Self.stopTag { return }
+                    if let h = handlers[safe: Int(truncatingIfNeeded: tag)] { h() }
                 }
             }
         }

@@ -35,7 +35,7 @@ public final class NetDevice: @unchecked Sendable {
     public private(set) var driverFeatures: UInt64 = 0
 
     /// The device's own epoll set holding `fd`: the event loop watches it.
-    private let poller: VsockPoller
+    private let poller: Epoll
     private var watching = true
     /// Frames are read here; `pendingLength` > 0 while one waits for buffers.
     private let frame: UnsafeMutableRawBufferPointer
@@ -71,7 +71,8 @@ public final class NetDevice: @unchecked Sendable {
                 | VirtioNet.featureHostTSO4 | VirtioNet.featureHostTSO6
         }
         deviceFeatures = features
-        poller = try VsockPoller(watching: fd, tag: 0)
+        poller = try Epoll()
+        try poller.add(fd, tag: 0)
         frame = .allocate(byteCount: VirtioNet.maxFrame, alignment: 16)
     }
 
@@ -79,7 +80,7 @@ public final class NetDevice: @unchecked Sendable {
 
     /// The epoll fd the device event loop watches: readable while the TAP has
     /// frames and the device can take them.
-    public var pollFD: Int32 { poller.epoll.raw }
+    public var pollFD: Int32 { poller.fd }
     /// Whether the fd is in the poll set (false while the guest owes buffers).
     public var isWatching: Bool { watching }
 
@@ -141,7 +142,7 @@ public final class NetDevice: @unchecked Sendable {
         let want = on && !isDead
         guard want != watching else { return }
         if want {
-            do { try poller.add(fd, events: VsockPoller.readable, tag: 0) } catch { return }
+            do { try poller.add(fd, tag: 0) } catch { return }
         } else {
             poller.remove(fd)
         }
@@ -161,11 +162,9 @@ public final class NetDevice: @unchecked Sendable {
             if pendingLength == 0 {
                 if budget == 0 { break }
                 budget -= 1
-                let n = read(fd, frame.baseAddress, frame.count)
+                let n = retryingEINTR { read(fd, frame.baseAddress, frame.count) }
                 if n < 0 {
-                    let e = errno
-                    if e == EINTR { continue }
-                    if e != EAGAIN && e != EWOULDBLOCK { isDead = true }
+                    if errno != EAGAIN && errno != EWOULDBLOCK { isDead = true }
                     break
                 }
                 if n == 0 { isDead = true; break }
@@ -275,8 +274,7 @@ public final class NetDevice: @unchecked Sendable {
             return
         }
         var iovs = views.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
-        var n: Int
-        repeat { n = writev(fd, &iovs, Int32(iovs.count)) } while n < 0 && errno == EINTR
+        let n = retryingEINTR { writev(fd, &iovs, Int32(iovs.count)) }
         // A full TAP queue or a frame the kernel refuses (bad GSO header)
         // costs that frame: the guest's own protocols retransmit.
         if n == length { txFrames += 1 } else { txErrors += 1 }

@@ -119,8 +119,8 @@ enum AddressPlanLock {
             return nil
         }
         for _ in 0...max(waitMillis, 0) {
-            if flock(lock.raw, LOCK_EX | LOCK_NB) == 0 { return lock }
-            guard errno == EWOULDBLOCK || errno == EINTR else { return nil }
+            if retryingEINTR({ flock(lock.raw, LOCK_EX | LOCK_NB) }) == 0 { return lock }
+            guard errno == EWOULDBLOCK else { return nil }
             usleep(1000)
         }
         return nil

@@ -1,4 +1,5 @@
 import Glibc
+import SwiftletSys
 
 /// A connection's address pair as the device sees it: our (host) port and
 /// the guest's port. Unique among live connections.
@@ -160,12 +161,12 @@ final class VsockConnection {
     /// socket the guest cannot take data from never wakes the loop.
     var desiredInterest: UInt32 {
         switch state {
-        case .awaitingConnectLine: return VsockPoller.readable
+        case .awaitingConnectLine: return Epoll.readable
         case .requested: return 0 // HUP and ERR are reported regardless
         case .established:
             var events: UInt32 = 0
-            if readsHost && !inRxReady && peerCredit > 0 { events |= VsockPoller.readable }
-            if !writeBuffer.isEmpty { events |= VsockPoller.writable }
+            if readsHost && !inRxReady && peerCredit > 0 { events |= Epoll.readable }
+            if !writeBuffer.isEmpty { events |= Epoll.writable }
             return events
         }
     }

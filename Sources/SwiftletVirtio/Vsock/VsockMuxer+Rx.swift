@@ -167,7 +167,7 @@ extension VsockMuxer {
                     iovs[used] = iovec(iov_base: view.baseAddress, iov_len: view.count)
                     used += 1
                 }
-                repeat { n = readv(fd, iovs.baseAddress, Int32(used)) } while n < 0 && errno == EINTR
+                n = retryingEINTR { readv(fd, iovs.baseAddress, Int32(used)) }
                 if n < 0 { failure = errno }
             }
         } catch {

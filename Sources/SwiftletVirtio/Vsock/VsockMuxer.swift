@@ -125,7 +125,7 @@ public final class VsockMuxer: @unchecked Sendable {
     deinit { close() }
 
     /// The epoll fd to watch for readability; then call `process()`.
-    public var pollFD: Int32 { poller.epoll.raw }
+    public var pollFD: Int32 { poller.epoll.fd }
 
     /// The features offered: VERSION_1 only (stream sockets).
     public var deviceFeatures: UInt64 { VirtioVsock.featureVersion1 }
@@ -300,19 +300,19 @@ public final class VsockMuxer: @unchecked Sendable {
         case .requested:
             // Only hang-ups and errors arrive here: the client left before
             // the guest answered. Tell the guest the connection is gone.
-            if events & (VsockPoller.hangup | VsockPoller.error) != 0 { resetConnection(conn) }
+            if events & (Epoll.hangup | Epoll.error) != 0 { resetConnection(conn) }
         case .established:
-            if events & VsockPoller.error != 0 {
+            if events & Epoll.error != 0 {
                 resetConnection(conn)
                 return
             }
-            if events & VsockPoller.writable != 0 {
+            if events & Epoll.writable != 0 {
                 flush(conn)
                 if conn.isClosed { return }
             }
-            if events & VsockPoller.hangup != 0 {
+            if events & Epoll.hangup != 0 {
                 hostHungUp(conn)
-            } else if events & VsockPoller.readable != 0 {
+            } else if events & Epoll.readable != 0 {
                 markReadable(conn)
             }
             if !conn.isClosed { updateInterest(conn) }
@@ -326,8 +326,8 @@ public final class VsockMuxer: @unchecked Sendable {
         let room = VirtioVsock.maxConnectLine - line.count
         guard room > 0 else { return close(conn) }
         var peek = [UInt8](repeating: 0, count: room)
-        var n = peek.withUnsafeMutableBytes { recv(conn.fd, $0.baseAddress, room, Int32(MSG_PEEK)) }
-        if n < 0 && (errno == EAGAIN || errno == EINTR) { return }
+        var n = peek.withUnsafeMutableBytes { p in retryingEINTR { recv(conn.fd, p.baseAddress, room, Int32(MSG_PEEK)) } }
+        if n < 0 && errno == EAGAIN { return }
         guard n > 0 else { return close(conn) } // EOF or error before a full line
         if let newline = peek[0..<n].firstIndex(of: UInt8(ascii: "\n")) { n = newline + 1 }
         let taken = peek.withUnsafeMutableBytes { recv(conn.fd, $0.baseAddress, n, 0) }
@@ -410,15 +410,9 @@ public final class VsockMuxer: @unchecked Sendable {
         var msg = msghdr()
         msg.msg_iov = iovs.baseAddress
         msg.msg_iovlen = iovs.count
-        while true {
-            let n = sendmsg(fd, &msg, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
-            if n >= 0 { return n }
-            switch errno {
-            case EINTR: continue
-            case EAGAIN: return 0
-            default: return nil
-            }
-        }
+        let n = retryingEINTR { sendmsg(fd, &msg, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT)) }
+        if n >= 0 { return n }
+        return errno == EAGAIN ? 0 : nil
     }
 
     /// Writes as much of the buffer as the socket takes; then, once it is
@@ -529,7 +523,7 @@ public final class VsockMuxer: @unchecked Sendable {
         conn.close()
         if listenerPaused {
             listenerPaused = false
-            try? poller.modify(listener.fd, events: VsockPoller.readable, tag: Self.listenerTag)
+            try? poller.modify(listener.fd, events: Epoll.readable, tag: Self.listenerTag)
         }
     }
 
