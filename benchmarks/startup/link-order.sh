@@ -27,7 +27,7 @@ valgrind --tool=callgrind --demangle=no --callgrind-out-file="$tmp/boot.out" \
   "$tmp/swiftlet" boot --seccomp off --timeout 3 </dev/null >/dev/null 2>&1 || true
 # Callgrind names a function once per file (`fn=(id) name`); `'N` marks recursion depth.
 grep -hE '^c?fn=\([0-9]+\) ' "$tmp/run.out" "$tmp/boot.out" | sed -E "s/^c?fn=\([0-9]+\) //; s/'[0-9]+$//" \
-  | grep -v '^0x' | LC_ALL=C sort -u >"$tmp/hot"
+  | grep -v -e '^0x' -e '^(' | LC_ALL=C sort -u >"$tmp/hot"
 
 # glibc picks a string function's variant by CPU (an IFUNC), and valgrind's
 # CPU is not the host's: for every variant that ran, list its whole family
