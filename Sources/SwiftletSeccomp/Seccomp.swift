@@ -41,9 +41,12 @@ public enum Seccomp {
     /// to what libseccomp compiles from the allowlists today.
     static func program(_ role: SeccompRole, mode: SeccompMode) throws(SeccompError) -> [UInt8] {
         if let hex = BuiltFilters.hex(role, mode) { return decodeHex(hex) }
-        let rules: [SeccompRule]
-        do { rules = try role.allowlist() } catch { throw .allowlist(error) }
-        return try compile(rules, mode: mode)
+        return try compile(rules(of: role), mode: mode)
+    }
+
+    /// `role`'s allowlist, its error typed as this module's.
+    static func rules(of role: SeccompRole) throws(SeccompError) -> [SeccompRule] {
+        do { return try role.allowlist() } catch { throw .allowlist(error) }
     }
 
     private static func decodeHex(_ text: StaticString) -> [UInt8] {
@@ -77,9 +80,7 @@ public enum Seccomp {
         let digits = Array("0123456789abcdef".utf8)
         for role in SeccompRole.allCases {
             for mode in [SeccompMode.strict, .log] {
-                let rules: [SeccompRule]
-                do { rules = try role.allowlist() } catch { throw .allowlist(error) }
-                let program = try compile(rules, mode: mode)
+                let program = try compile(rules(of: role), mode: mode)
                 var hex = [UInt8]()
                 for b in program { hex.append(digits[Int(b >> 4)]); hex.append(digits[Int(b & 0xf)]) }
                 text += "        case (.\(role), .\(mode)): \"\(String(decoding: hex, as: UTF8.self))\"\n"
@@ -136,9 +137,7 @@ public enum Seccomp {
     static func unionOfRoles() throws(SeccompError) -> [SeccompRule] {
         var all: [SeccompRule] = []
         for role in SeccompRole.allCases {
-            let rules: [SeccompRule]
-            do { rules = try role.allowlist() } catch { throw .allowlist(error) }
-            for r in rules {
+            for r in try rules(of: role) {
                 if let i = all.firstIndex(where: { $0.name == r.name }) {
                     if all[i].anyOf.isEmpty || r.anyOf.isEmpty { all[i].anyOf = [] } else { all[i].anyOf += r.anyOf }
                 } else {
@@ -274,10 +273,7 @@ public enum Seccomp {
         for key in order {
             let line = "swiftlet: seccomp-log: \(key) count=\(seen[key] ?? 0)"
             printStderr(line)
-            if reportFD >= 0 {
-                let bytes = Array((line + "\n").utf8)
-                _ = bytes.withUnsafeBytes { write(reportFD, $0.baseAddress, $0.count) }
-            }
+            if reportFD >= 0 { writeLine(line, to: reportFD) }
         }
     }
 
@@ -294,7 +290,4 @@ public enum Seccomp {
     }
 }
 
-func printStderr(_ s: String) {
-    let line = Array((s + "\n").utf8)
-    _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
-}
+func printStderr(_ s: String) { writeLine(s, to: 2) }

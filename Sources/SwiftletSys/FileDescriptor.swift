@@ -48,6 +48,14 @@ public func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) throws(System
     }
 }
 
+/// Writes `line` and a newline to `fd`: one write(2) where it fits, no stdio
+/// buffering, so nothing is lost when the process exits or execs right after.
+/// A diagnostic that cannot be written is dropped.
+public func writeLine(_ line: String, to fd: Int32) {
+    let bytes = Array((line + "\n").utf8)
+    bytes.withUnsafeBytes { try? writeAll(fd, $0) }
+}
+
 /// Reads the whole of the file at `path`.
 public func readFile(_ path: String) throws(SystemError) -> [UInt8] {
     let fd = try OwnedFD(opening: path, flags: O_RDONLY)

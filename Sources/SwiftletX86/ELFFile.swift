@@ -30,12 +30,12 @@ extension ELFLoader {
             throw .invalidELF("entry point 0x\(String(entry, radix: 16)) is outside the loaded segments")
         }
         let page: UInt64 = 4096
-        // The guest ranges the file is mapped over: a .bss there is written
-        // (`fill`); elsewhere it is fresh guest memory and `zero` drops it.
         /// The whole pages of file data that are mapped, not copied (0: none).
         func mappedLength(_ s: Segment) -> UInt64 {
             s.offset % page == 0 && s.paddr % page == 0 && s.filesz >= page ? s.filesz & ~(page - 1) : 0
         }
+        // The guest ranges the file is mapped over: a .bss there is written
+        // (`fill`); elsewhere it is fresh guest memory and `zero` drops it.
         let mapped = segments.map { $0.paddr..<($0.paddr + mappedLength($0)) }
         for s in segments {
             do {

@@ -76,13 +76,6 @@ func printStdout(_ line: String) { writeLine(line, to: 1) }
 /// Prints a line on stderr.
 func printStderr(_ line: String) { writeLine(line, to: 2) }
 
-/// One write(2) of `line` and a newline: no stdio buffering, so nothing is
-/// lost when the process exits or execs right after.
-private func writeLine(_ line: String, to fd: Int32) {
-    var bytes = Array((line + "\n").utf8)
-    _ = bytes.withUnsafeMutableBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-}
-
 extension String {
     func replacingNewlines() -> String {
         String(map { $0 == "\n" ? " " : $0 })
