@@ -110,7 +110,11 @@ public func makeDirectories(_ path: String, mode: mode_t = 0o755) throws(SystemE
     // Keep a relative path relative: only an absolute one starts with "/".
     var prefix = path.hasPrefix("/") ? "" : "."
     for component in path.split(separator: "/", omittingEmptySubsequences: true) {
-        prefix += "/" + component
+        // String + String: `"/" + component` (a Substring) is a generic
+        // append that resolves an associated type at run time, whose first
+        // look-up scans every protocol conformance in the binary.
+        prefix += "/"
+        prefix += String(component)
         if mkdir(prefix, mode) != 0 && Glibc.errno != EEXIST {
             throw .last("mkdir(\(prefix))")
         }

@@ -212,12 +212,12 @@ public enum BootDefaults {
 
     /// The command line for booting from the first virtio-blk drive.
     public static func rootDrive(readOnly: Bool, extra: [String] = []) -> String {
-        (base + ["root=/dev/vda", "rootfstype=ext4", readOnly ? "ro" : "rw"] + extra).joined(separator: " ")
+        KernelCommandLine.joining(base + ["root=/dev/vda", "rootfstype=ext4", readOnly ? "ro" : "rw"] + extra)
     }
 
     /// The command line for booting from an initramfs.
     public static func initramfs(extra: [String] = []) -> String {
-        (base + ["rdinit=/sbin/init"] + extra).joined(separator: " ")
+        KernelCommandLine.joining(base + ["rdinit=/sbin/init"] + extra)
     }
 }
 

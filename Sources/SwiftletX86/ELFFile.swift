@@ -34,9 +34,17 @@ extension ELFLoader {
         func mappedLength(_ s: Segment) -> UInt64 {
             s.offset % page == 0 && s.paddr % page == 0 && s.filesz >= page ? s.filesz & ~(page - 1) : 0
         }
-        // The guest ranges the file is mapped over: a .bss there is written
+        // A .bss over a guest range the file is mapped over is written
         // (`fill`); elsewhere it is fresh guest memory and `zero` drops it.
-        let mapped = segments.map { $0.paddr..<($0.paddr + mappedLength($0)) }
+        // Plain bounds, not an array of `Range<UInt64>`: that generic type's
+        // metadata is made at run time, and its `Comparable` check scans
+        // every protocol conformance in the binary (issue 19).
+        func overlapsMapped(_ start: UInt64, _ end: UInt64) -> Bool {
+            start < end && segments.contains { o in
+                let length = mappedLength(o)
+                return length > 0 && o.paddr < end && start < o.paddr + length
+            }
+        }
         for s in segments {
             do {
                 let dst = try memory.slice(at: s.paddr, count: Int(s.memsz))
@@ -50,11 +58,11 @@ extension ELFLoader {
                 }
                 let rest = UnsafeRawBufferPointer(rebasing: elf[Int(s.offset + copied)..<Int(s.offset + s.filesz)])
                 try memory.write(rest, at: s.paddr + copied)
-                let bss = (s.paddr + s.filesz)..<(s.paddr + s.memsz)
-                if mapped.contains(where: { $0.overlaps(bss) }) {
-                    try memory.fill(0, at: bss.lowerBound, count: bss.count)
+                let (bssStart, bssEnd) = (s.paddr + s.filesz, s.paddr + s.memsz)
+                if overlapsMapped(bssStart, bssEnd) {
+                    try memory.fill(0, at: bssStart, count: Int(bssEnd - bssStart))
                 } else {
-                    try memory.zero(at: bss.lowerBound, count: bss.count)
+                    try memory.zero(at: bssStart, count: Int(bssEnd - bssStart))
                 }
             } catch let e as GuestMemoryError {
                 throw .memory(e)

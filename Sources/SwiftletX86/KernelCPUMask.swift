@@ -31,7 +31,10 @@ public enum KernelCPUMask {
     }
 
     /// Features hidden by CPUID where it works, but left off the command line.
-    static let notExecutedByTheKernel: Set<String> = ["VMX", "SMX", "SVM", "PDCM", "HLE", "RTM", "MONITORX", "CLZERO"]
+    /// An array, not a `Set<String>`: that generic type is instantiated at
+    /// run time, and checking `String: Hashable` for it scans every protocol
+    /// conformance in the binary on the start-up path (issue 19).
+    static let notExecutedByTheKernel = ["VMX", "SMX", "SVM", "PDCM", "HLE", "RTM", "MONITORX", "CLZERO"]
 
     /// `clearcpuid=` takes at most 127 characters in Linux 6.1 (a 128-byte buffer).
     public static let clearcpuidLimit = 127

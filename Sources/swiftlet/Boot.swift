@@ -34,10 +34,10 @@ struct Boot: ParsableCommand {
     var append: String?
 
     @Option(help: "Guest memory in MiB.")
-    var mem: Int = 128
+    var mem: Int = BootOptions.defaults.mem
 
     @Option(help: "Number of vCPUs.")
-    var cpus: Int = 1
+    var cpus: Int = BootOptions.defaults.cpus
 
     @Flag(help: "Print boot timings on stderr: guest-boot-time-us=N from the guest's boot-timer write, and the VMM's own start-up.")
     var bootTimer = false
@@ -46,16 +46,16 @@ struct Boot: ParsableCommand {
     var stats = false
 
     @Option(help: "CPU model shown to the guest: auto, host or pvm-safe.")
-    var cpuTemplate: String = "auto"
+    var cpuTemplate: String = BootOptions.defaults.cpuTemplate
 
     @Option(help: "Stop the guest after this many seconds (exit status 124).")
     var timeout: Double?
 
     @Option(help: "The KVM device node.")
-    var kvmDevice: String = "/dev/kvm"
+    var kvmDevice: String = BootOptions.defaults.kvmDevice
 
     @Option(help: ArgumentHelp("Syscall filters on every VMM thread: strict (a syscall outside its thread's allowlist kills the VMM), log (it runs, and is reported on stderr by thread role at the end), off (debugging only).", valueName: "strict|log|off"))
-    var seccomp: String = Seccomp.defaultModeName
+    var seccomp: String = BootOptions.defaults.seccomp
 
     @Option(name: .customLong("vsock-uds"), help: ArgumentHelp("Add a virtio-vsock device (Firecracker's hybrid vsock): host clients connect here and send `CONNECT <port>\\n`; guest connections to CID 2 port P go to <path>_P.", valueName: "path"))
     var vsockUDS: String?
@@ -66,7 +66,46 @@ struct Boot: ParsableCommand {
     @Option(help: ArgumentHelp("Add a virtio-net device on a TAP: `auto` creates one (host 172.30.x.1/30, guest .2 via ip=, removed at exit; needs CAP_NET_ADMIN), `tap=NAME` attaches an existing one.", valueName: "auto|tap=NAME[,mac=M]"))
     var net: String?
 
-    @OptionGroup var jail: JailOptions
+    @OptionGroup var jail: JailArguments
+
+    /// What ArgumentParser parsed, as the fast path gives it.
+    var options: BootOptions {
+        BootOptions(kernel: kernel, initrd: initrd, rootfs: rootfs, drives: drives, cmdline: cmdline, append: append,
+                    mem: mem, cpus: cpus, bootTimer: bootTimer, stats: stats, cpuTemplate: cpuTemplate, timeout: timeout,
+                    kvmDevice: kvmDevice, seccomp: seccomp, vsockUDS: vsockUDS, vsockCID: vsockCID, net: net, jail: jail.options)
+    }
+
+    func validate() throws { try options.validate() }
+
+    func run() throws { try options.run() }
+}
+
+/// `boot`'s options as plain values: what both parsers produce (the fast
+/// path in FastParse.swift builds this without ArgumentParser's property
+/// wrappers, whose code and metadata would otherwise be paged in at every
+/// start), and what `boot` runs from.
+struct BootOptions {
+    var kernel: String?
+    var initrd: String?
+    var rootfs: String?
+    var drives: [String] = []
+    var cmdline: String?
+    var append: String?
+    var mem = 128
+    var cpus = 1
+    var bootTimer = false
+    var stats = false
+    var cpuTemplate = "auto"
+    var timeout: Double?
+    var kvmDevice = "/dev/kvm"
+    var seccomp = Seccomp.defaultModeName
+    var vsockUDS: String?
+    var vsockCID: UInt32?
+    var net: String?
+    var jail = JailOptions()
+
+    /// The defaults, for ArgumentParser's help.
+    static let defaults = BootOptions()
 
     func validate() throws {
         try jail.validate()

@@ -8,7 +8,7 @@ import SwiftletSys
 /// IPC, UTS and net namespaces, in a cgroup leaf with memory, task and CPU
 /// limits, on a root holding only its socket directory, as an unprivileged
 /// uid; a supervisor process (this one) waits for it and cleans up.
-struct JailOptions: ParsableArguments {
+struct JailArguments: ParsableArguments {
     @Flag(help: "Confine the VMM (needs root): new namespaces, a cgroup with limits, an empty root, an unprivileged uid.")
     var jail = false
 
@@ -25,6 +25,20 @@ struct JailOptions: ParsableArguments {
     var jailPids: Int?
 
     @Option(help: ArgumentHelp("With --jail: CPU time, in CPUs (1.5: 150 ms every 100 ms; default: no limit).", valueName: "cpus"))
+    var jailCpus: Double?
+
+    var options: JailOptions {
+        JailOptions(jail: jail, uid: uid, gid: gid, jailMemoryMargin: jailMemoryMargin, jailPids: jailPids, jailCpus: jailCpus)
+    }
+}
+
+/// The jail options as plain values (see `BootOptions`).
+struct JailOptions {
+    var jail = false
+    var uid: UInt32?
+    var gid: UInt32?
+    var jailMemoryMargin: Int?
+    var jailPids: Int?
     var jailCpus: Double?
 
     static let defaultMemoryMarginMiB = 64

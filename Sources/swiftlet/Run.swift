@@ -27,11 +27,6 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("drive"), help: ArgumentHelp("A further virtio-blk drive (/dev/vdb, ...); repeatable.", valueName: "path[,ro|,ephemeral][,id=NAME]"))
     var drives: [String] = []
 
-    static let defaultMemoryMiB = 128
-    static let defaultVcpus = 1
-    static let defaultBootTimeout: Double = 600
-    static let defaultKVMDevice = "/dev/kvm"
-
     @Option(help: "Guest memory in MiB (default: 128, or the snapshot's).")
     var mem: Int?
 
@@ -48,7 +43,7 @@ struct Run: ParsableCommand {
     var timeout: Double?
 
     @Option(help: "Give up when the guest's agent has not connected after this many seconds.")
-    var bootTimeout: Double = Run.defaultBootTimeout
+    var bootTimeout: Double = RunOptions.defaults.bootTimeout
 
     @Option(name: .customLong("env"), help: ArgumentHelp("Set an environment variable for the command; repeatable.", valueName: "KEY=VALUE"))
     var environment: [String] = []
@@ -72,7 +67,7 @@ struct Run: ParsableCommand {
     var timings = false
 
     @Option(help: "The KVM device node.")
-    var kvmDevice: String = Run.defaultKVMDevice
+    var kvmDevice: String = RunOptions.defaults.kvmDevice
 
     @Option(help: ArgumentHelp("Restore (or boot) the machine, then wait for one byte on this inherited descriptor before the guest runs; EOF ends the run unstarted (status 125). The job runner's warm pool uses it.", valueName: "fd"))
     var startFd: Int32?
@@ -81,12 +76,57 @@ struct Run: ParsableCommand {
     var reportFd: Int32?
 
     @Option(help: ArgumentHelp("Syscall filters on every VMM thread: strict (a syscall outside its thread's allowlist kills the VMM), log (it runs, and is reported on stderr by thread role at the end), off (debugging only).", valueName: "strict|log|off"))
-    var seccomp: String = Seccomp.defaultModeName
+    var seccomp: String = RunOptions.defaults.seccomp
 
-    @OptionGroup var jail: JailOptions
+    @OptionGroup var jail: JailArguments
 
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
     var command: [String] = []
+
+    /// What ArgumentParser parsed, as the fast path gives it.
+    var options: RunOptions {
+        RunOptions(kernel: kernel, rootfs: rootfs, drives: drives, mem: mem, cpus: cpus, snapshot: snapshot, cold: cold,
+                   timeout: timeout, bootTimeout: bootTimeout, environment: environment, workdir: workdir, vsockUds: vsockUds,
+                   append: append, net: net, console: console, timings: timings, kvmDevice: kvmDevice, startFd: startFd,
+                   reportFd: reportFd, seccomp: seccomp, jail: jail.options, command: command)
+    }
+
+    func validate() throws { try options.validate() }
+
+    func run() throws { try options.run() }
+}
+
+/// `run`'s options as plain values: what both parsers produce (see
+/// `BootOptions`), and what `run` runs from.
+struct RunOptions {
+    static let defaultMemoryMiB = 128
+    static let defaultVcpus = 1
+
+    var kernel: String?
+    var rootfs: String?
+    var drives: [String] = []
+    var mem: Int?
+    var cpus: Int?
+    var snapshot: String?
+    var cold = false
+    var timeout: Double?
+    var bootTimeout: Double = 600
+    var environment: [String] = []
+    var workdir: String?
+    var vsockUds: String?
+    var append: String?
+    var net: String?
+    var console: String?
+    var timings = false
+    var kvmDevice = "/dev/kvm"
+    var startFd: Int32?
+    var reportFd: Int32?
+    var seccomp = Seccomp.defaultModeName
+    var jail = JailOptions()
+    var command: [String] = []
+
+    /// The defaults, for ArgumentParser's help.
+    static let defaults = RunOptions()
 
     func validate() throws {
         guard !command.isEmpty else { throw ValidationError("no command given (usage: swiftlet run [options] -- CMD [ARGS...])") }
@@ -123,8 +163,8 @@ struct Run: ParsableCommand {
         // --jail: from here on this is the VMM, forked under a supervisor
         // (which waits for it and cleans up, and never gets past this line).
         let jailed = jail.jail
-            ? try JailedRun.start(jail, memoryMiB: mem ?? restored?.manifest.memoryMiB ?? Run.defaultMemoryMiB,
-                                  vcpus: cpus ?? restored?.manifest.vcpuCount ?? Run.defaultVcpus,
+            ? try JailedRun.start(jail, memoryMiB: mem ?? restored?.manifest.memoryMiB ?? RunOptions.defaultMemoryMiB,
+                                  vcpus: cpus ?? restored?.manifest.vcpuCount ?? RunOptions.defaultVcpus,
                                   failureStatus: ExitStatus.runFailure, fail: { RunFailure(message: $0) })
             : nil
         Seccomp.enable(mode: mode)
@@ -133,8 +173,8 @@ struct Run: ParsableCommand {
         let rootfsPath = rootfs ?? restored?.manifest.drives.first?.config.path ?? Paths.defaultRootfs
         try requireReadable(rootfsPath, what: "rootfs", hint: rootfs == nil ? " (run `make rootfs` first)" : "")
         if restored == nil && !cold && net == nil && drives.isEmpty {
-            let shape = SnapshotCache.Shape(kernel: kernelPath, rootfs: rootfsPath, memoryMiB: mem ?? Run.defaultMemoryMiB,
-                                            vcpus: cpus ?? Run.defaultVcpus, append: append, bootTimeout: bootTimeout, seccomp: seccomp)
+            let shape = SnapshotCache.Shape(kernel: kernelPath, rootfs: rootfsPath, memoryMiB: mem ?? RunOptions.defaultMemoryMiB,
+                                            vcpus: cpus ?? RunOptions.defaultVcpus, append: append, bootTimeout: bootTimeout, seccomp: seccomp)
             restored = try SnapshotCache.snapshot(for: shape)
         }
 
@@ -143,8 +183,8 @@ struct Run: ParsableCommand {
         let job = AgentJob(argv: command, environment: environment, workingDirectory: workdir ?? "",
                            stdinAttached: isatty(0) == 0, seed: seed)
         var config = SandboxConfig(kernelPath: kernelPath, rootfsPath: rootfsPath, job: job)
-        config.memoryMiB = mem ?? restored?.manifest.memoryMiB ?? Run.defaultMemoryMiB
-        config.vcpuCount = cpus ?? restored?.manifest.vcpuCount ?? Run.defaultVcpus
+        config.memoryMiB = mem ?? restored?.manifest.memoryMiB ?? RunOptions.defaultMemoryMiB
+        config.vcpuCount = cpus ?? restored?.manifest.vcpuCount ?? RunOptions.defaultVcpus
         config.snapshot = restored
         config.timeoutSeconds = timeout
         config.bootTimeoutSeconds = bootTimeout

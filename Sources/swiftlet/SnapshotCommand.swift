@@ -25,10 +25,10 @@ struct SnapshotGuestOptions: ParsableArguments {
     var rootfs: String?
 
     @Option(help: "Guest memory in MiB.")
-    var mem: Int = Run.defaultMemoryMiB
+    var mem: Int = RunOptions.defaultMemoryMiB
 
     @Option(help: "Number of vCPUs.")
-    var cpus: Int = Run.defaultVcpus
+    var cpus: Int = RunOptions.defaultVcpus
 
     @Option(help: "Add to the default kernel command line.")
     var append: String?

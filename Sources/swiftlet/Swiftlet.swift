@@ -21,14 +21,17 @@ struct Swiftlet: ParsableCommand {
         do {
             // `boot` and `run` skip ArgumentParser when they can (FastParse.swift).
             let arguments = CommandLine.arguments.dropFirst()
-            if arguments.first == "run", let run = Run.parseFast(arguments.dropFirst()) {
+            if arguments.first == "run", let run = RunOptions.parseFast(arguments.dropFirst()) {
                 try run.validate()
                 try run.run()
-            } else if arguments.first == "boot", let boot = Boot.parseFast(arguments.dropFirst()) {
+            } else if arguments.first == "boot", let boot = BootOptions.parseFast(arguments.dropFirst()) {
                 try boot.validate()
                 try boot.run()
             } else if arguments.first == "__fast-options" {
                 for line in FastOptionsDump.lines() { printStdout(line) }
+            } else if arguments.first == "__parsed", arguments.count >= 2 {
+                let rest = Array(arguments.dropFirst(2))
+                for line in try FastOptionsDump.parsed(arguments[arguments.startIndex + 1], rest) { printStdout(line) }
             } else {
                 var command = try parseAsRoot()
                 try command.run()

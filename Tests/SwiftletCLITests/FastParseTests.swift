@@ -52,6 +52,56 @@ import Testing
         #expect(expected.subtracting(fast).isEmpty, "only in ArgumentParser: \(expected.subtracting(fast))")
     }
 
+    /// `swiftlet __parsed ARGS`: the options the fast parser and then
+    /// ArgumentParser make of ARGS, one line each. Descriptors 5 and 6 are
+    /// open, so that --start-fd and --report-fd validate.
+    func parsed(_ args: [String]) throws -> [String] {
+        let out = try CLI.tempFile("out"), err = try CLI.tempFile("err")
+        defer { unlink(out); unlink(err) }
+        let pid = try CLI.spawn(["sh", "-c", "exec \"$0\" \"$@\" 5</dev/null 6</dev/null", CLI.binary, "__parsed"] + args,
+                                stdout: out, stderr: err)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        #expect(CLI.exitCode(status) == 0, "\(args): \(CLI.readText(err))")
+        return CLI.readText(out).split(separator: "\n").map(String.init)
+    }
+
+    /// Each option of `boot` and `run`, after what it needs (`--jail` for
+    /// `--uid`...): both parsers must agree, and the option must change the
+    /// options made of its prefix alone, so that no field is dropped on
+    /// either side (ArgumentParser's struct is copied into the plain one
+    /// field by field).
+    @Test("both parsers make the same options of each option", arguments: [
+        ("boot", [[], ["--kernel", "/k"], ["--initrd", "/i"], ["--rootfs", "/r,ephemeral"], ["--drive", "/a,ro", "--drive=/b"],
+                  ["--cmdline", "c d"], ["--append", "x=1"], ["--mem", "256"], ["--cpus", "2"], ["--boot-timer"], ["--stats"],
+                  ["--cpu-template", "host"], ["--timeout", "1.5"], ["--kvm-device", "/dev/x"], ["--seccomp", "log"],
+                  ["--vsock-uds", "/v"], ["--vsock-uds", "/v", "--vsock-cid", "7"], ["--net", "auto"], ["--jail"],
+                  ["--jail", "--uid", "1000"], ["--jail", "--gid", "1001"], ["--jail", "--jail-memory-margin", "32"],
+                  ["--jail", "--jail-pids", "99"], ["--jail", "--jail-cpus", "0.5"]]),
+        ("run", [[], ["--kernel", "/k"], ["--rootfs", "/r"], ["--drive", "/d", "--drive=/e"], ["--mem", "64"], ["--cpus", "3"],
+                 ["--snapshot", "/s"], ["--cold"], ["--timeout", "2"], ["--boot-timeout", "9"], ["--env", "A=1", "--env=B=2"],
+                 ["--workdir", "/w"], ["--vsock-uds", "/v"], ["--append", "y"], ["--net", "tap=t0"], ["--console", "/c"],
+                 ["--timings"], ["--kvm-device", "/dev/y"], ["--start-fd", "5"], ["--report-fd", "6"], ["--seccomp", "off"],
+                 ["--jail"], ["--jail", "--uid", "7"], ["--jail", "--gid", "8"], ["--jail", "--jail-memory-margin", "1"],
+                 ["--jail", "--jail-pids", "20"], ["--jail", "--jail-cpus", "2"]]),
+    ])
+    func parsersAgree(command: String, cases: [[String]]) throws {
+        // `run` takes its command after `--`, and a command that looks like options.
+        let tail = command == "run" ? ["--", "sh", "-c", "echo --mem 1"] : []
+        var seen: [String: String] = [:]
+        for option in cases {
+            let lines = try parsed([command] + option + tail)
+            #expect(lines.count == 2 && lines[0] != "nil", "\(option): \(lines)")
+            #expect(lines.first == lines.last, "\(option):\nfast:           \(lines.first ?? "")\nArgumentParser: \(lines.last ?? "")")
+            seen[option.joined(separator: " ")] = lines.first
+        }
+        // The prefix: the longest other case that this one starts with.
+        for option in cases where !option.isEmpty {
+            let prefix = cases.filter { $0.count < option.count && Array(option.prefix($0.count)) == $0 }.max { $0.count < $1.count } ?? []
+            #expect(seen[option.joined(separator: " ")] != seen[prefix.joined(separator: " ")], "\(option) changed nothing")
+        }
+    }
+
     @Test("what the fast path cannot take goes to ArgumentParser, with its usual one-line errors",
           arguments: [
             (["boot", "--bogus"], "Unknown option '--bogus'"),

@@ -78,9 +78,12 @@ struct VsockRunTests {
         var inbound: Int32 = -1
         var sent = 0, received = 0
         var mismatch = false
+        // Read to EOF, not just to the last byte: closing earlier resets the
+        // connection under the guest's sender, which can then exit 1.
+        var eof = false
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
         let start = monotonicSeconds()
-        while received < size || inbound < 0 {
+        while !eof {
             if monotonicSeconds() - start > 1200 { break }
             var fds = [pollfd(fd: inbound >= 0 ? inbound : back.raw, events: Int16(POLLIN), revents: 0)]
             if sent < size { fds.append(pollfd(fd: out.raw, events: Int16(POLLOUT), revents: 0)) }
@@ -96,7 +99,8 @@ struct VsockRunTests {
                     continue
                 }
                 let n = buffer.withUnsafeMutableBytes { recv(inbound, $0.baseAddress, $0.count, 0) }
-                if n == 0 { break }
+                if n == 0 { eof = true; break }
+                if n < 0 && errno != EINTR && errno != EAGAIN { break }
                 if n > 0 {
                     if received + n > size || !data[received..<received + n].elementsEqual(buffer[0..<n]) { mismatch = true }
                     received += n
@@ -104,10 +108,13 @@ struct VsockRunTests {
             }
         }
         let seconds = monotonicSeconds() - start
-        if inbound >= 0 { close(inbound) }
+        // Half-close, as the guest did: its sender ends on EOF, not on a reset.
+        if inbound >= 0 { shutdown(inbound, Int32(SHUT_WR)) }
+        defer { if inbound >= 0 { close(inbound) } }
         #expect(sent == size)
         #expect(received == size, "received \(received) of \(size) bytes in \(seconds) s")
         #expect(!mismatch)
+        #expect(eof, "the guest closed its side after the last byte")
         let r = try run.wait()
         #expect(r.status == 0, "stderr: \(r.stderr)")
         #expect(access(uds, F_OK) != 0, "the vsock socket file is removed")

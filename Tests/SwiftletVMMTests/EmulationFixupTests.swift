@@ -38,6 +38,11 @@ struct KernelCommandLineTests {
         #expect(KernelCommandLine.inserting(["a=1"], into: "console=ttyS0") == "console=ttyS0 a=1")
         #expect(KernelCommandLine.inserting([], into: "x -- y") == "x -- y")
         #expect(KernelCommandLine.inserting(["a"], into: "") == "a")
+        // The spacing on either side of `--` stays as it was.
+        #expect(KernelCommandLine.inserting(["a"], into: "x  --  y") == "x  a --  y")
+        #expect(KernelCommandLine.inserting(["a"], into: "-- y") == "a -- y")
+        #expect(KernelCommandLine.joining(["a", "", "b"]) == "a  b")
+        #expect(KernelCommandLine.joining([]) == "")
     }
 }
 

@@ -28,6 +28,9 @@ valgrind --tool=callgrind --demangle=no --callgrind-out-file="$tmp/boot.out" \
 # Callgrind names a function once per file (`fn=(id) name`); `'N` marks recursion depth.
 grep -hE '^c?fn=\([0-9]+\) ' "$tmp/run.out" "$tmp/boot.out" | sed -E "s/^c?fn=\([0-9]+\) //; s/'[0-9]+$//" \
   | grep -v -e '^0x' -e '^(' | LC_ALL=C sort -u >"$tmp/hot"
+# Run at every exec, but callgrind names them "(below main)" or not at all:
+# the C start-up file's entry point and crtbegin's init_array hook.
+printf '%s\n' _start frame_dummy >>"$tmp/hot"
 
 # glibc picks a string function's variant by CPU (an IFUNC), and valgrind's
 # CPU is not the host's: for every variant that ran, list its whole family
@@ -57,7 +60,11 @@ for line in open(sys.argv[1], errors="replace"):
     if not rest.startswith(" "):
         in_text = rest == ".text"
     elif in_text and rest.startswith(" " * 16):
-        size_of.setdefault(rest.strip(), section)
+        # A local name (objectdestroyTm...) can be in many objects, and lld
+        # moves every section that holds it: list it with the largest, or a
+        # large bundle would be pulled in among the small sections.
+        name = rest.strip()
+        size_of[name] = max(size_of.get(name, 0), section)
     elif in_text:
         section = int(fields[2], 16)
 hot = set(l for l in open(sys.argv[2]).read().splitlines() if l)

@@ -71,10 +71,27 @@ enum KernelCommandLine {
         guard !extra.isEmpty else { return cmdline }
         let words = cmdline.split(separator: " ", omittingEmptySubsequences: false)
         if let dashes = words.firstIndex(of: "--") {
-            let kernel = words[..<dashes].joined(separator: " ")
-            let initArgs = words[dashes...].joined(separator: " ")
-            return ([kernel] + extra + [initArgs]).filter { !$0.isEmpty }.joined(separator: " ")
+            // Cut at the word itself (its space before it goes), so the
+            // spacing on either side stays as it was.
+            let at = words[dashes].startIndex
+            let kernel = String(cmdline[..<at].dropLast(dashes > 0 ? 1 : 0))
+            let initArgs = String(cmdline[at...])
+            return joining(([kernel] + extra + [initArgs]).filter { !$0.isEmpty })
         }
-        return ([cmdline] + extra).filter { !$0.isEmpty }.joined(separator: " ")
+        return joining(([cmdline] + extra).filter { !$0.isEmpty })
+    }
+
+    /// `words` separated by single spaces. Not the standard library's
+    /// `joined(separator:)`: that generic resolves an associated type at run
+    /// time, and the first such look-up scans every protocol conformance in
+    /// the binary (170k instructions, and a page of nearly every module's
+    /// metadata) on the start-up path (issue 19).
+    static func joining(_ words: [String]) -> String {
+        var line = ""
+        for (i, word) in words.enumerated() {
+            if i > 0 { line += " " }
+            line += word
+        }
+        return line
     }
 }
