@@ -11,7 +11,7 @@ import PackageDescription
 /// - `SwiftletX86`: the x86_64 direct-boot structures (zero page, E820, GDT, page tables, MP table, loaders).
 /// - `SwiftletKVM`: `/dev/kvm`, the VM and its vCPUs.
 /// - `SwiftletDevices`: the legacy devices (8250 UART, i8042, boot timer) and the I/O buses.
-/// - `SwiftletVirtio`: split virtqueues and the virtio devices' request handling (block).
+/// - `SwiftletVirtio`: the virtio-mmio transport, split virtqueues, and the devices (block, net, vsock), one folder each.
 /// - `SwiftletVMM`: assembles a machine and runs it.
 /// - `SwiftletSandbox`: `swiftlet run`: the guest agent's protocol and one command in a throwaway VM.
 /// - `CSeccomp`, `SwiftletSeccomp`: per-thread seccomp filters: allowlists as data, compiled by Debian's libseccomp
@@ -56,7 +56,7 @@ let package = Package(
         .target(name: "SwiftletX86", dependencies: ["SwiftletMemory", "SwiftletSys", "CDecompress"]),
         .target(name: "SwiftletKVM", dependencies: ["SwiftletSys", "SwiftletMemory", "CSwiftlet"]),
         .target(name: "SwiftletDevices", dependencies: ["SwiftletSys", "CSwiftlet"]),
-        .target(name: "SwiftletVirtio", dependencies: ["SwiftletMemory", "SwiftletSys", "CSwiftlet"]),
+        .target(name: "SwiftletVirtio", dependencies: ["SwiftletMemory", "SwiftletSys", "SwiftletDevices", "CSwiftlet"]),
         .target(
             name: "SwiftletVMM",
             dependencies: ["SwiftletSys", "SwiftletMemory", "SwiftletX86", "SwiftletKVM", "SwiftletDevices", "SwiftletVirtio", "CSwiftlet"]

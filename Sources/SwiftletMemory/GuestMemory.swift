@@ -26,6 +26,9 @@ public enum GuestMemoryError: Error, CustomStringConvertible, Sendable, Equatabl
 /// Every access is bounds-checked against the regions, so a guest-provided
 /// address can never reach host memory outside them. The mappings are
 /// anonymous and `MAP_NORESERVE`: pages cost nothing until touched.
+///
+/// `@unchecked Sendable`: the regions' base pointers never change after
+/// `init`; vCPUs and devices share the memory by design, every access checked.
 public final class GuestMemory: @unchecked Sendable {
     /// One contiguous guest-physical range and its host mapping.
     public struct Region: Sendable {

@@ -44,6 +44,11 @@ public struct SessionTimeline: Sendable {
 /// connects), the connection, stdin, a termination signalfd and a stop
 /// eventfd. The connection is non-blocking with an output queue, so a guest
 /// that stops reading stdin never stops this side from draining its output.
+///
+/// `@unchecked Sendable`: `thread` is set by `start` and joined by `stop` on
+/// the caller's thread; `parkedConnection` is written by the session thread
+/// before it ends and read by `stop` after the join; the rest is immutable or
+/// in `state`.
 public final class AgentSession: @unchecked Sendable {
     public struct Options: Sendable {
         /// Listening socket the agent's connection arrives on (borrowed).

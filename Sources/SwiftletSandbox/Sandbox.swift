@@ -93,7 +93,7 @@ public enum Sandbox {
         let uds = host.uds
 
         let machine: Machine
-        do {
+        do throws(VMMError) {
             if let snapshot = config.snapshot {
                 var machineConfig = snapshot.machineConfig(vsockPath: uds)
                 machineConfig.payload = .linux(kernelPath: config.kernelPath, initrdPath: nil, cmdline: snapshot.manifest.cmdline)
@@ -104,7 +104,7 @@ public enum Sandbox {
                 machine = try Machine(config: machineConfig(config, uds: uds))
             }
         } catch {
-            throw .machine("\(error)")
+            throw .vmm(error)
         }
 
         var options = AgentSession.Options(listener: host.listener.raw)
@@ -130,7 +130,7 @@ public enum Sandbox {
         try config.beforeGuestRuns?()
         // The hook may have held the machine (`run --start-fd`): the guest's
         // clock resumes from the snapshot's, not from when it was restored.
-        do { try machine.rewindClock() } catch { throw .machine("\(error)") }
+        do { try machine.rewindClock() } catch { throw .vmm(error) }
         let report = try run(machine, with: session)
         var outcome = session.outcome ?? .abandoned
         // The agent's connection went because the guest reset its device
@@ -153,14 +153,14 @@ public enum Sandbox {
         do {
             writer = try SnapshotWriter(directory: directory, config: machineConfig)
         } catch {
-            throw .machine("\(error)")
+            throw .snapshot(error)
         }
         defer { if !complete { Snapshot.remove(directory: directory) } }
         let machine: Machine
         do {
             machine = try Machine(config: machineConfig)
         } catch {
-            throw .machine("\(error)")
+            throw .vmm(error)
         }
         var options = AgentSession.Options(listener: host.listener.raw)
         options.signalFD = host.signalFD
@@ -183,7 +183,7 @@ public enum Sandbox {
         do {
             try machine.writeSnapshot(writer, guestClockNanos: session.timeline.guestParked)
         } catch {
-            throw .machine("\(error)")
+            throw .snapshot(error)
         }
         complete = true
     }
@@ -195,7 +195,7 @@ public enum Sandbox {
         do {
             return try machine.run()
         } catch {
-            throw .machine("\(error)")
+            throw .vmm(error)
         }
     }
 

@@ -33,6 +33,9 @@ public struct RunReport: Sendable {
 ///
 /// `init` does all the setup (nothing runs yet); `run` starts one thread per
 /// vCPU and waits for the machine to end.
+///
+/// `@unchecked Sendable`: its one mutable field, `pausedVcpus`, is written
+/// and read by the thread that calls `run` and `writeSnapshot`.
 public final class Machine: @unchecked Sendable {
     public let config: MachineConfig
     let kvm: Kvm
@@ -46,9 +49,9 @@ public final class Machine: @unchecked Sendable {
     let context: MachineContext
     let transports: [VirtioMMIOTransport]
     /// The vsock device, when configured (its transport is the last of `transports`).
-    let vsock: VsockModel?
+    let vsock: VsockMuxer?
     /// The network device, when configured (after the vsock device).
-    let net: NetModel?
+    let net: NetDevice?
     let bootTimerMicros = BootTimerRecord()
     /// The host has nested PVM KVM.
     public let isPVMHost: Bool
@@ -83,28 +86,28 @@ public final class Machine: @unchecked Sendable {
         isPVMHost = HostKVM.isPVM
 
         // Drive images are opened (and locked) first: bad input fails before any VM work.
-        var blockBackends: [BlockBackend] = []
+        var blocks: [BlockDevice] = []
         for drive in config.drives {
             do {
-                blockBackends.append(try BlockBackend(path: drive.path, readOnly: drive.readOnly, ephemeral: drive.ephemeral, id: drive.id))
+                blocks.append(try BlockDevice(path: drive.path, readOnly: drive.readOnly, ephemeral: drive.ephemeral, id: drive.id))
             } catch {
-                throw .invalidConfig("drive \(drive.path): \(error)")
+                throw .drive(drive.path, error)
             }
         }
         if let snapshot {
-            do { try snapshot.checkDrives(blockBackends) } catch { throw .snapshot(error) }
+            do { try snapshot.checkDrives(blocks) } catch { throw .snapshot(error) }
         }
         // The vsock listener is bound now too, so a path in use fails early.
-        var vsock: VsockModel?
+        var vsock: VsockMuxer?
         if let v = config.vsock {
             do {
-                vsock = VsockModel(muxer: try VsockMuxer(guestCID: v.guestCID, udsPath: v.udsPath, peers: v.peers))
+                vsock = try VsockMuxer(guestCID: v.guestCID, udsPath: v.udsPath, peers: v.peers)
             } catch {
-                throw .invalidConfig("\(error)")
+                throw .vsock(error)
             }
         }
         self.vsock = vsock
-        driveCapacities = blockBackends.map { $0.sectors * UInt64(VirtioBlock.sectorSize) }
+        driveCapacities = blocks.map { $0.sectors * UInt64(VirtioBlock.sectorSize) }
         if let snapshot {
             for (capacity, saved) in zip(driveCapacities, snapshot.manifest.drives) where capacity != saved.capacityBytes {
                 throw .snapshot(.mismatch("drive \(saved.config.path) has \(capacity) bytes; it had \(saved.capacityBytes) in the snapshot"))
@@ -112,8 +115,8 @@ public final class Machine: @unchecked Sendable {
         }
         // The TAP is attached (or created and addressed) now too, so a missing
         // or busy TAP fails before any VM work; if anything below throws, the
-        // TAP closes with the model (and an `auto` one vanishes).
-        var net: NetModel?
+        // TAP closes with the device (and an `auto` one vanishes).
+        var net: NetDevice?
         var netArguments: [String] = []
         if let n = config.net {
             do throws(NetError) {
@@ -122,20 +125,18 @@ public final class Machine: @unchecked Sendable {
                 case let .tap(name): tap = try TapDevice.attach(name)
                 case .auto: tap = try TapDevice.create()
                 }
-                let device: NetDevice
                 do {
-                    device = try NetDevice(fd: tap.fd, mac: n.mac ?? MACAddress.generate(), offloads: tap.supportsOffloads) { tap.setOffloads($0) }
+                    net = try NetDevice(tap: tap, mac: n.mac ?? MACAddress.generate())
                 } catch {
                     throw .system(error)
                 }
-                net = NetModel(device: device, tap: tap)
                 if let plan = tap.plan { netArguments.append(plan.kernelArgument) }
             } catch {
-                throw .invalidConfig("\(error)")
+                throw .net(error)
             }
         }
         self.net = net
-        let virtioCount = blockBackends.count + (vsock == nil ? 0 : 1) + (net == nil ? 0 : 1)
+        let virtioCount = blocks.count + (vsock == nil ? 0 : 1) + (net == nil ? 0 : 1)
         let virtioArguments = (0..<virtioCount).map { i in
             "virtio_mmio.device=4K@0x\(String(Devices.virtioWindow(i), radix: 16)):\(Devices.virtioGSI(i))"
         }
@@ -236,34 +237,22 @@ public final class Machine: @unchecked Sendable {
         } catch {
             throw .bus(error)
         }
+        // Every virtio device goes through the one attach path, in the order
+        // the command line names their windows (drives, vsock, net).
+        let devices: [any VirtioDevice] = blocks + (vsock.map { [$0] } ?? []) + (net.map { [$0] } ?? [])
         var transports: [VirtioMMIOTransport] = []
-        let models: [any VirtioDeviceModel] = blockBackends.map { BlockModel(backend: $0) } + (vsock.map { [$0] } ?? []) + (net.map { [$0] } ?? [])
-        for (i, model) in models.enumerated() {
-            let transport = try VirtioMMIOTransport(device: model, memory: memory)
-            if model === vsock { vsock?.transport = transport }
-            if model === net { net?.transport = transport }
-            let base = Devices.virtioWindow(i)
-            do {
-                try mmio.insert(transport, base: base, size: VirtioMMIOTransport.windowSize)
-            } catch {
-                throw .bus(error)
-            }
-            do {
-                for (q, notifier) in transport.notifiers.enumerated() {
-                    try vm.registerIOEventFD(notifier.fd, mmioAddress: base + VirtioMMIOTransport.Reg.queueNotify, length: 4, datamatch: UInt64(q))
-                }
-                try vm.registerIRQFD(transport.interrupt.fd, gsi: Devices.virtioGSI(i))
-            } catch {
-                throw .kvm(error)
-            }
-            transports.append(transport)
+        for (i, device) in devices.enumerated() {
+            transports.append(try Self.attachVirtioDevice(device, slot: i, memory: memory, vm: vm, mmio: &mmio))
         }
         self.transports = transports
         if let snapshot {
-            do {
+            do throws(TransportRestoreError) {
                 for (t, saved) in zip(transports, snapshot.state.transports) { try t.restoreState(saved) }
             } catch {
-                throw .snapshot(error)
+                switch error {
+                case let .mismatch(why): throw .snapshot(.mismatch(why))
+                case let .corrupt(why): throw .snapshot(.corrupt(why))
+                }
             }
             serial.restoreState(snapshot.state.serial)
         }
@@ -298,13 +287,38 @@ public final class Machine: @unchecked Sendable {
     /// The host and guest addresses of a `--net auto` link.
     public var netAddresses: NetAddressPlan? { net?.tap?.plan }
     /// The guest's MAC address, when the machine has a network device.
-    public var netMAC: MACAddress? { net?.device.mac }
+    public var netMAC: MACAddress? { net?.mac }
     /// Times the guest's driver reset the vsock device (0 without one).
-    public var vsockDriverResets: Int { vsock?.muxer.statistics.driverResets ?? 0 }
+    public var vsockDriverResets: Int { vsock?.statistics.driverResets ?? 0 }
 
     /// Closes the vsock listener and removes its socket file at once, rather
     /// than whenever the last reference to the device goes.
-    deinit { vsock?.muxer.close() }
+    deinit { vsock?.close() }
+
+    /// Puts `device` behind a virtio-mmio transport in window `slot`: its
+    /// registers on the MMIO bus, each queue's QueueNotify an ioeventfd, its
+    /// interrupt an irqfd on the slot's GSI.
+    static func attachVirtioDevice(_ device: any VirtioDevice, slot: Int, memory: GuestMemory, vm: VirtualMachine,
+                                   mmio: inout Bus) throws(VMMError) -> VirtioMMIOTransport {
+        let transport: VirtioMMIOTransport
+        do { transport = try VirtioMMIOTransport(device: device, memory: memory) } catch { throw .system(error) }
+        let base = Devices.virtioWindow(slot)
+        do { try mmio.insert(transport, base: base, size: VirtioMMIOTransport.windowSize) } catch { throw .bus(error) }
+        do throws(KVMError) {
+            for (q, notifier) in transport.notifiers.enumerated() {
+                try vm.registerIOEventFD(notifier.fd, mmioAddress: base + VirtioMMIOTransport.Reg.queueNotify, length: 4, datamatch: UInt64(q))
+            }
+            try vm.registerIRQFD(transport.interrupt.fd, gsi: Devices.virtioGSI(slot))
+        } catch {
+            throw .kvm(error)
+        }
+        return transport
+    }
+
+    /// The transport `device` sits behind.
+    func transport(of device: any VirtioDevice) -> VirtioMMIOTransport? {
+        transports.first { $0.device === device }
+    }
 
     /// Runs the machine until it ends, and reports how.
     public func run() throws(VMMError) -> RunReport {
@@ -340,8 +354,10 @@ public final class Machine: @unchecked Sendable {
                     try loop.add(transport.notifiers[q].fd) { transport.serve(queue: q) }
                 }
             }
-            if let vsock { try loop.add(vsock.muxer.pollFD) { vsock.handlePollEvents() } }
-            if let net { try loop.add(net.device.pollFD) { net.handleTapReadable() } }
+            // The vsock and net devices' own fds: their handlers serve queues
+            // through their transport.
+            if let vsock, let transport = transport(of: vsock) { try loop.add(vsock.pollFD) { vsock.handlePollEvents(transport) } }
+            if let net, let transport = transport(of: net) { try loop.add(net.pollFD) { net.handleTapReadable(transport) } }
             try loop.start()
         } catch {
             throw .system(error)
@@ -349,7 +365,7 @@ public final class Machine: @unchecked Sendable {
         defer { loop.stop() }
         // A restored guest's vsock connections led to a host that is gone:
         // the driver drops them on TRANSPORT_RESET, and the agent reconnects.
-        if restoredFrom != nil { vsock?.transportReset() }
+        if restoredFrom != nil, let vsock, let transport = transport(of: vsock) { vsock.transportReset(transport) }
 
         let msrIndices = self.msrIndices
         let runners = vcpus.map { VcpuRunner(vcpu: $0, context: context, msrIndices: msrIndices) }
@@ -479,7 +495,7 @@ public enum Devices {
 }
 
 /// The boot-timer value, written once by a vCPU thread.
-final class BootTimerRecord: @unchecked Sendable {
+final class BootTimerRecord: Sendable {
     private let stored = Atomic<UInt64>(0)
     func set(_ micros: UInt64) { _ = stored.compareExchange(expected: 0, desired: max(1, micros), ordering: .relaxed) }
     var value: UInt64? { let v = stored.load(ordering: .relaxed); return v == 0 ? nil : v }
@@ -494,6 +510,9 @@ final class ResetRequest: Sendable {
 }
 
 /// Registers guest memory with KVM on a helper thread (see `Machine.init`).
+///
+/// `@unchecked Sendable`: the helper thread writes `error` before it exits;
+/// the owner reads it, and the other fields, only after `pthread_join`.
 final class MemorySlotRegistration: @unchecked Sendable {
     let vm: VirtualMachine
     let memory: GuestMemory

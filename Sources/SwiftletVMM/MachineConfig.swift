@@ -65,6 +65,11 @@ public struct VsockConfig: Sendable, Equatable {
 }
 
 /// A virtio-net device backed by a Linux TAP device.
+// The network types the CLI and the sandbox use, without a direct dependency on SwiftletVirtio.
+public typealias MACAddress = SwiftletVirtio.MACAddress
+public typealias NetError = SwiftletVirtio.NetError
+public typealias NetAddressPlan = SwiftletVirtio.NetAddressPlan
+
 public struct NetConfig: Sendable, Equatable {
     public enum Backend: Sendable, Equatable {
         /// Attach the existing TAP device with this name (never created).

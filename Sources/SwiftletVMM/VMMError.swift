@@ -2,6 +2,7 @@ import SwiftletDevices
 import SwiftletKVM
 import SwiftletMemory
 import SwiftletSys
+import SwiftletVirtio
 import SwiftletX86
 
 /// Why a machine could not be built or run. Each case renders as one line for the user.
@@ -15,6 +16,12 @@ public enum VMMError: Error, CustomStringConvertible, Sendable {
     case invalidConfig(String)
     /// Restoring from a snapshot failed its checks.
     case snapshot(SnapshotError)
+    /// A drive image could not be opened (the drive's path, and why).
+    case drive(String, BlockError)
+    /// The vsock device's socket could not be set up.
+    case vsock(VsockError)
+    /// The TAP could not be attached or created.
+    case net(NetError)
 
     public var description: String {
         switch self {
@@ -25,6 +32,9 @@ public enum VMMError: Error, CustomStringConvertible, Sendable {
         case let .system(e): return e.description
         case let .invalidConfig(why): return why
         case let .snapshot(e): return e.description
+        case let .drive(path, e): return "drive \(path): \(e)"
+        case let .vsock(e): return e.description
+        case let .net(e): return e.description
         }
     }
 }

@@ -282,6 +282,9 @@ struct RunOptions {
 }
 
 /// `--start-fd`: the run holds, machine built, until one byte arrives.
+///
+/// `@unchecked Sendable`: its two times are written once, by the main thread
+/// before the guest runs, and read by it after.
 final class StartGate: @unchecked Sendable {
     let fd: Int32?
     /// How long it held (written once, on the main thread, before the guest runs).

@@ -99,17 +99,17 @@ build() { # target
     c_module CSwiftlet
     swift_module SwiftletSys ""
     swift_module SwiftletMemory "SwiftletSys"
-    swift_module SwiftletVirtio "SwiftletSys SwiftletMemory"
-    local base=(SwiftletSys.o SwiftletMemory.o SwiftletVirtio.o CSwiftlet.o)
+    swift_module SwiftletDevices "SwiftletSys"
+    swift_module SwiftletVirtio "SwiftletSys SwiftletMemory SwiftletDevices"
+    local base=(SwiftletSys.o SwiftletMemory.o SwiftletDevices.o SwiftletVirtio.o CSwiftlet.o)
     case "$1" in
         snapshot)
             c_module CDecompress
             swift_module SwiftletX86 "SwiftletSys SwiftletMemory"
             swift_module SwiftletKVM "SwiftletSys SwiftletMemory"
-            swift_module SwiftletDevices "SwiftletSys"
             # -enable-testing: the harness reaches the internal decoder with @testable import.
             swift_module SwiftletVMM "SwiftletSys SwiftletMemory SwiftletVirtio SwiftletX86 SwiftletKVM SwiftletDevices" -enable-testing
-            swift_harness "${base[@]}" SwiftletX86.o SwiftletKVM.o SwiftletDevices.o SwiftletVMM.o CDecompress.o -lz -llz4 -lzstd ;;
+            swift_harness "${base[@]}" SwiftletX86.o SwiftletKVM.o SwiftletVMM.o CDecompress.o -lz -llz4 -lzstd ;;
         *) swift_harness "${base[@]}" ;;
     esac
 }

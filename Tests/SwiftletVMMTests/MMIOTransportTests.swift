@@ -1,16 +1,20 @@
+import Glibc
 import SwiftletMemory
-import SwiftletVirtio
+@testable import SwiftletVirtio
 import Synchronization
 import Testing
 @testable import SwiftletVMM
 
-/// A device model that records what the transport asks of it.
-final class FakeDevice: VirtioDeviceModel, @unchecked Sendable {
+/// A device that records what the transport asks of it.
+final class FakeDevice: VirtioDevice, @unchecked Sendable {
     let served = Atomic<Int>(0)
     let resets = Atomic<Int>(0)
+    /// While true, `serve` holds (a device busy with I/O); `serving` counts entries.
+    let holdServe = Atomic<Bool>(false)
+    let serving = Atomic<Int>(0)
     var failServe = false
     var deviceID: UInt32 { 2 }
-    var deviceFeatures: UInt64 { (1 << 9) | VirtioMMIOTransport.featureEventIndex }
+    var deviceFeatures: UInt64 { (1 << 9) | VirtioFeature.ringEventIdx }
     var queueMaxSizes: [UInt16] { [8] }
     func readConfig(offset: Int, into: UnsafeMutableRawBufferPointer) {
         for i in into.indices { into[i] = UInt8(truncatingIfNeeded: offset + i) }
@@ -18,6 +22,8 @@ final class FakeDevice: VirtioDeviceModel, @unchecked Sendable {
     func writeConfig(offset: Int, from: UnsafeRawBufferPointer) {}
     func serve(queue: Virtqueue, index: Int, memory: GuestMemory) throws(VirtqueueError) -> Bool {
         if failServe { throw .availIndexJump(availIndex: 100, nextAvail: 0, size: 8) }
+        serving.add(1, ordering: .releasing)
+        while holdServe.load(ordering: .acquiring) { usleep(1000) }
         served.add(1, ordering: .relaxed)
         return true
     }
@@ -47,7 +53,7 @@ struct MMIOTransportTests {
     }
 
     /// Acknowledge, negotiate `features`, set up queue 0 at valid addresses, DRIVER_OK.
-    func bringUp(_ t: VirtioMMIOTransport, features: UInt64 = VirtioMMIOTransport.featureVersion1) {
+    func bringUp(_ t: VirtioMMIOTransport, features: UInt64 = VirtioFeature.version1) {
         write(t, Reg.status, Status.acknowledge | Status.driver)
         write(t, Reg.driverFeaturesSel, 0)
         write(t, Reg.driverFeatures, UInt32(truncatingIfNeeded: features))
@@ -103,6 +109,29 @@ struct MMIOTransportTests {
         write(t, Reg.driverFeatures, 1 | (1 << 3)) // VERSION_1 plus bit 35, never offered
         write(t, Reg.status, Status.acknowledge | Status.driver | Status.featuresOK)
         #expect(read(t, Reg.status) & Status.featuresOK == 0)
+    }
+
+    @Test("registers, InterruptStatus included, answer while the device serves; a reset waits for the service to end")
+    func registersDoNotWaitBehindAService() async throws {
+        let (t, device, _) = try make()
+        bringUp(t)
+        device.holdServe.store(true, ordering: .releasing)
+        let service = Task.detached { t.serve(queue: 0) }
+        while device.serving.load(ordering: .acquiring) == 0 { usleep(1000) }
+        #expect(read(t, Reg.status) & Status.driverOK != 0)
+        #expect(read(t, Reg.interruptStatus) == 0)
+        #expect(read(t, Reg.queueReady) == 1)
+        write(t, Reg.interruptACK, 1)
+        // Once a reset write returns, the device no longer touches the old rings.
+        let reset = Task.detached { write(t, Reg.status, 0) }
+        usleep(50_000)
+        #expect(device.resets.load(ordering: .acquiring) == 0)
+        device.holdServe.store(false, ordering: .releasing)
+        await service.value
+        await reset.value
+        #expect(device.served.load(ordering: .relaxed) == 1)
+        #expect(device.resets.load(ordering: .acquiring) == 1)
+        #expect(read(t, Reg.status) == 0)
     }
 
     @Test func notificationServesAndRaisesTheInterrupt() throws {

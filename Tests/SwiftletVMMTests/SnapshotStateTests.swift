@@ -73,7 +73,7 @@ struct SnapshotStateTests {
     func transportRoundTrip() throws {
         let helper = MMIOTransportTests()
         let (t, _, memory) = try helper.make()
-        helper.bringUp(t, features: VirtioMMIOTransport.featureVersion1 | VirtioMMIOTransport.featureEventIndex)
+        helper.bringUp(t, features: VirtioFeature.version1 | VirtioFeature.ringEventIdx)
         var saved = t.saveState()
         saved.queues[0].nextAvail = 5
         saved.queues[0].nextUsed = 4
@@ -102,7 +102,7 @@ struct SnapshotStateTests {
         size.queues[0].size = 3
         for bad in [outside, features, queues, size] {
             let fresh = try VirtioMMIOTransport(device: FakeDevice(), memory: memory)
-            #expect(throws: SnapshotError.self) { try fresh.restoreState(bad) }
+            #expect(throws: TransportRestoreError.self) { try fresh.restoreState(bad) }
         }
     }
 

@@ -56,7 +56,7 @@ extension TestDriver {
 
 /// Device side: pops one chain, handles it, pushes it used. Returns the used length.
 @discardableResult
-func serve(_ q: Virtqueue, _ disk: BlockBackend) throws -> UInt32 {
+func serve(_ q: Virtqueue, _ disk: BlockDevice) throws -> UInt32 {
     let chain = try #require(try q.pop())
     let length = disk.handle(chain, memory: q.memory)
     try q.pushUsed(head: chain.head, length: length)
@@ -70,7 +70,7 @@ func pattern(_ seed: Int, _ count: Int) -> [UInt8] {
 struct BlockIOTests {
     @Test func writeThenReadBackByteExact() throws {
         let image = try TempImage(sectors: 64)
-        let disk = try BlockBackend(path: image.path, readOnly: false, id: nil)
+        let disk = try BlockDevice(path: image.path, readOnly: false, id: nil)
         #expect(disk.sectors == 64)
         let d = try TestDriver()
         let q = try d.queue()
@@ -91,7 +91,7 @@ struct BlockIOTests {
 
     @Test func indirectRequests() throws {
         let image = try TempImage(sectors: 64)
-        let disk = try BlockBackend(path: image.path, readOnly: false, id: nil)
+        let disk = try BlockDevice(path: image.path, readOnly: false, id: nil)
         let d = try TestDriver()
         let q = try d.queue()
         let data = pattern(2, 8192)
@@ -105,7 +105,7 @@ struct BlockIOTests {
 
     @Test func anyLayoutHeaderSplitAndDataInOneBuffer() throws {
         let image = try TempImage(sectors: 8, pattern: { UInt8(truncatingIfNeeded: $0 / 512) })
-        let disk = try BlockBackend(path: image.path, readOnly: false, id: nil)
+        let disk = try BlockDevice(path: image.path, readOnly: false, id: nil)
         let d = try TestDriver()
         let q = try d.queue()
         // Header in two 8-byte pieces.
@@ -132,7 +132,7 @@ struct BlockIOTests {
 
     @Test func zeroLengthDataBuffers() throws {
         let image = try TempImage(sectors: 8, pattern: { UInt8(truncatingIfNeeded: $0) })
-        let disk = try BlockBackend(path: image.path, readOnly: false, id: nil)
+        let disk = try BlockDevice(path: image.path, readOnly: false, id: nil)
         let d = try TestDriver()
         let q = try d.queue()
         let r = try d.postBlock(type: VirtioBlock.requestIn, sector: 1, inLengths: [0, 256, 0, 256, 0])
@@ -143,7 +143,7 @@ struct BlockIOTests {
 
     @Test func flushAndGetID() throws {
         let image = try TempImage(sectors: 8)
-        let disk = try BlockBackend(path: image.path, readOnly: false, id: "serial-42")
+        let disk = try BlockDevice(path: image.path, readOnly: false, id: "serial-42")
         let d = try TestDriver()
         let q = try d.queue()
         let f = try d.postBlock(type: VirtioBlock.requestFlush, sector: 0)
@@ -161,7 +161,7 @@ struct BlockIOTests {
 
     @Test func defaultIDComesFromTheInode() throws {
         let image = try TempImage(sectors: 8)
-        let disk = try BlockBackend(path: image.path, readOnly: false, id: nil)
+        let disk = try BlockDevice(path: image.path, readOnly: false, id: nil)
         var st = stat()
         #expect(stat(image.path, &st) == 0)
         let text = String(decoding: disk.id.prefix { $0 != 0 }, as: UTF8.self)
@@ -171,9 +171,9 @@ struct BlockIOTests {
 }
 
 struct BlockMalformedTests {
-    func setup(sectors: Int = 16, readOnly: Bool = false) throws -> (TempImage, BlockBackend, TestDriver, Virtqueue) {
+    func setup(sectors: Int = 16, readOnly: Bool = false) throws -> (TempImage, BlockDevice, TestDriver, Virtqueue) {
         let image = try TempImage(sectors: sectors, pattern: { _ in 0x11 })
-        let disk = try BlockBackend(path: image.path, readOnly: readOnly, id: nil)
+        let disk = try BlockDevice(path: image.path, readOnly: readOnly, id: nil)
         let d = try TestDriver()
         return (image, disk, d, try d.queue())
     }
@@ -281,9 +281,9 @@ func segment(sector: UInt64, count: UInt32, flags: UInt32) -> [UInt8] {
 }
 
 struct BlockDiscardTests {
-    func setup() throws -> (TempImage, BlockBackend, TestDriver, Virtqueue) {
+    func setup() throws -> (TempImage, BlockDevice, TestDriver, Virtqueue) {
         let image = try TempImage(sectors: 64, pattern: { _ in 0x77 })
-        let disk = try BlockBackend(path: image.path, readOnly: false, id: nil)
+        let disk = try BlockDevice(path: image.path, readOnly: false, id: nil)
         let d = try TestDriver()
         return (image, disk, d, try d.queue())
     }
@@ -332,7 +332,7 @@ struct BlockDiscardTests {
 }
 
 struct BlockConfigTests {
-    func config(_ disk: BlockBackend, offset: Int, count: Int) -> [UInt8] {
+    func config(_ disk: BlockDevice, offset: Int, count: Int) -> [UInt8] {
         var bytes = [UInt8](repeating: 0xcc, count: count)
         bytes.withUnsafeMutableBytes { disk.readConfig(offset: offset, into: $0) }
         return bytes
@@ -344,7 +344,7 @@ struct BlockConfigTests {
 
     @Test func configSpaceFields() throws {
         let image = try TempImage(sectors: 2048)
-        let disk = try BlockBackend(path: image.path, readOnly: false, id: nil)
+        let disk = try BlockDevice(path: image.path, readOnly: false, id: nil)
         #expect(le(config(disk, offset: 0, count: 8), UInt64.self) == 2048)
         #expect(le(config(disk, offset: 4, count: 4), UInt32.self) == 0) // high half of capacity
         #expect(le(config(disk, offset: 12, count: 4), UInt32.self) == UInt32(VirtioBlock.queueSize) - 2) // seg_max
@@ -364,13 +364,13 @@ struct BlockConfigTests {
 
     @Test func featuresFollowReadOnly() throws {
         let image = try TempImage(sectors: 8)
-        let rw = try BlockBackend(path: image.path, readOnly: false, id: nil)
-        let base = VirtioBlock.featureVersion1 | VirtioBlock.featureFlush | VirtioBlock.featureBlkSize | VirtioBlock.featureSegMax
-            | VirtioBlock.featureRingEventIdx | VirtioBlock.featureRingIndirectDesc
+        let rw = try BlockDevice(path: image.path, readOnly: false, id: nil)
+        let base = VirtioFeature.version1 | VirtioBlock.featureFlush | VirtioBlock.featureBlkSize | VirtioBlock.featureSegMax
+            | VirtioFeature.ringEventIdx | VirtioFeature.ringIndirectDesc
         #expect(rw.deviceFeatures == base | VirtioBlock.featureDiscard | VirtioBlock.featureWriteZeroes)
-        #expect(VirtioBlock.featureVersion1 == 1 << 32 && VirtioBlock.featureRO == 1 << 5 && VirtioBlock.featureWriteZeroes == 1 << 14)
+        #expect(VirtioFeature.version1 == 1 << 32 && VirtioBlock.featureRO == 1 << 5 && VirtioBlock.featureWriteZeroes == 1 << 14)
         let other = try TempImage(sectors: 8)
-        let ro = try BlockBackend(path: other.path, readOnly: true, id: nil)
+        let ro = try BlockDevice(path: other.path, readOnly: true, id: nil)
         #expect(ro.deviceFeatures == base | VirtioBlock.featureRO)
         #expect(config(ro, offset: 36, count: 24) == [UInt8](repeating: 0, count: 24))
     }
@@ -379,42 +379,42 @@ struct BlockConfigTests {
 struct BlockImageErrorTests {
     @Test func missingImage() {
         #expect(throws: BlockError.notFound("/nonexistent/disk.img")) {
-            try BlockBackend(path: "/nonexistent/disk.img", readOnly: false, id: nil)
+            try BlockDevice(path: "/nonexistent/disk.img", readOnly: false, id: nil)
         }
     }
 
     @Test func sizeNotAMultipleOf512() throws {
         let image = try TempImage(bytes: 1000)
         #expect(throws: BlockError.badSize(image.path, size: 1000)) {
-            try BlockBackend(path: image.path, readOnly: true, id: nil)
+            try BlockDevice(path: image.path, readOnly: true, id: nil)
         }
     }
 
     @Test func directoryIsNotAnImage() {
-        #expect(throws: BlockError.notAnImage("/tmp")) { try BlockBackend(path: "/tmp", readOnly: true, id: nil) }
-        #expect(throws: (any Error).self) { try BlockBackend(path: "/tmp", readOnly: false, id: nil) }
+        #expect(throws: BlockError.notAnImage("/tmp")) { try BlockDevice(path: "/tmp", readOnly: true, id: nil) }
+        #expect(throws: (any Error).self) { try BlockDevice(path: "/tmp", readOnly: false, id: nil) }
     }
 
     @Test func idLongerThan20Bytes() throws {
         let image = try TempImage(sectors: 1)
         #expect(throws: BlockError.invalidID("123456789012345678901")) {
-            try BlockBackend(path: image.path, readOnly: false, id: "123456789012345678901")
+            try BlockDevice(path: image.path, readOnly: false, id: "123456789012345678901")
         }
-        _ = try BlockBackend(path: image.path, readOnly: false, id: "12345678901234567890")
+        _ = try BlockDevice(path: image.path, readOnly: false, id: "12345678901234567890")
     }
 
     @Test func writableImageIsExclusive() throws {
         let image = try TempImage(sectors: 8)
         do {
-            let first = try BlockBackend(path: image.path, readOnly: false, id: nil)
-            #expect(throws: BlockError.inUse(image.path)) { try BlockBackend(path: image.path, readOnly: false, id: nil) }
-            #expect(throws: BlockError.inUse(image.path)) { try BlockBackend(path: image.path, readOnly: true, id: nil) }
+            let first = try BlockDevice(path: image.path, readOnly: false, id: nil)
+            #expect(throws: BlockError.inUse(image.path)) { try BlockDevice(path: image.path, readOnly: false, id: nil) }
+            #expect(throws: BlockError.inUse(image.path)) { try BlockDevice(path: image.path, readOnly: true, id: nil) }
             _ = first
         }
         // Released with the first backend; read-only opens share.
-        let a = try BlockBackend(path: image.path, readOnly: true, id: nil)
-        let b = try BlockBackend(path: image.path, readOnly: true, id: nil)
-        #expect(throws: BlockError.inUse(image.path)) { try BlockBackend(path: image.path, readOnly: false, id: nil) }
+        let a = try BlockDevice(path: image.path, readOnly: true, id: nil)
+        let b = try BlockDevice(path: image.path, readOnly: true, id: nil)
+        #expect(throws: BlockError.inUse(image.path)) { try BlockDevice(path: image.path, readOnly: false, id: nil) }
         _ = (a, b)
     }
 
@@ -422,8 +422,8 @@ struct BlockImageErrorTests {
     func readOnlyFileNeedsRO() throws {
         let image = try TempImage(sectors: 8)
         #expect(chmod(image.path, 0o444) == 0)
-        #expect(throws: BlockError.readOnlyImage(image.path)) { try BlockBackend(path: image.path, readOnly: false, id: nil) }
-        _ = try BlockBackend(path: image.path, readOnly: true, id: nil)
+        #expect(throws: BlockError.readOnlyImage(image.path)) { try BlockDevice(path: image.path, readOnly: false, id: nil) }
+        _ = try BlockDevice(path: image.path, readOnly: true, id: nil)
     }
 
     @Test func errorDescriptionsAreOneLine() {
@@ -438,7 +438,7 @@ struct BlockImageErrorTests {
 struct BlockQueueTests {
     @Test func manyRequestsThroughAFullRing() throws {
         let image = try TempImage(sectors: 1024)
-        let disk = try BlockBackend(path: image.path, readOnly: false, id: nil)
+        let disk = try BlockDevice(path: image.path, readOnly: false, id: nil)
         let d = try TestDriver(size: 256, startIndex: 0xff80)
         let q = try d.queue(eventIndex: true)
         var expected = [Int: [UInt8]]()

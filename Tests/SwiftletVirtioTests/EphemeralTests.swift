@@ -63,7 +63,7 @@ struct EphemeralBackendTests {
         let bytes = Self.sectors * 512
         let image = try baseImage()
         let original = try wholeImage(image, bytes: bytes)
-        let disk = try BlockBackend(path: image.path, readOnly: false, ephemeral: true, id: nil)
+        let disk = try BlockDevice(path: image.path, readOnly: false, ephemeral: true, id: nil)
         #expect(disk.ephemeral && !disk.readOnly && disk.sectors == UInt64(Self.sectors))
         var model = original
         var rng = Xorshift(state: 0x5eed_1234_abcd_0001)
@@ -112,7 +112,7 @@ struct EphemeralBackendTests {
     @Test func partialWriteMergesWithTheBaseBlock() throws {
         let image = try baseImage()
         let original = try wholeImage(image, bytes: Self.sectors * 512)
-        let disk = try BlockBackend(path: image.path, readOnly: false, ephemeral: true, id: nil)
+        let disk = try BlockDevice(path: image.path, readOnly: false, ephemeral: true, id: nil)
         let d = try TestDriver()
         let q = try d.queue()
         // Sector 9 is the second of block 1 (sectors 8-15); sector 36 the last of the partial block 4.
@@ -135,10 +135,10 @@ struct EphemeralBackendTests {
     @Test func twoRunsOnOneBaseAreIsolated() throws {
         let image = try baseImage()
         let original = try wholeImage(image, bytes: Self.sectors * 512)
-        let a = try BlockBackend(path: image.path, readOnly: false, ephemeral: true, id: nil)
-        let b = try BlockBackend(path: image.path, readOnly: false, ephemeral: true, id: nil)
+        let a = try BlockDevice(path: image.path, readOnly: false, ephemeral: true, id: nil)
+        let b = try BlockDevice(path: image.path, readOnly: false, ephemeral: true, id: nil)
         // A read-only raw drive shares the base too.
-        let reader = try BlockBackend(path: image.path, readOnly: true, id: nil)
+        let reader = try BlockDevice(path: image.path, readOnly: true, id: nil)
         let d = try TestDriver()
         let q = try d.queue()
         for (disk, byte) in [(a, UInt8(0xaa)), (b, 0xbb)] {
@@ -163,7 +163,7 @@ struct EphemeralBackendTests {
         let image = try baseImage()
         #expect(listing(dir) == [])
         do {
-            let disk = try BlockBackend(path: image.path, readOnly: false, ephemeral: true, id: nil, overlayDirectory: dir)
+            let disk = try BlockDevice(path: image.path, readOnly: false, ephemeral: true, id: nil, overlayDirectory: dir)
             let d = try TestDriver()
             let q = try d.queue()
             let w = try d.postBlock(type: VirtioBlock.requestOut, sector: 0, out: [pattern(7, 8192)])
@@ -187,7 +187,7 @@ struct EphemeralBackendTests {
     @Test func readOnlyAndEphemeralTogetherAreRejected() throws {
         let image = try baseImage()
         #expect(throws: BlockError.readOnlyEphemeral(image.path)) {
-            try BlockBackend(path: image.path, readOnly: true, ephemeral: true, id: nil)
+            try BlockDevice(path: image.path, readOnly: true, ephemeral: true, id: nil)
         }
         let line = BlockError.readOnlyEphemeral(image.path).description
         #expect(!line.contains("\n") && line.contains("ro and ephemeral"))
@@ -196,9 +196,9 @@ struct EphemeralBackendTests {
     @Test func baseHeldWritableIsInUse() throws {
         let image = try baseImage()
         do {
-            let writer = try BlockBackend(path: image.path, readOnly: false, id: nil)
+            let writer = try BlockDevice(path: image.path, readOnly: false, id: nil)
             #expect(throws: BlockError.inUse(image.path)) {
-                try BlockBackend(path: image.path, readOnly: false, ephemeral: true, id: nil)
+                try BlockDevice(path: image.path, readOnly: false, ephemeral: true, id: nil)
             }
             _ = writer
         }
@@ -209,12 +209,12 @@ struct EphemeralBackendTests {
             defer { close(fd) }
             try #require(flock(fd, LOCK_EX | LOCK_NB) == 0)
             #expect(throws: BlockError.inUse(image.path)) {
-                try BlockBackend(path: image.path, readOnly: false, ephemeral: true, id: nil)
+                try BlockDevice(path: image.path, readOnly: false, ephemeral: true, id: nil)
             }
         }
         // And while an ephemeral run holds the base, nobody attaches it writable.
-        let run = try BlockBackend(path: image.path, readOnly: false, ephemeral: true, id: nil)
-        #expect(throws: BlockError.inUse(image.path)) { try BlockBackend(path: image.path, readOnly: false, id: nil) }
+        let run = try BlockDevice(path: image.path, readOnly: false, ephemeral: true, id: nil)
+        #expect(throws: BlockError.inUse(image.path)) { try BlockDevice(path: image.path, readOnly: false, id: nil) }
         let fd = open(image.path, O_RDWR)
         try #require(fd >= 0)
         defer { close(fd) }
@@ -226,13 +226,13 @@ struct EphemeralBackendTests {
     func readOnlyFileCanBeAnEphemeralBase() throws {
         let image = try baseImage()
         #expect(chmod(image.path, 0o444) == 0)
-        let disk = try BlockBackend(path: image.path, readOnly: false, ephemeral: true, id: nil)
+        let disk = try BlockDevice(path: image.path, readOnly: false, ephemeral: true, id: nil)
         #expect(!disk.readOnly)
     }
 
     @Test func flushGetIDAndFeatures() throws {
         let image = try baseImage()
-        let disk = try BlockBackend(path: image.path, readOnly: false, ephemeral: true, id: nil)
+        let disk = try BlockDevice(path: image.path, readOnly: false, ephemeral: true, id: nil)
         let d = try TestDriver()
         let q = try d.queue()
         let w = try d.postBlock(type: VirtioBlock.requestOut, sector: 0, out: [pattern(1, 512)])
@@ -260,7 +260,7 @@ struct EphemeralBackendTests {
     func sectorsPastTheEndAreIOError(sector: UInt64) throws {
         let image = try baseImage()
         let original = try wholeImage(image, bytes: Self.sectors * 512)
-        let disk = try BlockBackend(path: image.path, readOnly: false, ephemeral: true, id: nil)
+        let disk = try BlockDevice(path: image.path, readOnly: false, ephemeral: true, id: nil)
         let d = try TestDriver()
         let q = try d.queue()
         let r = try d.postBlock(type: VirtioBlock.requestIn, sector: sector, inLengths: [8 * 512])
@@ -283,7 +283,7 @@ struct EphemeralBackendTests {
         // 64 MiB + 512: many bitmap words, and a one-sector last block.
         let sectors = (64 << 11) + 1
         let image = try TempImage(sectors: sectors)
-        let disk = try BlockBackend(path: image.path, readOnly: false, ephemeral: true, id: nil)
+        let disk = try BlockDevice(path: image.path, readOnly: false, ephemeral: true, id: nil)
         let d = try TestDriver()
         let q = try d.queue()
         for sector in [0, 4095, 70_000, sectors - 1] {

@@ -50,7 +50,7 @@ struct FileIOTests {
     func writeZeroesOnTmpfs() throws {
         // tmpfs punches holes but has no ZERO_RANGE: the request still zeroes.
         let image = try TempImage(sectors: 32, directory: "/dev/shm", pattern: { _ in 0x44 })
-        let disk = try BlockBackend(path: image.path, readOnly: false, id: nil)
+        let disk = try BlockDevice(path: image.path, readOnly: false, id: nil)
         let d = try TestDriver()
         let q = try d.queue()
         for type in [VirtioBlock.requestWriteZeroes, VirtioBlock.requestDiscard] {

@@ -35,7 +35,7 @@ final class NetFixture {
         rxQueue = try rx.queue()
         txQueue = try tx.queue()
         device = try NetDevice(fd: deviceEnd, mac: MACAddress(bytes: [2, 0, 0, 0, 0, 1]), offloads: false, setOffloads: nil)
-        device.activate(features: VirtioNet.featureVersion1 | (mergeable ? VirtioNet.featureMrgRxbuf : 0))
+        device.activate(features: VirtioFeature.version1 | (mergeable ? VirtioNet.featureMrgRxbuf : 0))
     }
 
     deinit {
@@ -363,11 +363,11 @@ struct NetDeviceTxTests {
         let f = try NetFixture()
         nonisolated(unsafe) var set: [UInt32] = []
         let d = try NetDevice(fd: f.deviceEnd, mac: MACAddress(bytes: [2, 0, 0, 0, 0, 2]), offloads: true) { set.append($0) }
-        d.activate(features: VirtioNet.featureVersion1 | VirtioNet.featureGuestCsum | VirtioNet.featureGuestTSO4)
+        d.activate(features: VirtioFeature.version1 | VirtioNet.featureGuestCsum | VirtioNet.featureGuestTSO4)
         #expect(set.isEmpty, "no system call on the vCPU thread")
         _ = try d.serveTx(f.txQueue)
         #expect(set == [0x01 | 0x02])
-        d.activate(features: VirtioNet.featureVersion1 | VirtioNet.featureGuestTSO4) // TSO without CSUM is meaningless
+        d.activate(features: VirtioFeature.version1 | VirtioNet.featureGuestTSO4) // TSO without CSUM is meaningless
         _ = try d.serveTx(f.txQueue)
         #expect(set.last == 0)
     }

@@ -231,7 +231,7 @@ struct VsockLifecycleTests {
         #expect(high == [0, 0, 0, 0])
         high.withUnsafeMutableBytes { muxer.readConfig(offset: Int.max, into: $0) }
         #expect(high == [0, 0, 0, 0])
-        #expect(muxer.deviceFeatures == VirtioVsock.featureVersion1)
+        #expect(muxer.deviceFeatures == VirtioFeature.version1)
     }
 
     @Test func abstractSocketNames() throws {

@@ -65,8 +65,8 @@ do {
     }
     fsync(imageFD)
 }
-func openDisk(ephemeral: Bool) -> BlockBackend {
-    do { return try BlockBackend(path: imagePath, readOnly: false, ephemeral: ephemeral, id: nil) } catch { fail("\(error)") }
+func openDisk(ephemeral: Bool) -> BlockDevice {
+    do { return try BlockDevice(path: imagePath, readOnly: false, ephemeral: ephemeral, id: nil) } catch { fail("\(error)") }
 }
 
 // Guest layout: descriptor table 0x1000, available ring 0x3000, used ring 0x4000,
@@ -109,7 +109,7 @@ func offsets(blockSize: Int, random: Bool) -> [Int64] {
 }
 
 /// Wall and user-CPU seconds to serve `offsets` through the virtqueue.
-func virtioRun(_ disk: BlockBackend, blockSize: Int, write: Bool, offsets: [Int64]) throws -> (wall: Double, user: Double) {
+func virtioRun(_ disk: BlockDevice, blockSize: Int, write: Bool, offsets: [Int64]) throws -> (wall: Double, user: Double) {
     try setUpDescriptors(blockSize: blockSize, write: write)
     try memory.store(UInt16(0), at: config.availRing + 2)
     try memory.store(UInt16(0), at: config.usedRing + 2)
@@ -126,13 +126,8 @@ func virtioRun(_ disk: BlockBackend, blockSize: Int, write: Bool, offsets: [Int6
             availIdx &+= 1
         }
         try memory.store(availIdx, at: config.availRing + 2)
-        // Device: what the event loop does on a notification.
-        repeat {
-            while let chain = try queue.pop() {
-                try queue.pushUsed(head: chain.head, length: disk.handle(chain, memory: memory))
-            }
-        } while queue.enableNotification()
-        _ = queue.needsInterrupt()
+        // Device: what the transport has it do on a notification.
+        _ = try disk.serve(queue: queue, index: 0, memory: memory)
         // Driver: reap and check.
         for slot in 0..<batch where try memory.load(UInt8.self, at: statusAddress(slot)) != VirtioBlock.statusOK {
             fail("request failed")

@@ -18,18 +18,14 @@ enum BootLoader {
             let full = KernelCommandLine.inserting(extraArguments, into: cmdline)
             return try loadLinux(kernelPath: kernelPath, initrdPath: initrdPath, cmdline: full, config: config, memory: memory)
         case let .flat(code, loadAddress, longMode):
-            do {
-                try memory.write(code, at: loadAddress)
-                if longMode {
+            do throws(GuestMemoryError) { try memory.write(code, at: loadAddress) } catch { throw .memory(error) }
+            if longMode {
+                do throws(X86BootError) {
                     try GDT.write(into: memory)
                     _ = try PageTables.write(into: memory)
+                } catch {
+                    throw .boot(error)
                 }
-            } catch let e as GuestMemoryError {
-                throw .memory(e)
-            } catch let e as X86BootError {
-                throw .boot(e)
-            } catch {
-                throw .invalidConfig("\(error)")
             }
             return Loaded(entry: loadAddress, longMode: longMode)
         }

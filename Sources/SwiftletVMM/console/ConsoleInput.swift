@@ -8,6 +8,9 @@ import SwiftletSys
 /// When stdin is a terminal it is put in raw mode (restored on `stop`), so
 /// keys such as Ctrl-C reach the guest; `Ctrl-A x` stops the machine, as in
 /// QEMU's `-nographic`. A pipe is forwarded until EOF.
+///
+/// `@unchecked Sendable`: `savedTermios` and `thread` are set by `start` and
+/// cleared by `stop`, both on the thread that owns the machine.
 final class ConsoleInput: @unchecked Sendable {
     static let escapeKey: UInt8 = 0x01 // Ctrl-A
     private let serial: Serial8250

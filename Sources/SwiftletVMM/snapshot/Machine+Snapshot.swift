@@ -97,15 +97,15 @@ extension Snapshot {
             throw .corrupt("its device states do not match its machine")
         }
         try m.kernel.check(kernelPath, what: "kernel")
-        // The drive images are checked on the descriptors their backends
+        // The drive images are checked on the descriptors their devices
         // opened (`checkDrives`), not here by path.
     }
 
-    /// Checks each drive image, on the descriptor its backend reads, against
+    /// Checks each drive image, on the descriptor its device reads, against
     /// the identity the snapshot recorded (read-only and ephemeral drives).
-    func checkDrives(_ backends: [BlockBackend]) throws(SnapshotError) {
-        for (backend, saved) in zip(backends, manifest.drives) {
-            if let identity = saved.identity { try identity.check(fd: backend.imageFD, path: backend.path, what: "drive image") }
+    func checkDrives(_ blocks: [BlockDevice]) throws(SnapshotError) {
+        for (block, saved) in zip(blocks, manifest.drives) {
+            if let identity = saved.identity { try identity.check(fd: block.imageFD, path: block.path, what: "drive image") }
         }
     }
 }

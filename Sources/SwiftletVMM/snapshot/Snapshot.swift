@@ -4,6 +4,7 @@ import SwiftletDevices
 import SwiftletKVM
 import SwiftletMemory
 import SwiftletSys
+import SwiftletVirtio
 import SwiftletX86
 
 /// What a snapshot was taken of: enough to rebuild the same machine and to

@@ -3,6 +3,8 @@ import Glibc
 /// Holds the vCPU threads before their first `KVM_RUN` until the main thread
 /// has sandboxed itself (`ThreadSandbox.guestStart`): no guest instruction
 /// runs before every thread of the VMM is under its seccomp filter.
+///
+/// `@unchecked Sendable`: the rwlock behind the pointer is itself thread-safe.
 final class StartGate: @unchecked Sendable {
     private let lock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
 

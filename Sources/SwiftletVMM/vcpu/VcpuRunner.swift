@@ -57,7 +57,7 @@ final class ExitLatch: Sendable {
 }
 
 /// Runs one vCPU on its own thread: `KVM_RUN`, dispatch the exit, repeat.
-final class VcpuRunner: @unchecked Sendable {
+final class VcpuRunner: Sendable {
     let vcpu: Vcpu
     let context: MachineContext
     /// Set by the main thread to stop this vCPU; sticky.

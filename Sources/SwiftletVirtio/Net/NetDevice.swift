@@ -21,11 +21,17 @@ import SwiftletSys
 ///
 /// Every guest value is hostile: a chain too short for a header, or one the
 /// queue rejects, is returned unused; the TAP itself checks the header's
-/// GSO fields. Methods run on the device event loop only (under the
-/// transport's lock), except `init`.
+/// GSO fields. Methods run under the transport's service lock (the device
+/// event loop's services, and a vCPU's reset or DRIVER_OK), except `init`.
+///
+/// `@unchecked Sendable`: its frame buffer, held chains and counters are
+/// used under the transport's service lock only (`tap` is set in `init`).
 public final class NetDevice: @unchecked Sendable {
     /// The fd the frames go through (a TAP's, or a socket in tests); not owned.
     public let fd: Int32
+    /// The TAP behind `fd` when the device was made from one: held as long
+    /// as the device lives (an `auto` TAP is removed when it goes).
+    public private(set) var tap: TapDevice?
     public let mac: MACAddress
     /// Called with TUN_F_* flags when the guest's features are known; nil
     /// (tests over sockets) offers no offloads.
@@ -63,8 +69,8 @@ public final class NetDevice: @unchecked Sendable {
         self.fd = fd
         self.mac = mac
         self.setOffloads = offloads ? setOffloads : nil
-        var features = VirtioNet.featureVersion1 | VirtioNet.featureMAC | VirtioNet.featureMrgRxbuf
-            | VirtioNet.featureEventIdx | VirtioNet.featureIndirect
+        var features = VirtioFeature.version1 | VirtioNet.featureMAC | VirtioNet.featureMrgRxbuf
+            | VirtioFeature.ringEventIdx | VirtioFeature.ringIndirectDesc
         if offloads, setOffloads != nil {
             features |= VirtioNet.featureCsum | VirtioNet.featureGuestCsum
                 | VirtioNet.featureGuestTSO4 | VirtioNet.featureGuestTSO6
@@ -183,10 +189,7 @@ public final class NetDevice: @unchecked Sendable {
     /// Pops the next rx chain, returning malformed ones (with a head) unused.
     /// Nil when the ring is empty, after re-enabling notifications.
     private func popRx(_ queue: Virtqueue, used: inout Bool) throws(VirtqueueError) -> DescriptorChain? {
-        while true {
-            if let chain = try queue.popServable(returnedMalformed: { rxBadChains += 1; used = true }) { return chain }
-            if !queue.enableNotification() { return nil }
-        }
+        try queue.popOrEnableNotification(onMalformed: { rxBadChains += 1; used = true })
     }
 
     /// Delivers the pending frame if the guest has room for it. False when it
@@ -251,14 +254,10 @@ public final class NetDevice: @unchecked Sendable {
     /// Writes every available tx chain to the fd. Returns whether to interrupt.
     public func serveTx(_ queue: Virtqueue) throws(VirtqueueError) -> Bool {
         applyOffloads()
-        var used = false
-        repeat {
-            while let chain = try queue.popServable(returnedMalformed: { txErrors += 1; used = true }) {
-                transmit(chain, memory: queue.memory)
-                try queue.pushUsed(head: chain.head, length: 0)
-                used = true
-            }
-        } while queue.enableNotification()
+        let used = try queue.drain(onMalformed: { txErrors += 1 }) { chain in
+            transmit(chain, memory: queue.memory)
+            return 0
+        }
         return used && queue.needsInterrupt()
     }
 
@@ -278,5 +277,39 @@ public final class NetDevice: @unchecked Sendable {
         // A full TAP queue or a frame the kernel refuses (bad GSO header)
         // costs that frame: the guest's own protocols retransmit.
         if n == length { txFrames += 1 } else { txErrors += 1 }
+    }
+}
+
+extension NetDevice {
+    /// A device on `tap`, offering the offloads the TAP supports.
+    public convenience init(tap: TapDevice, mac: MACAddress) throws(SystemError) {
+        try self.init(fd: tap.fd, mac: mac, offloads: tap.supportsOffloads) { tap.setOffloads($0) }
+        self.tap = tap
+    }
+}
+
+// MARK: - The device behind the MMIO transport
+
+extension NetDevice: VirtioDevice {
+    public var deviceID: UInt32 { VirtioNet.deviceID }
+    /// rx (0) and tx (1), served on the device event loop.
+    public var queueMaxSizes: [UInt16] { [VirtioNet.queueSize, VirtioNet.queueSize] }
+
+    public func serve(queue: Virtqueue, index: Int, memory: GuestMemory) throws(VirtqueueError) -> Bool {
+        switch index {
+        case VirtioNet.rxQueue: return try serveRx(queue)
+        case VirtioNet.txQueue: return try serveTx(queue)
+        default: return false
+        }
+    }
+
+    /// The event loop's handler for `pollFD` (the TAP has frames): serve rx
+    /// through `transport`. When the device is not live the transport does
+    /// not serve, and the TAP is unwatched until the guest's next rx
+    /// notification, so a level-triggered fd never spins the loop.
+    public func handleTapReadable(_ transport: VirtioMMIOTransport) {
+        let before = rxServices
+        transport.serve(queue: VirtioNet.rxQueue)
+        if rxServices == before { pause() }
     }
 }

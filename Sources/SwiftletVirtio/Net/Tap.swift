@@ -8,7 +8,7 @@ import SwiftletSys
 /// A TAP that `create` made is not persistent: the kernel removes the
 /// interface when the last fd closes, so it goes with the process on every
 /// path (clean exit, crash, SIGTERM, SIGKILL).
-public final class TapDevice: @unchecked Sendable {
+public final class TapDevice: Sendable {
     public let fd: Int32
     public let name: String
     /// The TAP took TUNSETOFFLOAD with checksum and TSO: offer the guest offloads.

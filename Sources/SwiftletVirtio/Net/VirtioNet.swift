@@ -20,7 +20,4 @@ public enum VirtioNet {
     public static let featureHostTSO4: UInt64 = 1 << 11
     public static let featureHostTSO6: UInt64 = 1 << 12
     public static let featureMrgRxbuf: UInt64 = 1 << 15
-    public static let featureIndirect: UInt64 = 1 << 28
-    public static let featureEventIdx: UInt64 = 1 << 29
-    public static let featureVersion1: UInt64 = 1 << 32
 }

@@ -15,9 +15,6 @@ public enum VirtioVsock {
     /// Queue 2: the driver gives event buffers (transport reset).
     public static let eventQueue = 2
 
-    /// VIRTIO_F_VERSION_1 (bit 32): the only feature offered.
-    public static let featureVersion1: UInt64 = 1 << 32
-
     /// The host's CID (VMADDR_CID_HOST).
     public static let hostCID: UInt64 = 2
     /// CIDs a guest may not have: 0 (hypervisor), 1 (local), 2 (host), and

@@ -125,10 +125,7 @@ extension VsockMuxer {
             heldRx = nil
             return held.chain
         }
-        while true {
-            if let chain = try queue.popServable(returnedMalformed: { rxPushed = true }) { return chain }
-            if !queue.enableNotification() { return nil }
-        }
+        return try queue.popOrEnableNotification(onMalformed: { rxPushed = true })
     }
 
     /// Reads the socket into one rx buffer, behind a RW header.

@@ -9,22 +9,16 @@ extension VsockMuxer {
     func serveTxLocked(_ queue: Virtqueue) throws(VirtqueueError) -> Bool {
         txStalled = false
         let workBefore = rxWorkQueued
-        var served = false
-        repeat {
-            while true {
-                guard !closed else { break }
-                if pending.count >= Self.maxPendingPackets {
-                    // The guest is not taking what we owe it; leave its
-                    // packets in the ring until it does.
-                    txStalled = true
-                    break
-                }
-                guard let chain = try queue.popServable(returnedMalformed: { stats.droppedPackets += 1; served = true }) else { break }
-                guestPacket(chain, memory: queue.memory)
-                try queue.pushUsed(head: chain.head, length: 0)
-                served = true
-            }
-        } while !txStalled && !closed && queue.enableNotification()
+        let served = try queue.drain(onMalformed: { stats.droppedPackets += 1 }, stop: {
+            if closed { return true }
+            // The guest is not taking what we owe it; leave its packets in
+            // the ring until it does.
+            if pending.count >= Self.maxPendingPackets { txStalled = true }
+            return txStalled
+        }) { chain in
+            guestPacket(chain, memory: queue.memory)
+            return 0
+        }
         // New packets or socket data for the guest: have the loop serve rx.
         if rxWorkQueued != workBefore { poller.signalWake() }
         return served && queue.needsInterrupt()

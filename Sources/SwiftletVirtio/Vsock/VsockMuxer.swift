@@ -25,6 +25,9 @@ import SwiftletSys
 /// connection, and nothing the guest sends can make the device buffer
 /// without bound or spin. Thread-safe: one lock serialises all calls (the
 /// event loop thread serves; a vCPU thread may reset).
+///
+/// `@unchecked Sendable`: its state sits beside `lock`, which every entry
+/// point takes, rather than inside a `Mutex<State>` (issue 18, left to do).
 public final class VsockMuxer: @unchecked Sendable {
     /// The guest's CID (config space `guest_cid`).
     public let guestCID: UInt32
@@ -128,7 +131,7 @@ public final class VsockMuxer: @unchecked Sendable {
     public var pollFD: Int32 { poller.epoll.fd }
 
     /// The features offered: VERSION_1 only (stream sockets).
-    public var deviceFeatures: UInt64 { VirtioVsock.featureVersion1 }
+    public var deviceFeatures: UInt64 { VirtioFeature.version1 }
 
     /// Reads config space bytes at `offset` (le64 `guest_cid`); bytes past its end read as 0.
     public func readConfig(offset: Int, into: UnsafeMutableRawBufferPointer) {

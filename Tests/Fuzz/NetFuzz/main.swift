@@ -233,7 +233,7 @@ struct Harness {
         setsockopt(deviceEnd, SOL_SOCKET, SO_SNDBUF, &big, 4)
         device = try! NetDevice(fd: deviceEnd, mac: mac, offloads: false, setOffloads: nil)
         (rx, tx) = Self.queues(size: 16, txSize: 16, start: 0, eventIndex: false, indirect: false)
-        device.activate(features: VirtioNet.featureVersion1 | VirtioNet.featureMrgRxbuf)
+        device.activate(features: VirtioFeature.version1 | VirtioNet.featureMrgRxbuf)
     }
 
     static func queues(size: UInt16, txSize: UInt16, start: UInt16, eventIndex: Bool, indirect: Bool) -> (DriverQueue, DriverQueue) {
@@ -270,8 +270,8 @@ struct Harness {
         let start = b.count > 4 ? UInt16(b[3]) | UInt16(b[4]) << 8 : 0
         (rx, tx) = Self.queues(size: size, txSize: txSize, start: start, eventIndex: features & 2 != 0, indirect: features & 4 != 0)
         mergeable = features & 1 != 0
-        device.activate(features: VirtioNet.featureVersion1 | (mergeable ? VirtioNet.featureMrgRxbuf : 0)
-                        | (features & 2 != 0 ? VirtioNet.featureEventIdx : 0) | (features & 4 != 0 ? VirtioNet.featureIndirect : 0))
+        device.activate(features: VirtioFeature.version1 | (mergeable ? VirtioNet.featureMrgRxbuf : 0)
+                        | (features & 2 != 0 ? VirtioFeature.ringEventIdx : 0) | (features & 4 != 0 ? VirtioFeature.ringIndirectDesc : 0))
         live = true
         broken = false
         chaos = false

@@ -26,6 +26,7 @@ import Glibc
 import SwiftletDevices
 import SwiftletKVM
 import SwiftletSys
+import SwiftletVirtio
 @testable import SwiftletVMM
 import SwiftletX86
 

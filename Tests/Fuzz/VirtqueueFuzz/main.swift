@@ -22,10 +22,10 @@ let fixedLayout = (desc: UInt64(0), avail: UInt64(0x1000), used: UInt64(0x1400))
 let memory = try! GuestMemory(ranges: [(base: 0, size: 0x8000), (base: 0x10000, size: 0x8000)])
 
 /// A 64-sector image in a memfd, opened through /proc like any path.
-func memfdBackend(readOnly: Bool) -> BlockBackend {
+func memfdBackend(readOnly: Bool) -> BlockDevice {
     let fd = swl_memfd_create("virtqueue-fuzz", 0)
     precondition(fd >= 0 && ftruncate(fd, 64 * 512) == 0, "memfd")
-    return try! BlockBackend(path: "/proc/self/fd/\(fd)", readOnly: readOnly, id: "fuzz")
+    return try! BlockDevice(path: "/proc/self/fd/\(fd)", readOnly: readOnly, id: "fuzz")
 }
 let writableDisk = memfdBackend(readOnly: false)
 let readOnlyDisk = memfdBackend(readOnly: true)

@@ -1,4 +1,5 @@
 import Glibc
+import SwiftletMemory
 import SwiftletSys
 
 /// Why a disk image could not be opened.
@@ -45,7 +46,7 @@ public enum BlockError: Error, Equatable, Sendable, CustomStringConvertible {
 /// guest memory. The VMM calls `handle` on its device event loop thread; a
 /// raw drive may also be served from several threads at once (one per
 /// queue), and an ephemeral one serializes its requests on a mutex.
-public final class BlockBackend: @unchecked Sendable {
+public final class BlockDevice: VirtioDevice, Sendable {
     /// The image path, for messages.
     public let path: String
     /// Capacity in 512-byte sectors.
@@ -56,7 +57,7 @@ public final class BlockBackend: @unchecked Sendable {
     public let ephemeral: Bool
     /// The GET_ID answer: 20 bytes, NUL-padded.
     public let id: [UInt8]
-    /// Where the bytes live; holds the image open, and its flock, until the backend goes away.
+    /// Where the bytes live; holds the image open, and its flock, until the device goes away.
     let store: BlockStore
     /// `virtio_blk_config`, built once: nothing in it changes.
     private let config: [UInt8]
@@ -69,7 +70,7 @@ public final class BlockBackend: @unchecked Sendable {
     /// nobody attaches it writable meanwhile), and the guest's writes go to an
     /// unlinked overlay created in `overlayDirectory` (default `$TMPDIR`, else
     /// /tmp; a memfd where that cannot hold one) that vanishes with the
-    /// backend or the process, however it ends. It cannot be `readOnly` too.
+    /// device or the process, however it ends. It cannot be `readOnly` too.
     ///
     /// `id` is the serial the guest sees (at most 20 bytes); by default it is
     /// derived from the image's (the base's) device and inode numbers.
@@ -150,8 +151,8 @@ public final class BlockBackend: @unchecked Sendable {
 
     /// The features this device offers.
     public var deviceFeatures: UInt64 {
-        var features = VirtioBlock.featureVersion1 | VirtioBlock.featureFlush | VirtioBlock.featureBlkSize
-            | VirtioBlock.featureSegMax | VirtioBlock.featureRingEventIdx | VirtioBlock.featureRingIndirectDesc
+        var features = VirtioFeature.version1 | VirtioBlock.featureFlush | VirtioBlock.featureBlkSize
+            | VirtioBlock.featureSegMax | VirtioFeature.ringEventIdx | VirtioFeature.ringIndirectDesc
         if readOnly {
             features |= VirtioBlock.featureRO
         } else {
@@ -166,5 +167,19 @@ public final class BlockBackend: @unchecked Sendable {
             let (at, overflow) = offset.addingReportingOverflow(i)
             into[i] = !overflow && at >= 0 && at < config.count ? config[at] : 0
         }
+    }
+}
+
+// MARK: - The device behind the MMIO transport
+
+extension BlockDevice {
+    public var deviceID: UInt32 { VirtioBlock.deviceID }
+    /// One request queue, served on the device event loop.
+    public var queueMaxSizes: [UInt16] { [VirtioBlock.queueSize] }
+    /// Nothing outlives a request: a reset has nothing to drop.
+    public func reset() {}
+
+    public func serve(queue: Virtqueue, index: Int, memory: GuestMemory) throws(VirtqueueError) -> Bool {
+        try queue.drain { handle($0, memory: memory) } && queue.needsInterrupt()
     }
 }

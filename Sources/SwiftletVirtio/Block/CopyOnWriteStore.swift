@@ -25,6 +25,9 @@ import SwiftletSys
 /// queue), so calls come one at a time and the mutex is never contended. It
 /// still makes calls from several threads safe: each request runs whole
 /// under it (a read-modify-write must not interleave with another write).
+///
+/// `@unchecked Sendable`: the overlay's map and descriptors are used under
+/// its mutex only.
 final class CopyOnWriteStore: @unchecked Sendable {
     // @unchecked: the descriptors never change after init, and the bitmap and
     // scratch block are only touched under `state`'s mutex.
@@ -32,7 +35,7 @@ final class CopyOnWriteStore: @unchecked Sendable {
     /// Bytes per tracked block: a page, and ext4's block size.
     static let blockSize = 4096
 
-    /// The base image: `O_RDONLY`, locked shared by `BlockBackend`.
+    /// The base image: `O_RDONLY`, locked shared by `BlockDevice`.
     let base: OwnedFD
     /// The overlay, as large as the base.
     let overlay: OwnedFD

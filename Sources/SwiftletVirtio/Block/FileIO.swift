@@ -2,7 +2,7 @@ import CSwiftlet
 import Glibc
 import SwiftletSys
 
-/// File I/O the block backend needs beyond what SwiftletSys offers:
+/// File I/O the block device needs beyond what SwiftletSys offers:
 /// vectored transfers that survive EINTR and short counts, and `fallocate`.
 enum FileIO {
     /// At most this many iovecs per call (the kernel's UIO_MAXIOV).

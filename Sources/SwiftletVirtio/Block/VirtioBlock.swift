@@ -23,12 +23,6 @@ public enum VirtioBlock {
     public static let featureDiscard: UInt64 = 1 << 13
     /// VIRTIO_BLK_F_WRITE_ZEROES (bit 14): WRITE_ZEROES requests are supported.
     public static let featureWriteZeroes: UInt64 = 1 << 14
-    /// VIRTIO_F_RING_INDIRECT_DESC (bit 28).
-    public static let featureRingIndirectDesc: UInt64 = 1 << 28
-    /// VIRTIO_F_RING_EVENT_IDX (bit 29).
-    public static let featureRingEventIdx: UInt64 = 1 << 29
-    /// VIRTIO_F_VERSION_1 (bit 32).
-    public static let featureVersion1: UInt64 = 1 << 32
 
     // Request types (the `type` field of the request header).
     public static let requestIn: UInt32 = 0

@@ -6,7 +6,7 @@ import SwiftletSys
 ///
 /// Offsets and lengths reaching a store are already checked against the disk
 /// (whole sectors, inside the image): a store only moves bytes.
-enum BlockStore: ~Copyable {
+enum BlockStore: ~Copyable, Sendable {
     /// The image itself, opened (and flocked) for the drive's whole life:
     /// transfers go straight between it and guest memory with `preadv`/`pwritev`.
     case raw(OwnedFD)

@@ -2,7 +2,7 @@ import Glibc
 import SwiftletMemory
 import SwiftletSys
 
-extension BlockBackend {
+extension BlockDevice {
     /// Serves one request chain and returns the bytes written into it (data
     /// plus the status byte), for `Virtqueue.pushUsed`.
     ///

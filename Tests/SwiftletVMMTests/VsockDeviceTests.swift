@@ -4,13 +4,14 @@ import SwiftletMemory
 import SwiftletSys
 import SwiftletVirtio
 import Testing
+@testable import SwiftletVirtio
 @testable import SwiftletVMM
 
 /// virtio-vsock behind the MMIO transport, driven through its registers:
-/// the adapter's queue routing, the poll-fd handler, reset and the
+/// the device's queue routing, the poll-fd handler, reset and the
 /// transport-reset event. No VM: guest memory and rings are written by hand.
-@Suite("Vsock device model on the MMIO transport")
-struct VsockModelTests {
+@Suite("Vsock device on the MMIO transport")
+struct VsockDeviceTests {
     typealias Reg = VirtioMMIOTransport.Reg
     typealias Status = VirtioMMIOTransport.Status
 
@@ -24,7 +25,6 @@ struct VsockModelTests {
         let dir: String
         let memory: GuestMemory
         let muxer: VsockMuxer
-        let model: VsockModel
         let transport: VirtioMMIOTransport
         var availIdx = [UInt16](repeating: 0, count: 3)
 
@@ -34,9 +34,7 @@ struct VsockModelTests {
             dir = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             memory = try GuestMemory(size: 1 << 20)
             muxer = try VsockMuxer(guestCID: 42, udsPath: dir + "/v.sock")
-            model = VsockModel(muxer: muxer)
-            transport = try VirtioMMIOTransport(device: model, memory: memory)
-            model.transport = transport
+            transport = try VirtioMMIOTransport(device: muxer, memory: memory)
         }
 
         deinit {
@@ -62,7 +60,7 @@ struct VsockModelTests {
             write(Reg.driverFeatures, 1) // VERSION_1
             write(Reg.status, Status.acknowledge | Status.driver | Status.featuresOK)
             for q in 0..<3 {
-                let r = VsockModelTests.rings(q)
+                let r = VsockDeviceTests.rings(q)
                 write(Reg.queueSel, UInt32(q))
                 write(Reg.queueNum, 8)
                 write(Reg.queueDescLow, UInt32(r.desc))
@@ -75,7 +73,7 @@ struct VsockModelTests {
 
         /// Posts one single-descriptor buffer at `address` on queue `q`.
         func post(_ q: Int, address: UInt64, length: UInt32, writable: Bool) throws {
-            let r = VsockModelTests.rings(q)
+            let r = VsockDeviceTests.rings(q)
             let d = UInt16(availIdx[q] % 8)
             let entry = r.desc + 16 * UInt64(d)
             try memory.store(address, at: entry)
@@ -86,9 +84,9 @@ struct VsockModelTests {
             try memory.store(availIdx[q], at: r.avail + 2)
         }
 
-        func usedIdx(_ q: Int) throws -> UInt16 { try memory.load(UInt16.self, at: VsockModelTests.rings(q).used + 2) }
+        func usedIdx(_ q: Int) throws -> UInt16 { try memory.load(UInt16.self, at: VsockDeviceTests.rings(q).used + 2) }
         func usedLength(_ q: Int, _ i: UInt16) throws -> UInt32 {
-            try memory.load(UInt32.self, at: VsockModelTests.rings(q).used + 4 + 8 * UInt64(i % 8) + 4)
+            try memory.load(UInt32.self, at: VsockDeviceTests.rings(q).used + 4 + 8 * UInt64(i % 8) + 4)
         }
     }
 
@@ -127,7 +125,7 @@ struct VsockModelTests {
         #expect(try rig.usedIdx(0) == 0, "tx service does not touch rx")
         #expect(isReadable(rig.muxer.pollFD), "the RESPONSE wakes the loop")
         _ = rig.transport.interrupt.drain()
-        rig.model.handlePollEvents()
+        rig.muxer.handlePollEvents(rig.transport)
         #expect(try rig.usedIdx(0) == 1)
         #expect(try rig.usedLength(0, 0) == 44)
         let response = try #require(VsockHeader(try rig.memory.read(at: 0x40000, count: 44)))
@@ -144,7 +142,7 @@ struct VsockModelTests {
         rig.write(Reg.status, 0)
         #expect(rig.muxer.statistics.connections == 0)
         #expect(isReadable(rig.muxer.pollFD), "the reset wakes the loop, which closes the socket")
-        rig.model.handlePollEvents()
+        rig.muxer.handlePollEvents(rig.transport)
         var byte: UInt8 = 0
         #expect(recv(accepted, &byte, 1, Int32(MSG_DONTWAIT)) == 0, "the host end sees EOF")
     }
@@ -154,7 +152,7 @@ struct VsockModelTests {
         rig.bringUp()
         try rig.post(2, address: 0x60000, length: 4, writable: true)
         try rig.memory.store(UInt32(0xffff_ffff), at: 0x60000)
-        rig.model.transportReset()
+        rig.muxer.transportReset(rig.transport)
         rig.transport.serve(queue: 2)
         #expect(try rig.usedIdx(2) == 1)
         #expect(try rig.usedLength(2, 0) == 4)

@@ -29,6 +29,9 @@ public struct VirtqueueConfig: Sendable, Equatable {
 /// Not thread-safe: one thread at a time pops and pushes. The driver runs
 /// concurrently on other CPUs; the index loads and stores are atomic with the
 /// barriers the spec asks for.
+///
+/// `@unchecked Sendable`: it holds raw pointers into guest memory and its
+/// indices; one thread at a time uses it (the transport's service lock).
 public final class Virtqueue: @unchecked Sendable {
     /// Descriptor flags (section 2.7.5).
     enum DescFlag {
@@ -172,6 +175,40 @@ public final class Virtqueue: @unchecked Sendable {
                 try pushUsed(head: head, length: 0)
                 returnedMalformed()
             }
+        }
+    }
+
+    /// Serves every available chain: `serve` handles one and returns the
+    /// bytes it wrote into the chain's device-writable buffers, and the chain
+    /// goes back to the driver with that length. When the ring is empty,
+    /// notifications are re-enabled and the ring looked at once more (buffers
+    /// the driver added meanwhile would otherwise wait for a notification
+    /// that never comes). `stop` ends the service early, the rest left in the
+    /// ring (a device that cannot take more now). Malformed chains go back
+    /// unused (`popServable`). Returns whether any chain went back; the caller
+    /// then asks `needsInterrupt()`.
+    public func drain(
+        onMalformed: () -> Void = {},
+        stop: () -> Bool = { false },
+        _ serve: (DescriptorChain) throws(VirtqueueError) -> UInt32
+    ) throws(VirtqueueError) -> Bool {
+        var used = false
+        repeat {
+            while !stop(), let chain = try popServable(returnedMalformed: { onMalformed(); used = true }) {
+                try pushUsed(head: chain.head, length: try serve(chain))
+                used = true
+            }
+        } while !stop() && enableNotification()
+        return used
+    }
+
+    /// The next servable chain, or nil when the ring is empty even after
+    /// notifications were re-enabled (see `drain`): for a device that takes
+    /// chains one at a time as it has data for them (rx).
+    public func popOrEnableNotification(onMalformed: () -> Void) throws(VirtqueueError) -> DescriptorChain? {
+        while true {
+            if let chain = try popServable(returnedMalformed: onMalformed) { return chain }
+            if !enableNotification() { return nil }
         }
     }
 
