@@ -5,7 +5,9 @@ import SwiftletSys
 
 /// A virtio device as the MMIO transport sees it: identity, features,
 /// config space, and how to serve one of its queues. Block, net and vsock
-/// conform directly.
+/// conform directly. `serve`, `reset` and `activate` run under the
+/// transport's service lock, one at a time; the config accessors under its
+/// register lock.
 public protocol VirtioDevice: AnyObject, Sendable {
     var deviceID: UInt32 { get }
     var deviceFeatures: UInt64 { get }
@@ -16,8 +18,8 @@ public protocol VirtioDevice: AnyObject, Sendable {
     /// Serves queue `index` until it is empty. Returns whether the driver
     /// asked to be interrupted. Throws when the queue itself is unusable.
     func serve(queue: Virtqueue, index: Int, memory: GuestMemory) throws(VirtqueueError) -> Bool
-    /// The driver reset the device. Runs on the vCPU thread that took the
-    /// status write, whose seccomp role (`vcpu`) allows no system call but
+    /// The driver reset the device, once any service in progress ended.
+    /// Runs on the vCPU thread that took the status write, whose seccomp role (`vcpu`) allows no system call but
     /// eventfd writes: work that needs one (closing sockets) is handed to the
     /// device's event loop handler, as `VsockMuxer.reset` does.
     func reset()
