@@ -99,9 +99,9 @@ public enum Sandbox {
                 machineConfig.payload = .linux(kernelPath: config.kernelPath, initrdPath: nil, cmdline: snapshot.manifest.cmdline)
                 machineConfig.drives = config.drives
                 apply(config, to: &machineConfig)
-                machine = try Machine(config: machineConfig, restoring: snapshot)
+                machine = try Machine.restore(machineConfig, from: snapshot)
             } else {
-                machine = try Machine(config: machineConfig(config, uds: uds))
+                machine = try Machine.boot(machineConfig(config, uds: uds))
             }
         } catch {
             throw .vmm(error)
@@ -158,7 +158,7 @@ public enum Sandbox {
         defer { if !complete { Snapshot.remove(directory: directory) } }
         let machine: Machine
         do {
-            machine = try Machine(config: machineConfig)
+            machine = try Machine.boot(machineConfig)
         } catch {
             throw .vmm(error)
         }

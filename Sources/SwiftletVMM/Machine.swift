@@ -21,7 +21,7 @@ public struct RunReport: Sendable {
     /// Microseconds from process start to the first exit to userspace.
     public var firstExitMicros: UInt64
     /// Of `firstRunMicros`, how long set-up waited for KVM to register guest
-    /// memory (an SRCU grace period: milliseconds on nested KVM; see init).
+    /// memory (an SRCU grace period: milliseconds on nested KVM; see MemorySlotRegistration).
     public var memorySlotWaitMicros: UInt64
     /// Exits that reached userspace, by reason, over all vCPUs.
     public var exits: ExitStats
@@ -31,8 +31,9 @@ public struct RunReport: Sendable {
 
 /// A microVM: KVM VM, guest memory with a kernel loaded, vCPUs and devices.
 ///
-/// `init` does all the setup (nothing runs yet); `run` starts one thread per
-/// vCPU and waits for the machine to end.
+/// `Machine.boot` or `Machine.restore` (Builder.swift) does all the set-up
+/// (nothing runs yet); `run` starts one thread per vCPU and waits for the
+/// machine to end.
 ///
 /// `@unchecked Sendable`: its one mutable field, `pausedVcpus`, is written
 /// and read by the thread that calls `run` and `writeSnapshot`.
@@ -66,165 +67,30 @@ public final class Machine: @unchecked Sendable {
     /// The vCPUs' states, captured by their threads when the machine paused.
     private(set) var pausedVcpus: [VcpuState?] = []
 
-    /// Builds the machine: VM, memory, kernel, boot structures, vCPUs, devices.
-    /// With `snapshot`, memory, vCPUs and devices come from it instead, after
-    /// checking that `config` (see `Snapshot.machineConfig`), the kernel and
-    /// the images are the ones it was taken with, and that this host's CPU
-    /// can run what the guest saw.
-    public init(config: MachineConfig, restoring snapshot: Snapshot? = nil) throws(VMMError) {
+    /// The devices and their buses around the vCPUs and memory that `boot`
+    /// or `restore` (Builder.swift) prepared: the serial port, the i8042,
+    /// the boot timer, and every virtio device through `attachVirtioDevice`.
+    init(config: MachineConfig, kvm: Kvm, vm: VirtualMachine, memory: GuestMemory, cpu: CPUSetup, vcpus: [Vcpu],
+         cpuidTables: [[kvm_cpuid_entry2]], backends: DeviceBackends, memorySlotWaitMicros: UInt64,
+         restoredFrom: Snapshot?) throws(VMMError) {
         self.config = config
-        restoredFrom = snapshot
-        if let snapshot {
-            do { try snapshot.check(config) } catch { throw .snapshot(error) }
-        }
-        do {
-            kvm = try Kvm(path: config.kvmPath)
-        } catch {
-            throw .kvm(error)
-        }
-        try config.validate(maxVcpus: max(1, kvm.maxVcpus))
-        isPVMHost = HostKVM.isPVM
-
-        // Drive images are opened (and locked) first: bad input fails before any VM work.
-        var blocks: [BlockDevice] = []
-        for drive in config.drives {
-            do {
-                blocks.append(try BlockDevice(path: drive.path, readOnly: drive.readOnly, ephemeral: drive.ephemeral, id: drive.id))
-            } catch {
-                throw .drive(drive.path, error)
-            }
-        }
-        if let snapshot {
-            do { try snapshot.checkDrives(blocks) } catch { throw .snapshot(error) }
-        }
-        // The vsock listener is bound now too, so a path in use fails early.
-        var vsock: VsockMuxer?
-        if let v = config.vsock {
-            do {
-                vsock = try VsockMuxer(guestCID: v.guestCID, udsPath: v.udsPath, peers: v.peers)
-            } catch {
-                throw .vsock(error)
-            }
-        }
-        self.vsock = vsock
-        driveCapacities = blocks.map { $0.sectors * UInt64(VirtioBlock.sectorSize) }
-        if let snapshot {
-            for (capacity, saved) in zip(driveCapacities, snapshot.manifest.drives) where capacity != saved.capacityBytes {
-                throw .snapshot(.mismatch("drive \(saved.config.path) has \(capacity) bytes; it had \(saved.capacityBytes) in the snapshot"))
-            }
-        }
-        // The TAP is attached (or created and addressed) now too, so a missing
-        // or busy TAP fails before any VM work; if anything below throws, the
-        // TAP closes with the device (and an `auto` one vanishes).
-        var net: NetDevice?
-        var netArguments: [String] = []
-        if let n = config.net {
-            do throws(NetError) {
-                let tap: TapDevice
-                switch n.backend {
-                case let .tap(name): tap = try TapDevice.attach(name)
-                case .auto: tap = try TapDevice.create()
-                }
-                do {
-                    net = try NetDevice(tap: tap, mac: n.mac ?? MACAddress.generate())
-                } catch {
-                    throw .system(error)
-                }
-                if let plan = tap.plan { netArguments.append(plan.kernelArgument) }
-            } catch {
-                throw .net(error)
-            }
-        }
-        self.net = net
-        let virtioCount = blocks.count + (vsock == nil ? 0 : 1) + (net == nil ? 0 : 1)
-        let virtioArguments = (0..<virtioCount).map { i in
-            "virtio_mmio.device=4K@0x\(String(Devices.virtioWindow(i), radix: 16)):\(Devices.virtioGSI(i))"
-        }
-
-        do {
-            vm = try kvm.createVM()
-            try vm.setTSSAddress(Layout.kvmTSS)
-            if kvm.checkExtension(KVM_CAP_SET_IDENTITY_MAP_ADDR) > 0 {
-                try vm.setIdentityMapAddress(Layout.kvmIdentityMap)
-            }
-            try vm.createIRQChip()
-            try vm.createPIT()
-        } catch {
-            throw .kvm(error)
-        }
-
-        memory = try Machine.guestMemory(config: config, snapshot: snapshot)
-        // Registering the memory slot waits for an SRCU grace period inside
-        // KVM (about 7 ms on nested PVM, whatever the size), so it runs on a
-        // helper thread while this one loads the kernel and builds the vCPUs.
-        let slots = MemorySlotRegistration(vm: vm, memory: memory)
-        do { try slots.start() } catch { throw .system(error) }
-
-        let template: CPUTemplate
-        switch config.cpuTemplate {
-        case .auto: template = isPVMHost ? .pvmSafe : .host
-        case .host: template = .host
-        case .pvmSafe: template = .pvmSafe
-        }
-        // Whatever fails below, the helper thread is joined first (wait() is idempotent).
-        defer { _ = slots.wait() }
-        let boot = snapshot == nil
-            ? try BootLoader.load(config: config, memory: memory,
-                                  extraArguments: virtioArguments + netArguments + PVMQuirks.kernelArguments(isPVMHost: isPVMHost, template: template))
-            : nil
-        var vcpus: [Vcpu] = []
-        var tables: [[kvm_cpuid_entry2]] = []
-        let supported: [kvm_cpuid_entry2]
-        do {
-            supported = try kvm.supportedCPUID()
-            msrIndices = try kvm.msrIndexList()
-        } catch {
-            throw .kvm(error)
-        }
-        for id in 0..<config.vcpuCount {
-            let table = VcpuSetup.cpuidTable(index: id, cpuCount: config.vcpuCount, supportedCPUID: supported, template: template)
-            if let saved = snapshot?.state.vcpus[id], let why = CPUIDCompatibility.mismatch(snapshot: saved.cpuid, host: table) {
-                throw .snapshot(.hostCPU(why))
-            }
-            // A restored guest goes on with the CPU it booted on.
-            tables.append(snapshot?.state.vcpus[id].cpuid ?? table)
-        }
-        do throws(KVMError) {
-            if let snapshot { try vm.restoreState(snapshot.state.vm) }
-            for id in 0..<config.vcpuCount {
-                let vcpu = try vm.createVcpu(id: id)
-                if let saved = snapshot?.state.vcpus[id] {
-                    try vcpu.setCPUID(saved.cpuid)
-                    // Some MSRs (kvmclock, async PF, steal time) point KVM at
-                    // guest pages: their memory slot must exist first.
-                    if let e = slots.wait() { throw e }
-                    try vcpu.restoreState(saved.state)
-                } else {
-                    try VcpuSetup.configure(vcpu, cpuid: tables[id])
-                }
-                if id == 0, let boot {
-                    if boot.longMode {
-                        try VcpuSetup.configureBootProcessor(vcpu, entry: boot.entry)
-                    } else {
-                        try VcpuSetup.configureRealMode(vcpu, entry: boot.entry)
-                    }
-                }
-                vcpus.append(vcpu)
-            }
-        } catch {
-            throw .kvm(error)
-        }
+        self.kvm = kvm
+        self.vm = vm
+        self.memory = memory
         self.vcpus = vcpus
-        cpuidTables = tables
-        if let e = slots.wait() { throw .kvm(e) }
-        memorySlotWaitMicros = slots.blockedNanos / 1000
+        self.cpuidTables = cpuidTables
+        self.memorySlotWaitMicros = memorySlotWaitMicros
+        self.restoredFrom = restoredFrom
+        isPVMHost = cpu.isPVMHost
+        msrIndices = cpu.msrIndices
+        vsock = backends.vsock
+        net = backends.net
+        driveCapacities = backends.blocks.map { $0.capacityBytes }
 
-        // Devices.
         let latch: ExitLatch
         do { latch = try ExitLatch() } catch { throw .system(error) }
         let output = ConsoleOutput(fd: config.consoleOutputFD, capture: config.captureConsole, captureLimit: config.captureConsoleLimit)
         self.output = output
-        let vm = self.vm
         serial = Serial8250(output: { output.put($0) }, raiseInterrupt: { try? vm.pulseIRQ(Devices.serialIRQ) })
         var pio = Bus()
         var mmio = Bus()
@@ -237,49 +103,12 @@ public final class Machine: @unchecked Sendable {
         } catch {
             throw .bus(error)
         }
-        // Every virtio device goes through the one attach path, in the order
-        // the command line names their windows (drives, vsock, net).
-        let devices: [any VirtioDevice] = blocks + (vsock.map { [$0] } ?? []) + (net.map { [$0] } ?? [])
         var transports: [VirtioMMIOTransport] = []
-        for (i, device) in devices.enumerated() {
-            transports.append(try Self.attachVirtioDevice(device, slot: i, memory: memory, vm: vm, mmio: &mmio))
+        for (slot, device) in backends.virtioDevices.enumerated() {
+            transports.append(try Self.attachVirtioDevice(device, slot: slot, memory: memory, vm: vm, mmio: &mmio))
         }
         self.transports = transports
-        if let snapshot {
-            do throws(TransportRestoreError) {
-                for (t, saved) in zip(transports, snapshot.state.transports) { try t.restoreState(saved) }
-            } catch {
-                switch error {
-                case let .mismatch(why): throw .snapshot(.mismatch(why))
-                case let .corrupt(why): throw .snapshot(.corrupt(why))
-                }
-            }
-            serial.restoreState(snapshot.state.serial)
-        }
-        context = MachineContext(pioBus: pio, mmioBus: mmio, memory: memory, emulationFixups: isPVMHost, latch: latch, resetRequest: resetRequest)
-    }
-
-    /// Fresh anonymous guest RAM, or a snapshot's memory file mapped private.
-    private static func guestMemory(config: MachineConfig, snapshot: Snapshot?) throws(VMMError) -> GuestMemory {
-        guard let snapshot else {
-            do { return try GuestMemory(ranges: Layout.ramRanges(memoryBytes: config.memoryMiB << 20)) } catch { throw .memory(error) }
-        }
-        let file: OwnedFD
-        do { file = try snapshot.openMemory() } catch { throw .snapshot(error) }
-        // The mappings keep the file; the descriptor is not needed after mmap.
-        let memory: GuestMemory
-        do { memory = try GuestMemory(privateMappingOf: file.raw, ranges: snapshot.manifest.memoryRanges) } catch { throw .memory(error) }
-        // Pages not yet read in come from the file: if it shrinks under the
-        // mapping, touching one raises SIGBUS, in the VMM's own accesses to
-        // guest memory (devices, instruction completion). That ends the
-        // process with one line instead of a crash.
-        let message = "swiftlet: error: the snapshot memory file \(snapshot.memoryPath) was cut short while the guest ran: its memory is lost\n"
-        var starts = memory.regions.map { UnsafeMutableRawPointer?($0.host) }
-        var sizes = memory.regions.map(\.size)
-        guard swl_sigbus_guard(&starts, &sizes, Int32(starts.count), message, config.memoryLostExitStatus) == 0 else {
-            throw .system(.last("sigaction(SIGBUS)"))
-        }
-        return memory
+        context = MachineContext(pioBus: pio, mmioBus: mmio, memory: memory, emulationFixups: cpu.isPVMHost, latch: latch, resetRequest: resetRequest)
     }
 
     /// The TAP device's name, when the machine has a network device.
@@ -294,26 +123,6 @@ public final class Machine: @unchecked Sendable {
     /// Closes the vsock listener and removes its socket file at once, rather
     /// than whenever the last reference to the device goes.
     deinit { vsock?.close() }
-
-    /// Puts `device` behind a virtio-mmio transport in window `slot`: its
-    /// registers on the MMIO bus, each queue's QueueNotify an ioeventfd, its
-    /// interrupt an irqfd on the slot's GSI.
-    static func attachVirtioDevice(_ device: any VirtioDevice, slot: Int, memory: GuestMemory, vm: VirtualMachine,
-                                   mmio: inout Bus) throws(VMMError) -> VirtioMMIOTransport {
-        let transport: VirtioMMIOTransport
-        do { transport = try VirtioMMIOTransport(device: device, memory: memory) } catch { throw .system(error) }
-        let base = Devices.virtioWindow(slot)
-        do { try mmio.insert(transport, base: base, size: VirtioMMIOTransport.windowSize) } catch { throw .bus(error) }
-        do throws(KVMError) {
-            for (q, notifier) in transport.notifiers.enumerated() {
-                try vm.registerIOEventFD(notifier.fd, mmioAddress: base + VirtioMMIOTransport.Reg.queueNotify, length: 4, datamatch: UInt64(q))
-            }
-            try vm.registerIRQFD(transport.interrupt.fd, gsi: Devices.virtioGSI(slot))
-        } catch {
-            throw .kvm(error)
-        }
-        return transport
-    }
 
     /// The transport `device` sits behind.
     func transport(of device: any VirtioDevice) -> VirtioMMIOTransport? {
@@ -507,39 +316,4 @@ final class ResetRequest: Sendable {
     private let flag = Atomic<Bool>(false)
     func set() { flag.store(true, ordering: .releasing) }
     var isSet: Bool { flag.load(ordering: .acquiring) }
-}
-
-/// Registers guest memory with KVM on a helper thread (see `Machine.init`).
-///
-/// `@unchecked Sendable`: the helper thread writes `error` before it exits;
-/// the owner reads it, and the other fields, only after `pthread_join`.
-final class MemorySlotRegistration: @unchecked Sendable {
-    let vm: VirtualMachine
-    let memory: GuestMemory
-    private var thread: pthread_t?
-    private var error: KVMError?
-    /// How long the first `wait` blocked: the registration's cost on set-up's critical path.
-    private(set) var blockedNanos: UInt64 = 0
-
-    init(vm: VirtualMachine, memory: GuestMemory) {
-        self.vm = vm
-        self.memory = memory
-    }
-
-    func start() throws(SystemError) {
-        thread = try spawnThread(name: "memslots") { [self] in
-            do throws(KVMError) { try vm.mapMemory(memory) } catch { self.error = error }
-        }
-    }
-
-    /// Joins the thread (once) and returns its error, if any.
-    func wait() -> KVMError? {
-        if let t = thread {
-            let start = Clock.monotonicNanos()
-            pthread_join(t, nil)
-            blockedNanos = Clock.monotonicNanos() &- start
-            thread = nil
-        }
-        return error
-    }
 }

@@ -171,7 +171,7 @@ struct BootOptions {
 
         config.net = try net.map(parseNet)
 
-        let machine = try Machine(config: config)
+        let machine = try Machine.boot(config)
         if let tap = machine.netTapName {
             let link = machine.netAddresses.map { " host \($0.hostString) guest \($0.guestString)/30" } ?? ""
             printStderr("swiftlet: net: tap \(tap) mac \(machine.netMAC.map { "\($0)" } ?? "?")\(link)")

@@ -23,7 +23,7 @@ struct TinyGuestTests {
         config.memoryMiB = 32
         config.vcpuCount = vcpus
         config.cpuTemplate = template
-        let machine = try Machine(config: config)
+        let machine = try Machine.boot(config)
         return try machine.run()
     }
 
@@ -52,7 +52,7 @@ struct TinyGuestTests {
         config.memoryMiB = 32
         config.consoleInput = true
         config.consoleInputFD = fds[0]
-        let report = try Machine(config: config).run()
+        let report = try Machine.boot(config).run()
         #expect(String(decoding: report.console, as: UTF8.self) == "hello\n")
         #expect(report.exit == .rebooted)
     }

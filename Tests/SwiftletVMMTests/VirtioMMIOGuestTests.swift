@@ -25,7 +25,7 @@ struct VirtioMMIOGuestTests {
         config.timeoutSeconds = 20
         config.memoryMiB = 32
         config.drives = [DriveConfig(path: path)]
-        let report = try Machine(config: config).run()
+        let report = try Machine.boot(config).run()
         try #require(report.console.count == 12, "console: \(report.console)")
         let words = report.console.withUnsafeBytes { b in (0..<3).map { b.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self) } }
         #expect(words == [0x7472_6976, 2, 2])

@@ -103,9 +103,14 @@ extension Snapshot {
 
     /// Checks each drive image, on the descriptor its device reads, against
     /// the identity the snapshot recorded (read-only and ephemeral drives).
+    /// Each drive must also have the size the guest saw.
     func checkDrives(_ blocks: [BlockDevice]) throws(SnapshotError) {
         for (block, saved) in zip(blocks, manifest.drives) {
             if let identity = saved.identity { try identity.check(fd: block.imageFD, path: block.path, what: "drive image") }
+            let capacity = block.capacityBytes
+            guard capacity == saved.capacityBytes else {
+                throw .mismatch("drive \(saved.config.path) has \(capacity) bytes; it had \(saved.capacityBytes) in the snapshot")
+            }
         }
     }
 }

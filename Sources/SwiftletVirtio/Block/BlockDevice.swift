@@ -51,6 +51,8 @@ public final class BlockDevice: VirtioDevice, Sendable {
     public let path: String
     /// Capacity in 512-byte sectors.
     public let sectors: UInt64
+    /// Capacity in bytes.
+    public var capacityBytes: UInt64 { sectors * UInt64(VirtioBlock.sectorSize) }
     /// Whether the guest may only read.
     public let readOnly: Bool
     /// Whether the guest's writes go to a per-run overlay, leaving the image unchanged.
