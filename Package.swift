@@ -7,6 +7,8 @@ import PackageDescription
 /// - `CSwiftlet`: the C shim for what Swift cannot import (ioctl numbers, `_GNU_SOURCE` calls, signals).
 /// - `CDecompress`: the C shim over Debian's zlib, liblz4 and libzstd.
 /// - `SwiftletSys`: typed errno errors, owned file descriptors, EINTR handled in one place, `Epoll`, `EventFD`, clocks.
+/// - `SwiftletPersist`: the snapshot state codec: each saved type (transport, UART, vCPU, VM) writes and reads its own
+///   state through it, in a `+Persist.swift` file beside the type.
 /// - `SwiftletMemory`: guest physical memory, bounds-checked.
 /// - `SwiftletX86`: the x86_64 direct-boot structures (zero page, E820, GDT, page tables, MP table, loaders).
 /// - `SwiftletKVM`: `/dev/kvm`, the VM and its vCPUs.
@@ -52,14 +54,15 @@ let package = Package(
             linkerSettings: [.linkedLibrary("z"), .linkedLibrary("lz4"), .linkedLibrary("zstd")]
         ),
         .target(name: "SwiftletSys", dependencies: ["CSwiftlet"]),
+        .target(name: "SwiftletPersist"),
         .target(name: "SwiftletMemory", dependencies: ["SwiftletSys", "CSwiftlet"]),
         .target(name: "SwiftletX86", dependencies: ["SwiftletMemory", "SwiftletSys", "CDecompress"]),
-        .target(name: "SwiftletKVM", dependencies: ["SwiftletSys", "SwiftletMemory", "CSwiftlet"]),
-        .target(name: "SwiftletDevices", dependencies: ["SwiftletSys", "CSwiftlet"]),
-        .target(name: "SwiftletVirtio", dependencies: ["SwiftletMemory", "SwiftletSys", "SwiftletDevices", "CSwiftlet"]),
+        .target(name: "SwiftletKVM", dependencies: ["SwiftletSys", "SwiftletMemory", "SwiftletPersist", "CSwiftlet"]),
+        .target(name: "SwiftletDevices", dependencies: ["SwiftletSys", "SwiftletPersist", "CSwiftlet"]),
+        .target(name: "SwiftletVirtio", dependencies: ["SwiftletMemory", "SwiftletSys", "SwiftletDevices", "SwiftletPersist", "CSwiftlet"]),
         .target(
             name: "SwiftletVMM",
-            dependencies: ["SwiftletSys", "SwiftletMemory", "SwiftletX86", "SwiftletKVM", "SwiftletDevices", "SwiftletVirtio", "CSwiftlet"]
+            dependencies: ["SwiftletSys", "SwiftletMemory", "SwiftletX86", "SwiftletKVM", "SwiftletDevices", "SwiftletVirtio", "SwiftletPersist", "CSwiftlet"]
         ),
         .target(name: "SwiftletSandbox", dependencies: ["SwiftletVMM", "SwiftletSys", "CSwiftlet"]),
         .target(name: "CSeccomp", linkerSettings: [.linkedLibrary("seccomp")]),
@@ -121,8 +124,8 @@ let package = Package(
         .testTarget(name: "SwiftletJailTests", dependencies: ["SwiftletJail", "SwiftletSys"]),
         .testTarget(
             name: "SwiftletVMMTests",
-            dependencies: ["SwiftletVMM", "SwiftletKVM", "SwiftletMemory", "SwiftletX86", "SwiftletSys", "SwiftletVirtio", "CSwiftlet"],
-            exclude: ["Guests/syscall-cpl.S"]
+            dependencies: ["SwiftletVMM", "SwiftletKVM", "SwiftletMemory", "SwiftletX86", "SwiftletSys", "SwiftletVirtio", "SwiftletPersist", "CSwiftlet"],
+            exclude: ["Guests/syscall-cpl.S", "Fixtures"]
         ),
     ]
 )

@@ -71,18 +71,7 @@ public final class Serial8250: BusDevice {
         self.raiseInterrupt = raiseInterrupt
     }
 
-    /// The registers a snapshot keeps (pending input is not kept: nothing
-    /// is queued while the guest's agent waits for a job).
-    public struct SavedState: Sendable, Equatable {
-        public var ier: UInt8, lcr: UInt8, mcr: UInt8, scratch: UInt8, dll: UInt8, dlm: UInt8
-        public var fifoEnabled: Bool, thrInterruptPending: Bool
-
-        public init(ier: UInt8, lcr: UInt8, mcr: UInt8, scratch: UInt8, dll: UInt8, dlm: UInt8, fifoEnabled: Bool, thrInterruptPending: Bool) {
-            (self.ier, self.lcr, self.mcr, self.scratch, self.dll, self.dlm) = (ier, lcr, mcr, scratch, dll, dlm)
-            (self.fifoEnabled, self.thrInterruptPending) = (fifoEnabled, thrInterruptPending)
-        }
-    }
-
+    /// What a snapshot keeps: `SavedState` (Serial8250+Persist.swift).
     public func saveState() -> SavedState {
         state.withLock { s in
             SavedState(ier: s.ier, lcr: s.lcr, mcr: s.mcr, scratch: s.scratch, dll: s.dll, dlm: s.dlm,

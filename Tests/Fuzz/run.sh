@@ -98,17 +98,18 @@ build() { # target
     esac
     c_module CSwiftlet
     swift_module SwiftletSys ""
+    swift_module SwiftletPersist ""
     swift_module SwiftletMemory "SwiftletSys"
-    swift_module SwiftletDevices "SwiftletSys"
-    swift_module SwiftletVirtio "SwiftletSys SwiftletMemory SwiftletDevices"
-    local base=(SwiftletSys.o SwiftletMemory.o SwiftletDevices.o SwiftletVirtio.o CSwiftlet.o)
+    swift_module SwiftletDevices "SwiftletSys SwiftletPersist"
+    swift_module SwiftletVirtio "SwiftletSys SwiftletMemory SwiftletDevices SwiftletPersist"
+    local base=(SwiftletSys.o SwiftletPersist.o SwiftletMemory.o SwiftletDevices.o SwiftletVirtio.o CSwiftlet.o)
     case "$1" in
         snapshot)
             c_module CDecompress
             swift_module SwiftletX86 "SwiftletSys SwiftletMemory"
-            swift_module SwiftletKVM "SwiftletSys SwiftletMemory"
+            swift_module SwiftletKVM "SwiftletSys SwiftletMemory SwiftletPersist"
             # -enable-testing: the harness reaches the internal decoder with @testable import.
-            swift_module SwiftletVMM "SwiftletSys SwiftletMemory SwiftletVirtio SwiftletX86 SwiftletKVM SwiftletDevices" -enable-testing
+            swift_module SwiftletVMM "SwiftletSys SwiftletMemory SwiftletVirtio SwiftletX86 SwiftletKVM SwiftletDevices SwiftletPersist" -enable-testing
             swift_harness "${base[@]}" SwiftletX86.o SwiftletKVM.o SwiftletVMM.o CDecompress.o -lz -llz4 -lzstd ;;
         *) swift_harness "${base[@]}" ;;
     esac

@@ -2,7 +2,9 @@ import CSwiftlet
 import SwiftletDevices
 import SwiftletKVM
 import SwiftletMemory
+import SwiftletPersist
 import SwiftletVirtio
+import SwiftletX86
 import Testing
 @testable import SwiftletVMM
 
@@ -34,6 +36,30 @@ struct SnapshotStateTests {
         #expect(r.isAtEnd)
     }
 
+    /// A state file that Swiftlet 0.8.0 wrote before each type saved its own
+    /// state (`PersistentState`): one vCPU, a drive and vsock, paused at
+    /// PARK. Every field must decode, and encode back to the same bytes.
+    @Test("a snapshot state written before the per-type persist files decodes, and encodes to the same bytes")
+    func stateFromBeforePersistFiles() throws {
+        let path = String(#filePath.prefix(upTo: #filePath.lastIndex(of: "/")!)) + "/Fixtures/snapshot-state-0.8.0.bin"
+        let bytes = try Snapshot.readStateFile(path)
+        #expect(Array(bytes[0..<8]) == Snapshot.magic)
+        let payload = Array(bytes[Snapshot.headerSize...])
+        #expect(SHA256.hash(payload) == Array(bytes[(Snapshot.headerSize - 32)..<Snapshot.headerSize]))
+        var r = StateReader(payload)
+        let manifest = try Snapshot.decodeManifest(&r)
+        let state = try Snapshot.decodeState(&r, manifest: manifest)
+        #expect(r.isAtEnd)
+        #expect(Snapshot.encode(manifest, state) == payload)
+        #expect(manifest.swiftletVersion == "0.8.0")
+        #expect(manifest.vcpuCount == 1 && state.vcpus.count == 1)
+        #expect(manifest.drives.count == 1 && manifest.drives[0].identity != nil)
+        #expect(manifest.vsockCID != nil)
+        #expect(state.transports.count == 2)
+        #expect(state.transports.allSatisfy { $0.status & VirtioMMIOTransport.Status.driverOK != 0 })
+        #expect(state.vcpus[0].state.regs.rip != 0 && !state.vcpus[0].cpuid.isEmpty)
+    }
+
     @Test("every truncation of a valid state is an error, never a crash")
     func truncatedStateIsRefused() throws {
         var w = StateWriter()
@@ -43,7 +69,7 @@ struct SnapshotStateTests {
         let bytes = w.bytes
         for n in 0..<bytes.count {
             var r = StateReader(Array(bytes[0..<n]))
-            #expect(throws: SnapshotError.self) {
+            #expect(throws: StateError.self) {
                 _ = try r.string()
                 _ = try r.raw(kvm_sregs())
                 _ = try r.u64()
@@ -56,17 +82,17 @@ struct SnapshotStateTests {
         var w = StateWriter()
         w.u32(0xffff_ffff)
         var r = StateReader(w.bytes)
-        #expect(throws: SnapshotError.self) { _ = try r.count(itemSize: 8, limit: 1 << 20) }
+        #expect(throws: StateError.self) { _ = try r.count(itemSize: 8, limit: 1 << 20) }
         r = StateReader(w.bytes)
-        #expect(throws: SnapshotError.self) { _ = try r.bytes() }
+        #expect(throws: StateError.self) { _ = try r.bytes() }
         // A struct of the wrong size.
         var s = StateWriter()
         s.bytes([UInt8](repeating: 0, count: 12))
         r = StateReader(s.bytes)
-        #expect(throws: SnapshotError.self) { _ = try r.raw(kvm_regs()) }
+        #expect(throws: StateError.self) { _ = try r.raw(kvm_regs()) }
         // Booleans are 0 or 1.
         r = StateReader([2])
-        #expect(throws: SnapshotError.self) { _ = try r.bool() }
+        #expect(throws: StateError.self) { _ = try r.bool() }
     }
 
     @Test("a transport's registers and queue indices survive save and restore into a fresh transport")

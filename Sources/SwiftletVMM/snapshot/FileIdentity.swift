@@ -1,4 +1,5 @@
 import Glibc
+import SwiftletPersist
 import SwiftletSys
 import SwiftletX86
 
@@ -73,8 +74,10 @@ public struct FileIdentity: Sendable, Equatable {
     }
 
     private static func nanos(_ t: timespec) -> UInt64 { UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec) }
+}
 
-    func encode(_ w: inout StateWriter) {
+extension FileIdentity: PersistentState {
+    public func save(to w: inout StateWriter) {
         w.bytes(sha256)
         w.u64(size)
         w.u64(device)
@@ -82,9 +85,9 @@ public struct FileIdentity: Sendable, Equatable {
         w.u64(ctimeNanos)
     }
 
-    static func decode(_ r: inout StateReader) throws(SnapshotError) -> FileIdentity {
+    public init(from r: inout StateReader) throws(StateError) {
         let hash = try r.bytes(limit: 32)
-        guard hash.count == 32 else { throw .corrupt("a file hash of \(hash.count) bytes") }
-        return FileIdentity(sha256: hash, size: try r.u64(), device: try r.u64(), inode: try r.u64(), ctimeNanos: try r.u64())
+        guard hash.count == 32 else { throw StateError("a file hash of \(hash.count) bytes") }
+        self.init(sha256: hash, size: try r.u64(), device: try r.u64(), inode: try r.u64(), ctimeNanos: try r.u64())
     }
 }

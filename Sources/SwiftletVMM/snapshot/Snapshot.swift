@@ -3,57 +3,10 @@ import Glibc
 import SwiftletDevices
 import SwiftletKVM
 import SwiftletMemory
+import SwiftletPersist
 import SwiftletSys
 import SwiftletVirtio
 import SwiftletX86
-
-/// What a snapshot was taken of: enough to rebuild the same machine and to
-/// refuse a kernel, image or Swiftlet that differs from the one snapshotted.
-public struct SnapshotManifest: Sendable {
-    /// One virtio-blk drive as it was attached.
-    public struct Drive: Sendable {
-        public var config: DriveConfig
-        public var capacityBytes: UInt64
-        /// The content the guest may hold cached: for read-only and ephemeral
-        /// drives (their base never changes). A writable drive's content is
-        /// the guest's own and is not pinned.
-        public var identity: FileIdentity?
-    }
-
-    public var swiftletVersion: String
-    /// CLOCK_REALTIME when the snapshot was taken, in ns.
-    public var createdNanos: UInt64
-    /// The guest's CLOCK_MONOTONIC at the pause (its agent's report), 0 if unknown.
-    public var guestClockNanos: UInt64
-    public var memoryMiB: Int
-    public var vcpuCount: Int
-    public var cpuTemplate: CPUTemplateChoice
-    /// The whole kernel command line the guest booted with.
-    public var cmdline: String
-    public var kernelPath: String
-    public var kernel: FileIdentity
-    public var drives: [Drive]
-    /// The vsock device's guest CID, when the machine had one.
-    public var vsockCID: UInt32?
-    /// Guest RAM: the memory file holds these ranges back to back.
-    public var memoryRanges: [(base: UInt64, size: Int)]
-
-    public var memoryFileSize: Int { memoryRanges.reduce(0) { $0 + $1.size } }
-}
-
-/// A vCPU as saved: the CPUID table it ran with, then KVM's state.
-struct SavedVcpu {
-    var cpuid: [kvm_cpuid_entry2]
-    var state: VcpuState
-}
-
-/// The whole machine at a pause.
-struct MachineState {
-    var vcpus: [SavedVcpu]
-    var vm: VMState
-    var serial: Serial8250.SavedState
-    var transports: [VirtioMMIOTransport.SavedState]
-}
 
 /// A snapshot on disk: a directory holding `state` (a checksummed header,
 /// the manifest and the machine state) and `memory` (guest RAM, sparse).
@@ -103,12 +56,17 @@ public final class Snapshot: Sendable {
             throw .corrupt("\(path) is not a Swiftlet snapshot")
         }
         var header = StateReader(Array(bytes[8..<headerSize]))
-        let format = try header.u32()
+        let format: UInt32, length: UInt64
+        do {
+            format = try header.u32()
+            _ = try header.u32()
+            length = try header.u64()
+        } catch {
+            throw .corruptState(error)
+        }
         guard format == formatVersion else {
             throw .incompatible("\(directory) has snapshot format \(format); this Swiftlet reads format \(formatVersion)")
         }
-        _ = try header.u32()
-        let length = try header.u64()
         let digest = Array(bytes[(headerSize - 32)..<headerSize])
         guard length == UInt64(bytes.count - headerSize) else {
             throw .corrupt("\(path) holds \(bytes.count - headerSize) bytes of state, its header says \(length) (truncated?)")
@@ -165,162 +123,22 @@ public final class Snapshot: Sendable {
 
     static func encode(_ m: SnapshotManifest, _ s: MachineState) -> [UInt8] {
         var w = StateWriter()
-        w.string(m.swiftletVersion)
-        w.u64(m.createdNanos)
-        w.u64(m.guestClockNanos)
-        w.u32(UInt32(m.memoryMiB))
-        w.u32(UInt32(m.vcpuCount))
-        w.string(m.cpuTemplate.rawValue)
-        w.string(m.cmdline)
-        w.string(m.kernelPath)
-        m.kernel.encode(&w)
-        w.u32(UInt32(m.drives.count))
-        for d in m.drives {
-            w.string(d.config.path)
-            w.bool(d.config.readOnly)
-            w.bool(d.config.ephemeral)
-            w.bool(d.config.id != nil)
-            if let id = d.config.id { w.string(id) }
-            w.u64(d.capacityBytes)
-            w.bool(d.identity != nil)
-            d.identity?.encode(&w)
-        }
-        w.bool(m.vsockCID != nil)
-        w.u32(m.vsockCID ?? 0)
-        w.u32(UInt32(m.memoryRanges.count))
-        for r in m.memoryRanges {
-            w.u64(r.base)
-            w.u64(UInt64(r.size))
-        }
-
-        w.u32(UInt32(s.vcpus.count))
-        for v in s.vcpus {
-            w.u32(UInt32(v.cpuid.count))
-            for e in v.cpuid { w.raw(e) }
-            w.raw(v.state.regs)
-            w.raw(v.state.sregs)
-            w.raw(v.state.xsave)
-            w.raw(v.state.xcrs)
-            w.raw(v.state.debugRegs)
-            w.raw(v.state.lapic)
-            w.u32(UInt32(v.state.msrs.count))
-            for msr in v.state.msrs {
-                w.u32(msr.index)
-                w.u64(msr.value)
-            }
-            w.raw(v.state.events)
-            w.raw(v.state.mpState)
-            w.u32(v.state.tscKHz)
-        }
-        w.raw(s.vm.picMaster)
-        w.raw(s.vm.picSlave)
-        w.raw(s.vm.ioapic)
-        w.raw(s.vm.pit)
-        w.raw(s.vm.clock)
-        let u = s.serial
-        for b in [u.ier, u.lcr, u.mcr, u.scratch, u.dll, u.dlm] { w.u8(b) }
-        w.bool(u.fifoEnabled)
-        w.bool(u.thrInterruptPending)
-        w.u32(UInt32(s.transports.count))
-        for t in s.transports {
-            w.u32(t.status)
-            w.u32(t.deviceFeaturesSel)
-            w.u32(t.driverFeaturesSel)
-            w.u64(t.driverFeatures)
-            w.u32(t.queueSel)
-            w.u32(t.interruptStatus)
-            w.u32(UInt32(t.queues.count))
-            for q in t.queues {
-                w.u16(q.size)
-                w.u64(q.desc)
-                w.u64(q.driver)
-                w.u64(q.device)
-                w.bool(q.ready)
-                w.u16(q.nextAvail)
-                w.u16(q.nextUsed)
-            }
-        }
+        m.save(to: &w)
+        s.save(to: &w)
         return w.bytes
     }
 
     static func decodeManifest(_ r: inout StateReader) throws(SnapshotError) -> SnapshotManifest {
-        let version = try r.string()
-        let created = try r.u64()
-        let guestClock = try r.u64()
-        let memoryMiB = Int(try r.u32())
-        let vcpuCount = Int(try r.u32())
-        let templateName = try r.string()
-        guard let template = CPUTemplateChoice(rawValue: templateName) else { throw .corrupt("unknown CPU template \(templateName)") }
-        let cmdline = try r.string()
-        let kernelPath = try r.string(limit: 4096)
-        let kernel = try FileIdentity.decode(&r)
-        var drives: [SnapshotManifest.Drive] = []
-        for _ in 0..<(try r.count(itemSize: 8, limit: MachineConfig.maximumVirtioDevices)) {
-            let path = try r.string(limit: 4096)
-            let readOnly = try r.bool()
-            let ephemeral = try r.bool()
-            let id = try r.bool() ? try r.string(limit: 20) : nil
-            let capacity = try r.u64()
-            let identity = try r.bool() ? try FileIdentity.decode(&r) : nil
-            drives.append(.init(config: DriveConfig(path: path, readOnly: readOnly, ephemeral: ephemeral, id: id), capacityBytes: capacity, identity: identity))
-        }
-        let hasVsock = try r.bool()
-        let cid = try r.u32()
-        var ranges: [(base: UInt64, size: Int)] = []
-        for _ in 0..<(try r.count(itemSize: 16, limit: 8)) {
-            let base = try r.u64()
-            let size = try r.u64()
-            guard size > 0, size <= 1 << 46 else { throw .corrupt("a memory range of \(size) bytes") }
-            ranges.append((base, Int(size)))
-        }
-        return SnapshotManifest(swiftletVersion: version, createdNanos: created, guestClockNanos: guestClock, memoryMiB: memoryMiB, vcpuCount: vcpuCount,
-                                cpuTemplate: template, cmdline: cmdline, kernelPath: kernelPath, kernel: kernel, drives: drives,
-                                vsockCID: hasVsock ? cid : nil, memoryRanges: ranges)
+        do { return try SnapshotManifest(from: &r) } catch { throw .corruptState(error) }
     }
 
     static func decodeState(_ r: inout StateReader, manifest: SnapshotManifest) throws(SnapshotError) -> MachineState {
-        let vcpuCount = try r.count(itemSize: 64, limit: MachineConfig.maximumVcpus)
-        guard vcpuCount == manifest.vcpuCount else { throw .corrupt("\(vcpuCount) vCPU states for \(manifest.vcpuCount) vCPUs") }
-        var vcpus: [SavedVcpu] = []
-        for _ in 0..<vcpuCount {
-            var cpuid: [kvm_cpuid_entry2] = []
-            for _ in 0..<(try r.count(itemSize: MemoryLayout<kvm_cpuid_entry2>.size, limit: Int(SWL_MAX_CPUID_ENTRIES))) {
-                cpuid.append(try r.raw(kvm_cpuid_entry2()))
-            }
-            var s = VcpuState()
-            s.regs = try r.raw(s.regs)
-            s.sregs = try r.raw(s.sregs)
-            s.xsave = try r.raw(s.xsave)
-            s.xcrs = try r.raw(s.xcrs)
-            s.debugRegs = try r.raw(s.debugRegs)
-            s.lapic = try r.raw(s.lapic)
-            for _ in 0..<(try r.count(itemSize: 12, limit: Int(SWL_MAX_MSR_INDICES))) {
-                s.msrs.append((index: try r.u32(), value: try r.u64()))
-            }
-            s.events = try r.raw(s.events)
-            s.mpState = try r.raw(s.mpState)
-            s.tscKHz = try r.u32()
-            vcpus.append(SavedVcpu(cpuid: cpuid, state: s))
+        let state: MachineState
+        do { state = try MachineState(from: &r) } catch { throw .corruptState(error) }
+        guard state.vcpus.count == manifest.vcpuCount else {
+            throw .corrupt("\(state.vcpus.count) vCPU states for \(manifest.vcpuCount) vCPUs")
         }
-        var vm = VMState()
-        vm.picMaster = try r.raw(vm.picMaster)
-        vm.picSlave = try r.raw(vm.picSlave)
-        vm.ioapic = try r.raw(vm.ioapic)
-        vm.pit = try r.raw(vm.pit)
-        vm.clock = try r.raw(vm.clock)
-        let serial = Serial8250.SavedState(ier: try r.u8(), lcr: try r.u8(), mcr: try r.u8(), scratch: try r.u8(), dll: try r.u8(), dlm: try r.u8(),
-                                           fifoEnabled: try r.bool(), thrInterruptPending: try r.bool())
-        var transports: [VirtioMMIOTransport.SavedState] = []
-        for _ in 0..<(try r.count(itemSize: 28, limit: MachineConfig.maximumVirtioDevices)) {
-            var t = VirtioMMIOTransport.SavedState(status: try r.u32(), deviceFeaturesSel: try r.u32(), driverFeaturesSel: try r.u32(),
-                                                   driverFeatures: try r.u64(), queueSel: try r.u32(), interruptStatus: try r.u32(), queues: [])
-            for _ in 0..<(try r.count(itemSize: 31, limit: 8)) {
-                t.queues.append(.init(size: try r.u16(), desc: try r.u64(), driver: try r.u64(), device: try r.u64(),
-                                      ready: try r.bool(), nextAvail: try r.u16(), nextUsed: try r.u16()))
-            }
-            transports.append(t)
-        }
-        return MachineState(vcpus: vcpus, vm: vm, serial: serial, transports: transports)
+        return state
     }
 }
 

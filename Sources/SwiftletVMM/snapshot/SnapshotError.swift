@@ -1,4 +1,5 @@
 import SwiftletKVM
+import SwiftletPersist
 import SwiftletSys
 
 /// Why a snapshot could not be written, read or restored. Each case is one
@@ -6,6 +7,8 @@ import SwiftletSys
 public enum SnapshotError: Error, CustomStringConvertible, Sendable {
     /// Not a snapshot, or its bytes do not add up (bad magic, truncated, checksum).
     case corrupt(String)
+    /// The saved state's bytes do not decode (what `PersistentState` refused).
+    case corruptState(StateError)
     /// Written by another snapshot format or Swiftlet version.
     case incompatible(String)
     /// The kernel, an image or the machine differs from the one snapshotted.
@@ -22,6 +25,7 @@ public enum SnapshotError: Error, CustomStringConvertible, Sendable {
     public var description: String {
         switch self {
         case let .corrupt(why): return "corrupt snapshot: \(why)"
+        case let .corruptState(error): return "corrupt snapshot: \(error)"
         case let .incompatible(why): return "incompatible snapshot: \(why)"
         case let .mismatch(why): return "snapshot mismatch: \(why)"
         case let .hostCPU(why): return "snapshot taken on a different CPU: \(why)"

@@ -316,35 +316,7 @@ public final class VirtioMMIOTransport: BusDevice, Sendable {
 
     // MARK: Snapshot
 
-    /// What a snapshot keeps of the transport: the registers the driver
-    /// wrote, and where each queue's rings and indices are.
-    public struct SavedState: Equatable, Sendable {
-        public struct Queue: Equatable, Sendable {
-            public var size: UInt16
-            public var desc: UInt64, driver: UInt64, device: UInt64
-            public var ready: Bool
-            public var nextAvail: UInt16, nextUsed: UInt16
-
-            public init(size: UInt16, desc: UInt64, driver: UInt64, device: UInt64, ready: Bool, nextAvail: UInt16, nextUsed: UInt16) {
-                (self.size, self.desc, self.driver, self.device) = (size, desc, driver, device)
-                (self.ready, self.nextAvail, self.nextUsed) = (ready, nextAvail, nextUsed)
-            }
-        }
-        public var status: UInt32
-        public var deviceFeaturesSel: UInt32, driverFeaturesSel: UInt32
-        public var driverFeatures: UInt64
-        public var queueSel: UInt32
-        public var interruptStatus: UInt32
-        public var queues: [Queue]
-
-        public init(status: UInt32, deviceFeaturesSel: UInt32, driverFeaturesSel: UInt32, driverFeatures: UInt64,
-                    queueSel: UInt32, interruptStatus: UInt32, queues: [Queue]) {
-            (self.status, self.deviceFeaturesSel, self.driverFeaturesSel) = (status, deviceFeaturesSel, driverFeaturesSel)
-            (self.driverFeatures, self.queueSel, self.interruptStatus, self.queues) = (driverFeatures, queueSel, interruptStatus, queues)
-        }
-    }
-
-    /// Reads the state. The vCPUs and the event loop must be stopped.
+    /// What a snapshot keeps: `SavedState` (MMIOTransport+Persist.swift).
     public func saveState() -> SavedState {
         let queues = service.withLock { $0.queues }
         return registers.withLock { s in

@@ -25,6 +25,7 @@ import CSwiftlet
 import Glibc
 import SwiftletDevices
 import SwiftletKVM
+import SwiftletPersist
 import SwiftletSys
 import SwiftletVirtio
 @testable import SwiftletVMM
