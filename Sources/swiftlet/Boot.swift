@@ -15,8 +15,7 @@ struct Boot: ParsableCommand {
         """
     )
 
-    @Option(help: "Kernel: a bzImage or an uncompressed ELF vmlinux. Default: the image built by `make kernel`.")
-    var kernel: String?
+    @OptionGroup var guest: GuestOptions
 
     @Option(help: "Boot from this initramfs instead of a root drive.")
     var initrd: String?
@@ -29,15 +28,6 @@ struct Boot: ParsableCommand {
 
     @Option(help: "Replace the whole kernel command line.")
     var cmdline: String?
-
-    @Option(help: "Add to the default kernel command line.")
-    var append: String?
-
-    @Option(help: "Guest memory in MiB.")
-    var mem: Int = BootOptions.defaults.mem
-
-    @Option(help: "Number of vCPUs.")
-    var cpus: Int = BootOptions.defaults.cpus
 
     @Flag(help: "Print boot timings on stderr: guest-boot-time-us=N from the guest's boot-timer write, and the VMM's own start-up.")
     var bootTimer = false
@@ -54,9 +44,6 @@ struct Boot: ParsableCommand {
     @Option(help: "The KVM device node.")
     var kvmDevice: String = BootOptions.defaults.kvmDevice
 
-    @Option(help: ArgumentHelp("Syscall filters on every VMM thread: strict (a syscall outside its thread's allowlist kills the VMM), log (it runs, and is reported on stderr by thread role at the end), off (debugging only).", valueName: "strict|log|off"))
-    var seccomp: String = BootOptions.defaults.seccomp
-
     @Option(name: .customLong("vsock-uds"), help: ArgumentHelp("Add a virtio-vsock device (Firecracker's hybrid vsock): host clients connect here and send `CONNECT <port>\\n`; guest connections to CID 2 port P go to <path>_P.", valueName: "path"))
     var vsockUDS: String?
 
@@ -70,9 +57,9 @@ struct Boot: ParsableCommand {
 
     /// What ArgumentParser parsed, as the fast path gives it.
     var options: BootOptions {
-        BootOptions(kernel: kernel, initrd: initrd, rootfs: rootfs, drives: drives, cmdline: cmdline, append: append,
-                    mem: mem, cpus: cpus, bootTimer: bootTimer, stats: stats, cpuTemplate: cpuTemplate, timeout: timeout,
-                    kvmDevice: kvmDevice, seccomp: seccomp, vsockUDS: vsockUDS, vsockCID: vsockCID, net: net, jail: jail.options)
+        BootOptions(kernel: guest.kernel, initrd: initrd, rootfs: rootfs, drives: drives, cmdline: cmdline, append: guest.append,
+                    mem: guest.mem ?? BootOptions.defaults.mem, cpus: guest.cpus ?? BootOptions.defaults.cpus, bootTimer: bootTimer,
+                    stats: stats, cpuTemplate: cpuTemplate, timeout: timeout, kvmDevice: kvmDevice, seccomp: guest.seccomp, vsockUDS: vsockUDS, vsockCID: vsockCID, net: net, jail: jail.options)
     }
 
     func validate() throws { try options.validate() }
@@ -91,8 +78,8 @@ struct BootOptions {
     var drives: [String] = []
     var cmdline: String?
     var append: String?
-    var mem = 128
-    var cpus = 1
+    var mem = RunOptions.defaultMemoryMiB
+    var cpus = RunOptions.defaultVcpus
     var bootTimer = false
     var stats = false
     var cpuTemplate = "auto"

@@ -147,8 +147,9 @@ extension BootOptions: FastParsable {
         .list("drive") { $0.drives.append($1) },
         .optional("cmdline") { $0.cmdline = $1 },
         .optional("append") { $0.append = $1 },
-        .value("mem", { $0.mem }) { $0.mem = $1 },
-        .value("cpus", { $0.cpus }) { $0.cpus = $1 },
+        // Optional in `GuestOptions` (run's default comes from a snapshot); boot's is BootOptions'.
+        .optional("mem") { $0.mem = $1 },
+        .optional("cpus") { $0.cpus = $1 },
         .flag("boot-timer") { $0.bootTimer = true },
         .flag("stats") { $0.stats = true },
         .value("cpu-template", { $0.cpuTemplate }) { $0.cpuTemplate = $1 },

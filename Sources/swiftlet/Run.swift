@@ -18,20 +18,13 @@ struct Run: ParsableCommand {
         """
     )
 
-    @Option(help: "Kernel: a bzImage or an uncompressed ELF vmlinux. Default: the image built by `make kernel`.")
-    var kernel: String?
+    @OptionGroup var guest: GuestOptions
 
     @Option(help: "Base root filesystem image (never modified). Default: the image built by `make rootfs`.")
     var rootfs: String?
 
     @Option(name: .customLong("drive"), help: ArgumentHelp("A further virtio-blk drive (/dev/vdb, ...); repeatable.", valueName: "path[,ro|,ephemeral][,id=NAME]"))
     var drives: [String] = []
-
-    @Option(help: "Guest memory in MiB (default: 128, or the snapshot's).")
-    var mem: Int?
-
-    @Option(help: "Number of vCPUs (default: 1, or the snapshot's).")
-    var cpus: Int?
 
     @Option(help: "Restore this snapshot (written by `swiftlet snapshot create`) instead of booting.")
     var snapshot: String?
@@ -54,9 +47,6 @@ struct Run: ParsableCommand {
     @Option(help: "Also expose the guest's vsock as this hybrid-vsock Unix socket (CONNECT <port> / PATH_<port>).")
     var vsockUds: String?
 
-    @Option(help: "Add to the default kernel command line.")
-    var append: String?
-
     @Option(help: ArgumentHelp("Add a virtio-net device on a TAP: `auto` creates one (host 172.30.x.1/30, guest .2, removed at exit; needs CAP_NET_ADMIN; the command gets SWIFTLET_HOST_IP and SWIFTLET_GUEST_IP), `tap=NAME` attaches an existing one.", valueName: "auto|tap=NAME[,mac=M]"))
     var net: String?
 
@@ -75,9 +65,6 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Write the --timings line to this inherited descriptor at the end, not to stderr (the job runner keeps stderr as the function's log).", valueName: "fd"))
     var reportFd: Int32?
 
-    @Option(help: ArgumentHelp("Syscall filters on every VMM thread: strict (a syscall outside its thread's allowlist kills the VMM), log (it runs, and is reported on stderr by thread role at the end), off (debugging only).", valueName: "strict|log|off"))
-    var seccomp: String = RunOptions.defaults.seccomp
-
     @OptionGroup var jail: JailArguments
 
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
@@ -85,10 +72,10 @@ struct Run: ParsableCommand {
 
     /// What ArgumentParser parsed, as the fast path gives it.
     var options: RunOptions {
-        RunOptions(kernel: kernel, rootfs: rootfs, drives: drives, mem: mem, cpus: cpus, snapshot: snapshot, cold: cold,
+        RunOptions(kernel: guest.kernel, rootfs: rootfs, drives: drives, mem: guest.mem, cpus: guest.cpus, snapshot: snapshot, cold: cold,
                    timeout: timeout, bootTimeout: bootTimeout, environment: environment, workdir: workdir, vsockUds: vsockUds,
-                   append: append, net: net, console: console, timings: timings, kvmDevice: kvmDevice, startFd: startFd,
-                   reportFd: reportFd, seccomp: seccomp, jail: jail.options, command: command)
+                   append: guest.append, net: net, console: console, timings: timings, kvmDevice: kvmDevice, startFd: startFd,
+                   reportFd: reportFd, seccomp: guest.seccomp, jail: jail.options, command: command)
     }
 
     func validate() throws { try options.validate() }

@@ -18,26 +18,19 @@ struct SnapshotCommand: ParsableCommand {
 
 /// The guest a snapshot is of, as `snapshot create` and `snapshot cached` take it.
 struct SnapshotGuestOptions: ParsableArguments {
-    @Option(help: "Kernel: a bzImage or an uncompressed ELF vmlinux. Default: the image built by `make kernel`.")
-    var kernel: String?
+    @OptionGroup var guest: GuestOptions
 
     @Option(help: "Base root filesystem image (attached ephemeral). Default: the image built by `make rootfs`.")
     var rootfs: String?
 
-    @Option(help: "Guest memory in MiB.")
-    var mem: Int = RunOptions.defaultMemoryMiB
-
-    @Option(help: "Number of vCPUs.")
-    var cpus: Int = RunOptions.defaultVcpus
-
-    @Option(help: "Add to the default kernel command line.")
-    var append: String?
-
     @Option(help: "Give up when the guest's agent has not reported idle after this many seconds.")
     var bootTimeout: Double = 600
 
-    @Option(help: ArgumentHelp("Syscall filters on every VMM thread while the snapshot is created.", valueName: "strict|log|off"))
-    var seccomp: String = Seccomp.defaultModeName
+    var kernel: String? { guest.kernel }
+    var mem: Int { guest.mem ?? RunOptions.defaultMemoryMiB }
+    var cpus: Int { guest.cpus ?? RunOptions.defaultVcpus }
+    var append: String? { guest.append }
+    var seccomp: String { guest.seccomp }
 
     func validate() throws {
         try OptionLimits.seconds(bootTimeout, "--boot-timeout")
