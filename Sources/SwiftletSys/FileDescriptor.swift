@@ -1,3 +1,4 @@
+import CSwiftlet
 import Glibc
 
 /// An owned file descriptor, closed when the owner goes away.
@@ -24,6 +25,20 @@ public struct OwnedFD: ~Copyable, Sendable {
     }
 
     deinit { _ = close(raw) }
+}
+
+/// Both ends of a pipe, each owned.
+public struct Pipe: ~Copyable, Sendable {
+    public let read: OwnedFD
+    public let write: OwnedFD
+
+    /// `flags`: `O_NONBLOCK`, `O_DIRECT`; `O_CLOEXEC` is always added.
+    public init(flags: Int32 = 0) throws(SystemError) {
+        var fds: [Int32] = [-1, -1]
+        guard swl_pipe2(&fds, flags | O_CLOEXEC) == 0 else { throw .last("pipe2") }
+        read = OwnedFD(taking: fds[0])
+        write = OwnedFD(taking: fds[1])
+    }
 }
 
 /// Reads until `buffer` is full or EOF. Returns the bytes read.
