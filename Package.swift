@@ -112,19 +112,24 @@ let package = Package(
             ],
             resources: [.copy("openapi.yaml")]
         ),
+        // Test-only: the fake virtio driver and device, ring layouts, temporary images, the KVM gate.
+        .target(name: "SwiftletTestSupport", dependencies: ["SwiftletVirtio", "SwiftletMemory"], path: "Tests/SwiftletTestSupport"),
         .testTarget(name: "SwiftletRunnerTests", dependencies: ["SwiftletRunner"]),
         .testTarget(name: "SwiftletdTests", dependencies: ["swiftletd"]),
         .testTarget(name: "SwiftletSysTests", dependencies: ["SwiftletSys", "CSwiftlet"]),
         .testTarget(name: "SwiftletX86Tests", dependencies: ["SwiftletX86", "SwiftletMemory"]),
         .testTarget(name: "SwiftletDevicesTests", dependencies: ["SwiftletDevices"]),
-        .testTarget(name: "SwiftletVirtioTests", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletSys"]),
-        .testTarget(name: "SwiftletCLITests", dependencies: ["SwiftletSys"]),
+        .testTarget(name: "SwiftletMemoryTests", dependencies: ["SwiftletMemory"]),
+        .testTarget(name: "SwiftletKVMTests", dependencies: ["SwiftletKVM", "SwiftletMemory", "SwiftletPersist", "SwiftletTestSupport", "CSwiftlet"]),
+        .testTarget(name: "SwiftletVirtioTests", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletSys", "SwiftletTestSupport"]),
+        .testTarget(name: "SwiftletCLITests", dependencies: ["SwiftletSys", "SwiftletTestSupport"]),
         .testTarget(name: "SwiftletSandboxTests", dependencies: ["SwiftletSandbox", "SwiftletSys"]),
         .testTarget(name: "SwiftletSeccompTests", dependencies: ["SwiftletSeccomp", "SwiftletSys"]),
         .testTarget(name: "SwiftletJailTests", dependencies: ["SwiftletJail", "SwiftletSys"]),
         .testTarget(
             name: "SwiftletVMMTests",
-            dependencies: ["SwiftletVMM", "SwiftletKVM", "SwiftletMemory", "SwiftletX86", "SwiftletSys", "SwiftletVirtio", "SwiftletPersist", "CSwiftlet"],
+            dependencies: ["SwiftletVMM", "SwiftletKVM", "SwiftletMemory", "SwiftletX86", "SwiftletSys", "SwiftletVirtio", "SwiftletPersist",
+                           "SwiftletTestSupport", "CSwiftlet"],
             exclude: ["Guests/syscall-cpl.S", "Fixtures"]
         ),
     ]

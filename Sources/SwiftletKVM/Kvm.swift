@@ -33,7 +33,7 @@ public final class Kvm: Sendable {
         do {
             handle = try OwnedFD(opening: path, flags: O_RDWR)
         } catch {
-            throw .unavailable(error)
+            throw .unavailable(path: path, error)
         }
         let fd = handle.raw
         let version = ioctl(fd, SWL_KVM_GET_API_VERSION)

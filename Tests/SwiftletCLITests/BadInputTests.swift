@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import SwiftletTestSupport
 
 /// Bad input gets exactly one line on stderr (`swiftlet: error: ...`) and
 /// exit status 1, with no crash and no hang.

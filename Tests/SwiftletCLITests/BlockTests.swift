@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import SwiftletTestSupport
 
 /// virtio-blk end to end: the guest's root on /dev/vda, more drives after it.
 @Suite(.enabled(if: KVMGate.enabled, KVMGate.skipMessage), .serialized)

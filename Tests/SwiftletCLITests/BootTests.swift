@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import SwiftletTestSupport
 
 /// Real boots of the project's own kernel and initramfs. Each takes a minute
 /// or more where the guest kernel is emulated (nested PVM), so there are

@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import SwiftletTestSupport
 
 /// `--drive PATH,ephemeral` and `--rootfs PATH,ephemeral`: bad combinations.
 @Suite(.serialized)

@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import SwiftletTestSupport
 
 /// A job inside the guest resets devices by unbinding and rebinding their
 /// drivers (the driver writes 0 to the virtio-mmio status register, on a vCPU

@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import SwiftletTestSupport
 
 /// `swiftlet run --jail` and `boot --jail` end to end (README, Security: the
 /// jailer). The mechanisms have their own tests (SwiftletJailTests, through

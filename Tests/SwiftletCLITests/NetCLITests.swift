@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import SwiftletTestSupport
 
 /// A network namespace the test owns: created on init, deleted on deinit.
 /// Everything networked in these tests runs inside one (`ip netns exec`), so

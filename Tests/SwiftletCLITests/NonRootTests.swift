@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import SwiftletTestSupport
 
 /// An ordinary user, set up as the README says: a fresh system user with an
 /// ACL on `/dev/kvm`, its own home (so its own `~/.cache/swiftlet`), and the

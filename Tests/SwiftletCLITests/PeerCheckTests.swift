@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import SwiftletTestSupport
 
 /// Another local process, of this user or another, races a `run` to its
 /// abstract sockets (listed in the world-readable /proc/net/unix; abstract

@@ -165,9 +165,3 @@ enum Images {
     static var rootfs: String { cache + "/default/rootfs.ext4" }
     static var present: Bool { access(bzImage, R_OK) == 0 && access(initramfs, R_OK) == 0 && access(vmlinux, R_OK) == 0 }
 }
-
-enum KVMGate {
-    static var required: Bool { getenv("SWIFTLET_REQUIRE_KVM").map { String(cString: $0) == "1" } ?? false }
-    static var enabled: Bool { access("/dev/kvm", R_OK | W_OK) == 0 || required }
-    static let skipMessage: Comment = "/dev/kvm is not usable here; set SWIFTLET_REQUIRE_KVM=1 to make this a failure"
-}

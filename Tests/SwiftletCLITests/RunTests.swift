@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import SwiftletTestSupport
 
 /// `swiftlet run`: real boots of the default kernel and rootfs with the guest
 /// agent. Each boot costs tens of seconds where the guest kernel is emulated

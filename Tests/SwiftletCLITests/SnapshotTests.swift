@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import SwiftletTestSupport
 
 /// Snapshot and restore through the CLI: `swiftlet run` restores the cached
 /// snapshot of the default kernel and rootfs (created once per `make test`,

@@ -1,6 +1,7 @@
 import Glibc
 import SwiftletSys
 import Testing
+import SwiftletTestSupport
 
 /// Hybrid vsock with a real guest, through `swiftlet run --vsock-uds`: the
 /// host CONNECTs to a guest listener, the guest connects back to a host

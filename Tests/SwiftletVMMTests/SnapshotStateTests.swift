@@ -7,6 +7,7 @@ import SwiftletVirtio
 import SwiftletX86
 import Testing
 @testable import SwiftletVMM
+import SwiftletTestSupport
 
 /// The snapshot's pieces that need no guest: the state codec, the transport's
 /// save and restore, and the CPUID check. Whole snapshots are tested through
@@ -97,7 +98,7 @@ struct SnapshotStateTests {
 
     @Test("a transport's registers and queue indices survive save and restore into a fresh transport")
     func transportRoundTrip() throws {
-        let helper = MMIOTransportTests()
+        let helper = MMIODriver()
         let (t, _, memory) = try helper.make()
         helper.bringUp(t, features: VirtioFeature.version1 | VirtioFeature.ringEventIdx)
         var saved = t.saveState()
@@ -114,7 +115,7 @@ struct SnapshotStateTests {
 
     @Test("a saved queue outside guest memory, features never offered, or the wrong queue count are refused")
     func hostileTransportState() throws {
-        let helper = MMIOTransportTests()
+        let helper = MMIODriver()
         let (t, _, memory) = try helper.make()
         helper.bringUp(t)
         let good = t.saveState()

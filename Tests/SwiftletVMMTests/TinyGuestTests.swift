@@ -4,6 +4,7 @@ import SwiftletX86
 import CSwiftlet
 import Testing
 @testable import SwiftletVMM
+import SwiftletTestSupport
 
 /// Hand-assembled guests, a few bytes each, that check one exit path of the
 /// VMM at a time, in real mode or in long mode. Each runs in well under a

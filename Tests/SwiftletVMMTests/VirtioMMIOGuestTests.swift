@@ -1,6 +1,7 @@
 import Glibc
 import Testing
 @testable import SwiftletVMM
+import SwiftletTestSupport
 
 /// The virtio-mmio registers as a guest sees them, through real MMIO exits.
 @Suite(.enabled(if: KVMGate.enabled, KVMGate.skipMessage), .serialized)

@@ -2,6 +2,7 @@ import Glibc
 import SwiftletMemory
 import SwiftletVirtio
 import Testing
+import SwiftletTestSupport
 
 /// A request the test driver posted: where its IN data and status byte live.
 struct PostedRequest {

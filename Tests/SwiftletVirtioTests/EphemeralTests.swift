@@ -3,6 +3,7 @@ import SwiftletMemory
 import SwiftletSys
 import Testing
 @testable import SwiftletVirtio
+import SwiftletTestSupport
 
 /// A small deterministic generator (xorshift64), so a failing sequence replays.
 private struct Xorshift {

@@ -2,6 +2,7 @@ import Glibc
 import SwiftletMemory
 import Testing
 @testable import SwiftletVirtio
+import SwiftletTestSupport
 
 struct FileIOTests {
     func openImage(_ image: TempImage) throws -> Int32 {

@@ -3,6 +3,7 @@ import SwiftletMemory
 import SwiftletSys
 import SwiftletVirtio
 import Testing
+import SwiftletTestSupport
 
 /// A virtio-net device over one end of a SOCK_SEQPACKET pair, which keeps
 /// message boundaries the way a TAP does: the test's end plays the TAP's

@@ -1,6 +1,7 @@
 import SwiftletMemory
 import SwiftletVirtio
 import Testing
+import SwiftletTestSupport
 
 /// Pops, expecting a malformed chain; returns its head.
 func expectMalformed(_ q: Virtqueue, sourceLocation: SourceLocation = #_sourceLocation) -> UInt16?? {

@@ -3,6 +3,7 @@ import SwiftletMemory
 import SwiftletSys
 import SwiftletVirtio
 import Testing
+import SwiftletTestSupport
 
 /// One split virtqueue as a guest driver keeps it, in shared guest memory:
 /// descriptors come from a free list and go back when the device uses the

@@ -97,28 +97,3 @@ import SwiftletMemory
         #expect(try mem.read(at: 0x100_7000, count: 0x1000).allSatisfy { $0 == 0xcc })
     }
 }
-
-@Suite struct GuestMemoryZeroTests {
-    @Test("zero clears exactly its range, partial pages at both ends included, and leaves the rest",
-          arguments: [(0x1000 as UInt64, 0x3000), (0x1234, 0x5000), (0x1ff0, 0x20), (0x3001, 0x0fff), (0x5000, 0)])
-    func zeroesExactly(start: UInt64, count: Int) throws {
-        let mem = try GuestMemory(size: 1 << 20)
-        try mem.fill(0xab, at: 0, count: 0x10000)
-        try mem.zero(at: start, count: count)
-        let all = try mem.read(at: 0, count: 0x10000)
-        for (i, byte) in all.enumerated() {
-            let inside = UInt64(i) >= start && UInt64(i) < start + UInt64(count)
-            if byte != (inside ? 0 : 0xab) {
-                Issue.record("byte 0x\(String(i, radix: 16)) is 0x\(String(byte, radix: 16))")
-                return
-            }
-        }
-    }
-
-    @Test("zero is bounds-checked like every other access")
-    func zeroIsBoundsChecked() throws {
-        let mem = try GuestMemory(size: 1 << 20)
-        #expect(throws: GuestMemoryError.self) { try mem.zero(at: (1 << 20) - 0x800, count: 0x1000) }
-        #expect(throws: GuestMemoryError.self) { try mem.zero(at: UInt64.max - 10, count: 100) }
-    }
-}

@@ -3,71 +3,12 @@ import SwiftletMemory
 @testable import SwiftletVirtio
 import Synchronization
 import Testing
-@testable import SwiftletVMM
-
-/// A device that records what the transport asks of it.
-final class FakeDevice: VirtioDevice, @unchecked Sendable {
-    let served = Atomic<Int>(0)
-    let resets = Atomic<Int>(0)
-    /// While true, `serve` holds (a device busy with I/O); `serving` counts entries.
-    let holdServe = Atomic<Bool>(false)
-    let serving = Atomic<Int>(0)
-    var failServe = false
-    var deviceID: UInt32 { 2 }
-    var deviceFeatures: UInt64 { (1 << 9) | VirtioFeature.ringEventIdx }
-    var queueMaxSizes: [UInt16] { [8] }
-    func readConfig(offset: Int, into: UnsafeMutableRawBufferPointer) {
-        for i in into.indices { into[i] = UInt8(truncatingIfNeeded: offset + i) }
-    }
-    func writeConfig(offset: Int, from: UnsafeRawBufferPointer) {}
-    func serve(queue: Virtqueue, index: Int, memory: GuestMemory) throws(VirtqueueError) -> Bool {
-        if failServe { throw .availIndexJump(availIndex: 100, nextAvail: 0, size: 8) }
-        serving.add(1, ordering: .releasing)
-        while holdServe.load(ordering: .acquiring) { usleep(1000) }
-        served.add(1, ordering: .relaxed)
-        return true
-    }
-    func reset() { resets.add(1, ordering: .relaxed) }
-}
+import SwiftletTestSupport
 
 /// The virtio-mmio register protocol, driven as a guest driver would.
-struct MMIOTransportTests {
+struct MMIOTransportTests: MMIODriving {
     typealias Reg = VirtioMMIOTransport.Reg
     typealias Status = VirtioMMIOTransport.Status
-
-    func make() throws -> (VirtioMMIOTransport, FakeDevice, GuestMemory) {
-        let memory = try GuestMemory(size: 1 << 20)
-        let device = FakeDevice()
-        return (try VirtioMMIOTransport(device: device, memory: memory), device, memory)
-    }
-
-    func read(_ t: VirtioMMIOTransport, _ offset: UInt64) -> UInt32 {
-        var v: UInt32 = 0xdead_beef
-        withUnsafeMutableBytes(of: &v) { t.read(offset: offset, data: $0) }
-        return v
-    }
-
-    func write(_ t: VirtioMMIOTransport, _ offset: UInt64, _ value: UInt32) {
-        var v = value
-        withUnsafeBytes(of: &v) { t.write(offset: offset, data: $0) }
-    }
-
-    /// Acknowledge, negotiate `features`, set up queue 0 at valid addresses, DRIVER_OK.
-    func bringUp(_ t: VirtioMMIOTransport, features: UInt64 = VirtioFeature.version1) {
-        write(t, Reg.status, Status.acknowledge | Status.driver)
-        write(t, Reg.driverFeaturesSel, 0)
-        write(t, Reg.driverFeatures, UInt32(truncatingIfNeeded: features))
-        write(t, Reg.driverFeaturesSel, 1)
-        write(t, Reg.driverFeatures, UInt32(truncatingIfNeeded: features >> 32))
-        write(t, Reg.status, Status.acknowledge | Status.driver | Status.featuresOK)
-        write(t, Reg.queueSel, 0)
-        write(t, Reg.queueNum, 8)
-        write(t, Reg.queueDescLow, 0x1000)
-        write(t, Reg.queueDriverLow, 0x2000)
-        write(t, Reg.queueDeviceLow, 0x3000)
-        write(t, Reg.queueReady, 1)
-        write(t, Reg.status, Status.acknowledge | Status.driver | Status.featuresOK | Status.driverOK)
-    }
 
     @Test func identityAndFeatures() throws {
         let (t, _, _) = try make()

@@ -3,17 +3,21 @@ import SwiftletMemory
 import SwiftletVirtio
 
 /// Descriptor flags, as a driver writes them.
-enum Flag {
-    static let next: UInt16 = 1
-    static let write: UInt16 = 2
-    static let indirect: UInt16 = 4
+package enum Flag {
+    package static let next: UInt16 = 1
+    package static let write: UInt16 = 2
+    package static let indirect: UInt16 = 4
 }
 
 /// One buffer of a chain the test driver builds.
-struct Buf {
-    var address: UInt64
-    var length: UInt32
-    var writable: Bool
+package struct Buf {
+    package var address: UInt64
+    package var length: UInt32
+    package var writable: Bool
+
+    package init(address: UInt64, length: UInt32, writable: Bool) {
+        (self.address, self.length, self.writable) = (address, length, writable)
+    }
 }
 
 /// Plays the guest driver: lays out a split virtqueue in guest memory, posts
@@ -21,15 +25,15 @@ struct Buf {
 ///
 /// Layout: descriptor table at 0x1000, available ring at 0x3000, used ring
 /// at 0x4000, buffers and indirect tables bump-allocated from 0x10000.
-final class TestDriver {
-    let memory: GuestMemory
-    let size: UInt16
-    let config: VirtqueueConfig
-    private(set) var availIdx: UInt16
+package final class TestDriver {
+    package let memory: GuestMemory
+    package let size: UInt16
+    package let config: VirtqueueConfig
+    package private(set) var availIdx: UInt16
     private var freeDescriptor = 0
     private var cursor: UInt64 = 0x10000
 
-    init(size: UInt16 = 16, memorySize: Int = 4 << 20, startIndex: UInt16 = 0) throws {
+    package init(size: UInt16 = 16, memorySize: Int = 4 << 20, startIndex: UInt16 = 0) throws {
         memory = try GuestMemory(size: memorySize)
         self.size = size
         config = VirtqueueConfig(size: size, descTable: 0x1000, availRing: 0x3000, usedRing: 0x4000)
@@ -38,27 +42,27 @@ final class TestDriver {
         try memory.store(startIndex, at: config.usedRing + 2)
     }
 
-    func queue(eventIndex: Bool = false, indirect: Bool = true, maxSize: UInt16 = 256) throws(VirtqueueError) -> Virtqueue {
+    package func queue(eventIndex: Bool = false, indirect: Bool = true, maxSize: UInt16 = 256) throws(VirtqueueError) -> Virtqueue {
         try Virtqueue(memory: memory, config: config, maxSize: maxSize, eventIndex: eventIndex, indirect: indirect,
                       nextAvail: availIdx, nextUsed: usedIdx)
     }
 
     /// Guest memory for `count` bytes, 16-aligned.
-    func alloc(_ count: Int) -> UInt64 {
+    package func alloc(_ count: Int) -> UInt64 {
         let address = cursor
         cursor += UInt64((count + 15) & ~15)
         return address
     }
 
     /// Places `bytes` in fresh guest memory.
-    func put(_ bytes: [UInt8]) throws -> UInt64 {
+    package func put(_ bytes: [UInt8]) throws -> UInt64 {
         let address = alloc(bytes.count)
         try memory.write(bytes, at: address)
         return address
     }
 
     /// Writes one descriptor of the table at `table`.
-    func setDescriptor(_ index: Int, table: UInt64? = nil, address: UInt64, length: UInt32, flags: UInt16, next: UInt16) throws {
+    package func setDescriptor(_ index: Int, table: UInt64? = nil, address: UInt64, length: UInt32, flags: UInt16, next: UInt16) throws {
         let d = (table ?? config.descTable) + UInt64(16 * index)
         try memory.store(address, at: d)
         try memory.store(length, at: d + 8)
@@ -68,7 +72,7 @@ final class TestDriver {
 
     /// Writes `buffers` as a chain of consecutive free descriptors; returns the head.
     @discardableResult
-    func chain(_ buffers: [Buf]) throws -> UInt16 {
+    package func chain(_ buffers: [Buf]) throws -> UInt16 {
         precondition(!buffers.isEmpty)
         let indices = buffers.indices.map { _ -> Int in
             defer { freeDescriptor = (freeDescriptor + 1) % Int(size) }
@@ -85,7 +89,7 @@ final class TestDriver {
 
     /// Writes `buffers` as an indirect table behind `direct` plain descriptors; returns the head.
     @discardableResult
-    func indirectChain(_ buffers: [Buf], direct: [Buf] = []) throws -> UInt16 {
+    package func indirectChain(_ buffers: [Buf], direct: [Buf] = []) throws -> UInt16 {
         let table = alloc(16 * buffers.count)
         for (i, b) in buffers.enumerated() {
             let last = i == buffers.count - 1
@@ -108,68 +112,26 @@ final class TestDriver {
     }
 
     /// Offers `head` on the available ring and publishes the new index.
-    func publish(_ head: UInt16) throws {
+    package func publish(_ head: UInt16) throws {
         try memory.store(head, at: config.availRing + 4 + 2 * UInt64(availIdx & (size - 1)))
         availIdx &+= 1
         try memory.store(availIdx, at: config.availRing + 2)
     }
 
     /// Overwrites the available index (for malformed-queue tests).
-    func setAvailIdx(_ value: UInt16) throws {
+    package func setAvailIdx(_ value: UInt16) throws {
         availIdx = value
         try memory.store(value, at: config.availRing + 2)
     }
 
-    func setAvailFlags(_ flags: UInt16) throws { try memory.store(flags, at: config.availRing) }
-    func setUsedEvent(_ value: UInt16) throws { try memory.store(value, at: config.availRing + 4 + 2 * UInt64(size)) }
-    var availEvent: UInt16 { (try? memory.load(UInt16.self, at: config.usedRing + 4 + 8 * UInt64(size))) ?? 0xdead }
-    var usedIdx: UInt16 { (try? memory.load(UInt16.self, at: config.usedRing + 2)) ?? 0xdead }
+    package func setAvailFlags(_ flags: UInt16) throws { try memory.store(flags, at: config.availRing) }
+    package func setUsedEvent(_ value: UInt16) throws { try memory.store(value, at: config.availRing + 4 + 2 * UInt64(size)) }
+    package var availEvent: UInt16 { (try? memory.load(UInt16.self, at: config.usedRing + 4 + 8 * UInt64(size))) ?? 0xdead }
+    package var usedIdx: UInt16 { (try? memory.load(UInt16.self, at: config.usedRing + 2)) ?? 0xdead }
 
     /// The used element at ring index `index` (taken modulo the size).
-    func used(_ index: UInt16) throws -> (id: UInt32, length: UInt32) {
+    package func used(_ index: UInt16) throws -> (id: UInt32, length: UInt32) {
         let e = config.usedRing + 4 + 8 * UInt64(index & (size - 1))
         return (try memory.load(UInt32.self, at: e), try memory.load(UInt32.self, at: e + 4))
     }
-}
-
-/// A temporary raw image, removed when dropped.
-final class TempImage {
-    let path: String
-
-    /// An image of `bytes` bytes (any size, to test bad ones); filled with `pattern(offset)` when given.
-    init(bytes: Int, directory: String = "/tmp", pattern: ((Int) -> UInt8)? = nil) throws {
-        var template = Array("\(directory)/swiftlet-virtio-XXXXXX".utf8CString)
-        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        guard fd >= 0 else { throw TestFailure("mkstemp") }
-        defer { close(fd) }
-        path = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        guard ftruncate(fd, off_t(bytes)) == 0 else { throw TestFailure("ftruncate") }
-        if let pattern {
-            let data = (0..<bytes).map(pattern)
-            let n = data.withUnsafeBytes { pwrite(fd, $0.baseAddress!, bytes, 0) }
-            guard n == bytes else { throw TestFailure("pwrite") }
-        }
-    }
-
-    convenience init(sectors: Int, directory: String = "/tmp", pattern: ((Int) -> UInt8)? = nil) throws {
-        try self.init(bytes: sectors * 512, directory: directory, pattern: pattern)
-    }
-
-    /// The image's bytes at `offset`, read behind the device's back.
-    func contents(at offset: Int, count: Int) throws -> [UInt8] {
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw TestFailure("open") }
-        defer { close(fd) }
-        var bytes = [UInt8](repeating: 0, count: count)
-        let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress!, count, off_t(offset)) }
-        guard n == count else { throw TestFailure("pread") }
-        return bytes
-    }
-
-    deinit { unlink(path) }
-}
-
-struct TestFailure: Error, CustomStringConvertible {
-    let description: String
-    init(_ what: String) { description = what }
 }
