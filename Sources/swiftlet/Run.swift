@@ -176,7 +176,7 @@ struct RunOptions {
         config.timeoutSeconds = timeout
         config.bootTimeoutSeconds = bootTimeout
         config.vsockUDS = vsockUds
-        let startWait = StartGate(fd: startFd)
+        let startWait = StartByteWait(fd: startFd)
         if let jailed {
             config.vsockUDS = jailed.sockets.path + "/vsock"
             config.vsockPeers = .thisProcess
@@ -234,7 +234,7 @@ struct RunOptions {
     }
 
     /// The `--timings` line: where the time went, in milliseconds.
-    private func timingLine(_ r: SandboxResult, startWait: StartGate) -> String {
+    private func timingLine(_ r: SandboxResult, startWait: StartByteWait) -> String {
         let t = r.timeline
         let start = Clock.processStartNanos
         func ms(_ a: UInt64, _ b: UInt64) -> String {
@@ -272,7 +272,7 @@ struct RunOptions {
 ///
 /// `@unchecked Sendable`: its two times are written once, by the main thread
 /// before the guest runs, and read by it after.
-final class StartGate: @unchecked Sendable {
+final class StartByteWait: @unchecked Sendable {
     let fd: Int32?
     /// How long it held (written once, on the main thread, before the guest runs).
     private(set) var waitedNanos: UInt64 = 0

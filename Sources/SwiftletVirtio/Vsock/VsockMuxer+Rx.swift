@@ -5,7 +5,7 @@ import SwiftletSys
 /// The rx and event queues: packets for the guest. Control packets go
 /// first, in order; then each readable socket in turn gets one packet per
 /// round, read straight into the guest's buffer (no copy), within its credit.
-extension VsockMuxer {
+extension VsockMuxState {
     /// How one attempt to read a socket into an rx buffer ended.
     enum ReadOutcome {
         /// A data packet went to the guest; the socket may have more.
@@ -20,7 +20,7 @@ extension VsockMuxer {
         case finished
     }
 
-    func serveRxLocked(_ queue: Virtqueue) throws(VirtqueueError) -> Bool {
+    mutating func serveRx(_ queue: Virtqueue) throws(VirtqueueError) -> Bool {
         if let held = heldRx, held.queue !== queue { heldRx = nil } // the driver set up a new queue
         rxPushed = false
         var budget = 64 // rounds of one packet per ready socket
@@ -81,13 +81,13 @@ extension VsockMuxer {
             }
         }
         // Room for packets again: let the loop resume a stalled tx queue.
-        if txStalled && pending.count < Self.maxPendingPackets { poller.signalWake() }
+        if txStalled && pending.count < VsockMuxer.maxPendingPackets { poller.signalWake() }
         return rxPushed && queue.needsInterrupt()
     }
 
     /// The header for a queued packet, and its connection; nil to skip it
     /// (the connection is gone, or the update is no longer news).
-    func materialize(_ packet: VsockPacketQueue.Packet) -> (VsockHeader, VsockConnection?)? {
+    mutating func materialize(_ packet: VsockPacketQueue.Packet) -> (VsockHeader, VsockConnection?)? {
         let op: VsockOp, tag: UInt64
         var flags: UInt32 = 0
         switch packet {
@@ -110,7 +110,7 @@ extension VsockMuxer {
     }
 
     /// Bookkeeping once a packet for `conn` is in the guest's hands.
-    func sent(_ header: VsockHeader, for conn: VsockConnection) {
+    mutating func sent(_ header: VsockHeader, for conn: VsockConnection) {
         conn.lastSentFwdCnt = header.fwdCnt
         if header.op == VsockOp.creditUpdate.rawValue {
             conn.creditUpdateQueued = false
@@ -120,7 +120,7 @@ extension VsockMuxer {
 
     /// The held chain, else the next available one; nil when the guest has
     /// given none. Malformed chains go back empty.
-    func takeRxChain(_ queue: Virtqueue) throws(VirtqueueError) -> DescriptorChain? {
+    mutating func takeRxChain(_ queue: Virtqueue) throws(VirtqueueError) -> DescriptorChain? {
         if let held = heldRx {
             heldRx = nil
             return held.chain
@@ -129,7 +129,7 @@ extension VsockMuxer {
     }
 
     /// Reads the socket into one rx buffer, behind a RW header.
-    func readSocket(_ conn: VsockConnection, _ queue: Virtqueue) throws(VirtqueueError) -> ReadOutcome {
+    mutating func readSocket(_ conn: VsockConnection, _ queue: Virtqueue) throws(VirtqueueError) -> ReadOutcome {
         guard conn.readsHost else { return .drained }
         let credit = Int(conn.peerCredit)
         guard credit > 0 else {
@@ -199,7 +199,7 @@ extension VsockMuxer {
 
     // MARK: - Event queue
 
-    func serveEventLocked(_ queue: Virtqueue) throws(VirtqueueError) -> Bool {
+    mutating func serveEvent(_ queue: Virtqueue) throws(VirtqueueError) -> Bool {
         var pushed = false
         while transportResetPending, let chain = try queue.popServable(returnedMalformed: { pushed = true }) {
             let event = VirtioVsock.eventTransportReset.littleEndian

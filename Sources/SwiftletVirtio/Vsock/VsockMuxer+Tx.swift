@@ -5,15 +5,15 @@ import SwiftletSys
 /// The tx queue: packets from the guest. Every chain is read as one byte
 /// stream (header, then payload), so the header and payload may share a
 /// descriptor or be split in any way.
-extension VsockMuxer {
-    func serveTxLocked(_ queue: Virtqueue) throws(VirtqueueError) -> Bool {
+extension VsockMuxState {
+    mutating func serveTx(_ queue: Virtqueue) throws(VirtqueueError) -> Bool {
         txStalled = false
         let workBefore = rxWorkQueued
         let served = try queue.drain(onMalformed: { stats.droppedPackets += 1 }, stop: {
             if closed { return true }
             // The guest is not taking what we owe it; leave its packets in
             // the ring until it does.
-            if pending.count >= Self.maxPendingPackets { txStalled = true }
+            if pending.count >= VsockMuxer.maxPendingPackets { txStalled = true }
             return txStalled
         }) { chain in
             guestPacket(chain, memory: queue.memory)
@@ -25,7 +25,7 @@ extension VsockMuxer {
     }
 
     /// Validates and acts on one guest packet.
-    func guestPacket(_ chain: DescriptorChain, memory: GuestMemory) {
+    mutating func guestPacket(_ chain: DescriptorChain, memory: GuestMemory) {
         var raw = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt32(0)) // 44 bytes
         guard chain.readableLength >= VirtioVsock.headerSize else {
             stats.droppedPackets += 1
@@ -85,7 +85,7 @@ extension VsockMuxer {
     }
 
     /// The guest connects to host port `h.dstPort`: connect to `<udsPath>_<port>`.
-    func openHostSocket(_ h: VsockHeader) {
+    mutating func openHostSocket(_ h: VsockHeader) {
         guard byTag.count < VirtioVsock.maxConnections,
               let socket = try? UnixSocket.connect(to: "\(udsPath)_\(h.dstPort)"), peers.admits(socket.raw)
         else { return replyReset(h) }
@@ -98,7 +98,7 @@ extension VsockMuxer {
 
     /// The guest accepted a host client's connection: `OK <port>\n` goes to
     /// the client ahead of any data, and the stream starts.
-    func establish(_ conn: VsockConnection) {
+    mutating func establish(_ conn: VsockConnection) {
         guard let key = conn.key else { return resetConnection(conn) }
         conn.state = .established
         endHandshake(conn)
@@ -110,7 +110,7 @@ extension VsockMuxer {
 
     /// RW from the guest: written straight from guest memory to the socket;
     /// what the socket does not take is buffered, within the credit we gave.
-    func guestData(_ conn: VsockConnection, _ chain: DescriptorChain, memory: GuestMemory, count: Int) {
+    mutating func guestData(_ conn: VsockConnection, _ chain: DescriptorChain, memory: GuestMemory, count: Int) {
         guard count > 0 else { return }
         // Data after the guest said it sends no more, to a socket that hung
         // up, or beyond the buffer we advertised: the connection ends.
@@ -153,7 +153,7 @@ extension VsockMuxer {
     /// SHUTDOWN from the guest. SEND: the socket gets `shutdown(SHUT_WR)` once
     /// what we hold is written. Both: the connection ends (RST, as Linux
     /// expects), after the buffered data is written.
-    func guestShutdown(_ conn: VsockConnection, flags: UInt32) {
+    mutating func guestShutdown(_ conn: VsockConnection, flags: UInt32) {
         if flags & VsockShutdown.receive != 0 { conn.guestShutRecv = true }
         if flags & VsockShutdown.send != 0 { conn.guestShutSend = true }
         if conn.guestShutRecv && conn.guestShutSend {

@@ -26,9 +26,9 @@ import SwiftletSys
 /// without bound or spin. Thread-safe: one lock serialises all calls (the
 /// event loop thread serves; a vCPU thread may reset).
 ///
-/// `@unchecked Sendable`: its state sits beside `lock`, which every entry
-/// point takes, rather than inside a `Mutex<State>` (issue 18, left to do).
-public final class VsockMuxer: @unchecked Sendable {
+/// The connections, queues and sockets are a `VsockMuxState` inside one
+/// `Mutex`, which every entry point takes.
+public final class VsockMuxer: Sendable {
     /// The guest's CID (config space `guest_cid`).
     public let guestCID: UInt32
     /// The listener's path; guest-initiated connections go to `<udsPath>_<port>`.
@@ -61,11 +61,148 @@ public final class VsockMuxer: @unchecked Sendable {
         public var handshakes = 0
     }
 
-    let lock = Mutex(())
-    let poller: VsockPoller
-    let listener: VsockListener
+    /// Everything that changes, behind one lock: the event loop thread
+    /// serves, and a vCPU thread may reset.
+    let state: Mutex<VsockMuxState>
+    /// The epoll fd to watch for readability; then call `process()`.
+    public let pollFD: Int32
+
     /// Epoll tag of the listener; connection tags count up from 1.
     static let listenerTag: UInt64 = 0
+
+    /// Stop taking tx packets while this many packets wait for rx buffers:
+    /// a guest that sends without receiving is throttled, not buffered.
+    static let maxPendingPackets = 512
+
+    /// Listens at `udsPath`, admitting `peers`. Fails with `.inUse` when something listens there
+    /// already, `.notASocket` when the path is some other file; a stale socket
+    /// file is replaced.
+    public init(guestCID: UInt32, udsPath: String, peers: PeerPolicy = .anyone) throws(VsockError) {
+        guard VirtioVsock.isValidGuestCID(guestCID) else { throw .invalidCID(guestCID) }
+        // On failure, the listener's deinit removes the socket file again.
+        let listener = try VsockListener(path: udsPath)
+        let poller: VsockPoller
+        do {
+            poller = try VsockPoller(watching: listener.fd, tag: Self.listenerTag)
+        } catch {
+            throw .system(error)
+        }
+        self.guestCID = guestCID
+        self.udsPath = udsPath
+        self.peers = peers
+        pollFD = poller.epoll.fd
+        state = Mutex(VsockMuxState(guestCID: guestCID, udsPath: udsPath, peers: peers, poller: poller, listener: listener))
+    }
+
+    deinit { close() }
+
+    /// The features offered: VERSION_1 only (stream sockets).
+    public var deviceFeatures: UInt64 { VirtioFeature.version1 }
+
+    /// Reads config space bytes at `offset` (le64 `guest_cid`); bytes past its end read as 0.
+    public func readConfig(offset: Int, into: UnsafeMutableRawBufferPointer) {
+        let config = VirtioVsock.configSpace(guestCID: guestCID)
+        for i in 0..<into.count {
+            let (at, overflow) = offset.addingReportingOverflow(i)
+            into[i] = !overflow && at >= 0 && at < config.count ? config[at] : 0
+        }
+    }
+
+    /// Handles ready sockets: accepts clients, reads CONNECT lines, flushes
+    /// pending writes, notes sockets with data for the guest and hang-ups.
+    /// Never blocks. Serve the rx queue afterwards to deliver what it queued.
+    public func process() {
+        state.withLock { $0.processEvents() }
+    }
+
+    /// Takes the guest's packets from the tx queue. Returns whether the driver
+    /// wants an interrupt. Throws only when the queue itself is unusable.
+    public func serveTx(_ queue: Virtqueue) throws(VirtqueueError) -> Bool {
+        try state.withLock { s throws(VirtqueueError) in try s.serveTx(queue) }
+    }
+
+    /// Fills rx buffers: queued packets first, then data read straight from
+    /// the sockets into the buffers, within each connection's credit.
+    public func serveRx(_ queue: Virtqueue) throws(VirtqueueError) -> Bool {
+        try state.withLock { s throws(VirtqueueError) in try s.serveRx(queue) }
+    }
+
+    /// Delivers a pending TRANSPORT_RESET event, if there is one and a buffer.
+    public func serveEvent(_ queue: Virtqueue) throws(VirtqueueError) -> Bool {
+        try state.withLock { s throws(VirtqueueError) in try s.serveEvent(queue) }
+    }
+
+    /// Whether the tx queue needs serving again: `serveTx` stopped while too
+    /// many packets waited for rx buffers, and there is room again.
+    public var txNeedsService: Bool {
+        state.withLock { $0.txStalled && $0.pending.count < Self.maxPendingPackets }
+    }
+
+    /// The driver reset the device: every connection is closed (host clients
+    /// see their sockets close) and everything queued is dropped. Called on a
+    /// vCPU thread: no system call here but the wake eventfd's write; the
+    /// sockets close on the loop thread.
+    public func reset() {
+        state.withLock { s in
+            s.dropAllConnections()
+            s.transportResetPending = false
+            s.heldRx = nil
+            s.txStalled = false
+            s.stats.driverResets += 1
+        }
+    }
+
+    /// Drops every connection and queues VIRTIO_VSOCK_EVENT_TRANSPORT_RESET
+    /// for the guest, which then resets all its sockets (after a snapshot
+    /// restore, say). Serve the event queue to deliver it.
+    public func transportReset() {
+        state.withLock { s in
+            s.dropAllConnections()
+            s.transportResetPending = true
+        }
+    }
+
+    /// Closes every connection and the listener, and removes the socket
+    /// file. Idempotent; deinit does it too.
+    public func close() {
+        state.withLock { s in
+            guard !s.closed else { return }
+            s.closed = true
+            s.dropAllConnections()
+            s.closeRetired()
+            s.heldRx = nil
+            s.listener.close()
+        }
+    }
+
+    /// Current counters.
+    public var statistics: Statistics {
+        state.withLock { m in
+            var s = m.stats
+            s.connections = m.byTag.count
+            s.queuedPackets = m.pending.count
+            s.readyToRead = m.rxReady.count
+            s.handshakes = m.handshakes.count
+            s.bufferedGuestBytes = 0
+            s.maxBufferedGuestBytes = 0
+            for c in m.byTag.values {
+                let b = Int(c.bufferedGuestBytes)
+                s.bufferedGuestBytes += b
+                s.maxBufferedGuestBytes = max(s.maxBufferedGuestBytes, b)
+            }
+            return s
+        }
+    }
+}
+
+/// A `VsockMuxer`'s mutable half, only ever reached through its `Mutex`:
+/// the connection tables, what waits for the guest, and the sockets' epoll.
+struct VsockMuxState: ~Copyable {
+    let guestCID: UInt32
+    let udsPath: String
+    let peers: PeerPolicy
+    let poller: VsockPoller
+    let listener: VsockListener
     var nextTag: UInt64 = 1
     var byTag: [UInt64: VsockConnection] = [:]
     var byKey: [VsockConnectionKey: VsockConnection] = [:]
@@ -96,143 +233,26 @@ public final class VsockMuxer: @unchecked Sendable {
     /// A TRANSPORT_RESET event waits for an event buffer.
     var transportResetPending = false
     var closed = false
-    var stats = Statistics()
+    var stats = VsockMuxer.Statistics()
     /// Connections a reset took from the device, whose sockets are not closed
     /// yet: a driver reset runs on a vCPU thread, whose seccomp role allows
     /// no `close` or `epoll_ctl`, so the loop thread closes them, first thing
     /// in `processEvents` (the reset wakes it).
     var retired: [VsockConnection] = []
 
-    /// Stop taking tx packets while this many packets wait for rx buffers:
-    /// a guest that sends without receiving is throttled, not buffered.
-    static let maxPendingPackets = 512
-
-    /// Listens at `udsPath`, admitting `peers`. Fails with `.inUse` when something listens there
-    /// already, `.notASocket` when the path is some other file; a stale socket
-    /// file is replaced.
-    public init(guestCID: UInt32, udsPath: String, peers: PeerPolicy = .anyone) throws(VsockError) {
-        guard VirtioVsock.isValidGuestCID(guestCID) else { throw .invalidCID(guestCID) }
-        // On failure, the listener's deinit removes the socket file again.
-        let listener = try VsockListener(path: udsPath)
-        do {
-            poller = try VsockPoller(watching: listener.fd, tag: Self.listenerTag)
-        } catch {
-            throw .system(error)
-        }
+    init(guestCID: UInt32, udsPath: String, peers: PeerPolicy, poller: consuming VsockPoller, listener: VsockListener) {
         self.guestCID = guestCID
         self.udsPath = udsPath
         self.peers = peers
+        self.poller = poller
         self.listener = listener
     }
 
-    deinit { close() }
-
-    /// The epoll fd to watch for readability; then call `process()`.
-    public var pollFD: Int32 { poller.epoll.fd }
-
-    /// The features offered: VERSION_1 only (stream sockets).
-    public var deviceFeatures: UInt64 { VirtioFeature.version1 }
-
-    /// Reads config space bytes at `offset` (le64 `guest_cid`); bytes past its end read as 0.
-    public func readConfig(offset: Int, into: UnsafeMutableRawBufferPointer) {
-        let config = VirtioVsock.configSpace(guestCID: guestCID)
-        for i in 0..<into.count {
-            let (at, overflow) = offset.addingReportingOverflow(i)
-            into[i] = !overflow && at >= 0 && at < config.count ? config[at] : 0
-        }
-    }
-
-    /// Handles ready sockets: accepts clients, reads CONNECT lines, flushes
-    /// pending writes, notes sockets with data for the guest and hang-ups.
-    /// Never blocks. Serve the rx queue afterwards to deliver what it queued.
-    public func process() {
-        lock.withLock { _ in processEvents() }
-    }
-
-    /// Takes the guest's packets from the tx queue. Returns whether the driver
-    /// wants an interrupt. Throws only when the queue itself is unusable.
-    public func serveTx(_ queue: Virtqueue) throws(VirtqueueError) -> Bool {
-        try lock.withLock { _ throws(VirtqueueError) in try serveTxLocked(queue) }
-    }
-
-    /// Fills rx buffers: queued packets first, then data read straight from
-    /// the sockets into the buffers, within each connection's credit.
-    public func serveRx(_ queue: Virtqueue) throws(VirtqueueError) -> Bool {
-        try lock.withLock { _ throws(VirtqueueError) in try serveRxLocked(queue) }
-    }
-
-    /// Delivers a pending TRANSPORT_RESET event, if there is one and a buffer.
-    public func serveEvent(_ queue: Virtqueue) throws(VirtqueueError) -> Bool {
-        try lock.withLock { _ throws(VirtqueueError) in try serveEventLocked(queue) }
-    }
-
-    /// Whether the tx queue needs serving again: `serveTx` stopped while too
-    /// many packets waited for rx buffers, and there is room again.
-    public var txNeedsService: Bool {
-        lock.withLock { _ in txStalled && pending.count < Self.maxPendingPackets }
-    }
-
-    /// The driver reset the device: every connection is closed (host clients
-    /// see their sockets close) and everything queued is dropped. Called on a
-    /// vCPU thread: no system call here but the wake eventfd's write; the
-    /// sockets close on the loop thread.
-    public func reset() {
-        lock.withLock { _ in
-            dropAllConnections()
-            transportResetPending = false
-            heldRx = nil
-            txStalled = false
-            stats.driverResets += 1
-        }
-    }
-
-    /// Drops every connection and queues VIRTIO_VSOCK_EVENT_TRANSPORT_RESET
-    /// for the guest, which then resets all its sockets (after a snapshot
-    /// restore, say). Serve the event queue to deliver it.
-    public func transportReset() {
-        lock.withLock { _ in
-            dropAllConnections()
-            transportResetPending = true
-        }
-    }
-
-    /// Closes every connection and the listener, and removes the socket
-    /// file. Idempotent; deinit does it too.
-    public func close() {
-        lock.withLock { _ in
-            guard !closed else { return }
-            closed = true
-            dropAllConnections()
-            closeRetired()
-            heldRx = nil
-            listener.close()
-        }
-    }
-
-    /// Current counters.
-    public var statistics: Statistics {
-        lock.withLock { _ in
-            var s = stats
-            s.connections = byTag.count
-            s.queuedPackets = pending.count
-            s.readyToRead = rxReady.count
-            s.handshakes = handshakes.count
-            s.bufferedGuestBytes = 0
-            s.maxBufferedGuestBytes = 0
-            for c in byTag.values {
-                let b = Int(c.bufferedGuestBytes)
-                s.bufferedGuestBytes += b
-                s.maxBufferedGuestBytes = max(s.maxBufferedGuestBytes, b)
-            }
-            return s
-        }
-    }
-
-    // MARK: - Socket events (lock held)
+    // MARK: - Socket events 
 
     /// One batch of ready events. Level-triggered: whatever is left makes
     /// `pollFD` readable again, so the loop comes back.
-    func processEvents() {
+    mutating func processEvents() {
         guard !closed else { return }
         closeRetired()
         for (events, tag) in poller.poll(max: 64) {
@@ -241,7 +261,7 @@ public final class VsockMuxer: @unchecked Sendable {
             case VsockPoller.timerTag:
                 poller.drainTimer()
                 expireHandshakes()
-            case Self.listenerTag: acceptClients()
+            case VsockMuxer.listenerTag: acceptClients()
             default:
                 guard let conn = byTag[tag] else { continue }
                 socketEvent(conn, events)
@@ -250,7 +270,7 @@ public final class VsockMuxer: @unchecked Sendable {
     }
 
     /// Accepts waiting host clients (a bounded number per call).
-    func acceptClients() {
+    mutating func acceptClients() {
         for _ in 0..<16 {
             let client: OwnedFD
             do {
@@ -260,14 +280,14 @@ public final class VsockMuxer: @unchecked Sendable {
                 // Out of fds (EMFILE/ENFILE) leaves the listener readable: stop
                 // watching it until a connection closes, rather than spin.
                 listenerPaused = true
-                try? poller.modify(listener.fd, events: 0, tag: Self.listenerTag)
+                try? poller.modify(listener.fd, events: 0, tag: VsockMuxer.listenerTag)
                 return
             }
             // Too many connections or handshakes, a guest that takes no
             // packets, or a peer the policy refuses: the client is turned
             // away (closed here).
             guard byTag.count < VirtioVsock.maxConnections, handshakes.count < VirtioVsock.maxHandshakes,
-                  pending.count < Self.maxPendingPackets, peers.admits(client.raw) else { continue }
+                  pending.count < VsockMuxer.maxPendingPackets, peers.admits(client.raw) else { continue }
             let conn = VsockConnection(tag: allocateTag(), fd: client.release(), state: .awaitingConnectLine([]),
                                        key: nil, hostInitiated: true)
             guard register(conn) else { continue }
@@ -275,13 +295,13 @@ public final class VsockMuxer: @unchecked Sendable {
         }
     }
 
-    func allocateTag() -> UInt64 {
+    mutating func allocateTag() -> UInt64 {
         defer { nextTag += 1 }
         return nextTag
     }
 
     /// Adds `conn` to the epoll set and the tag table; false (and closed) on failure.
-    func register(_ conn: VsockConnection) -> Bool {
+    mutating func register(_ conn: VsockConnection) -> Bool {
         let events = conn.desiredInterest
         do {
             try poller.add(conn.fd, events: events, tag: conn.tag)
@@ -296,7 +316,7 @@ public final class VsockMuxer: @unchecked Sendable {
         return true
     }
 
-    func socketEvent(_ conn: VsockConnection, _ events: UInt32) {
+    mutating func socketEvent(_ conn: VsockConnection, _ events: UInt32) {
         switch conn.state {
         case .awaitingConnectLine:
             readConnectLine(conn)
@@ -324,7 +344,7 @@ public final class VsockMuxer: @unchecked Sendable {
 
     /// Reads what there is of the CONNECT line without taking any byte past
     /// its newline (the stream after it belongs to the guest), then acts on it.
-    func readConnectLine(_ conn: VsockConnection) {
+    mutating func readConnectLine(_ conn: VsockConnection) {
         guard case var .awaitingConnectLine(line) = conn.state else { return }
         let room = VirtioVsock.maxConnectLine - line.count
         guard room > 0 else { return close(conn) }
@@ -345,7 +365,7 @@ public final class VsockMuxer: @unchecked Sendable {
 
     /// A host client asked for guest port `port`: send the guest a REQUEST
     /// from a fresh local port, and wait for its answer.
-    func requestGuestConnection(_ conn: VsockConnection, port: UInt32) {
+    mutating func requestGuestConnection(_ conn: VsockConnection, port: UInt32) {
         var local = nextHostPort
         while hostPorts.contains(local) || byKey[VsockConnectionKey(local: local, peer: port)] != nil {
             local = local == UInt32.max ? VirtioVsock.firstHostPort : local + 1
@@ -362,7 +382,7 @@ public final class VsockMuxer: @unchecked Sendable {
 
     /// The socket has data (or EOF) for the guest: read it when rx buffers
     /// are served, and stop watching EPOLLIN until then.
-    func markReadable(_ conn: VsockConnection) {
+    mutating func markReadable(_ conn: VsockConnection) {
         guard conn.readsHost, !conn.inRxReady else { return }
         conn.inRxReady = true
         rxReady.append(conn.tag)
@@ -371,7 +391,7 @@ public final class VsockMuxer: @unchecked Sendable {
 
     /// The socket hung up: nothing more can be written to it. What it still
     /// holds goes to the guest (credit permitting), then the guest gets RST.
-    func hostHungUp(_ conn: VsockConnection) {
+    mutating func hostHungUp(_ conn: VsockConnection) {
         conn.hostHungUp = true
         conn.writeBuffer.removeAll()
         conn.controlPrefix = 0
@@ -388,7 +408,7 @@ public final class VsockMuxer: @unchecked Sendable {
     }
 
     /// Re-registers the epoll interest the connection's state calls for.
-    func updateInterest(_ conn: VsockConnection) {
+    mutating func updateInterest(_ conn: VsockConnection) {
         guard !conn.isClosed else { return }
         if !conn.registered {
             // Hung up: no epoll; the socket is read whenever credit allows.
@@ -405,11 +425,11 @@ public final class VsockMuxer: @unchecked Sendable {
         }
     }
 
-    // MARK: - Writing to the socket (lock held)
+    // MARK: - Writing to the socket 
 
     /// sendmsg without SIGPIPE; the count written, 0 when the socket is full,
     /// or nil when it failed for good.
-    func send(_ fd: Int32, _ iovs: UnsafeMutableBufferPointer<iovec>) -> Int? {
+    mutating func send(_ fd: Int32, _ iovs: UnsafeMutableBufferPointer<iovec>) -> Int? {
         var msg = msghdr()
         msg.msg_iov = iovs.baseAddress
         msg.msg_iovlen = iovs.count
@@ -420,7 +440,7 @@ public final class VsockMuxer: @unchecked Sendable {
 
     /// Writes as much of the buffer as the socket takes; then, once it is
     /// empty, carries out a pending shutdown.
-    func flush(_ conn: VsockConnection) {
+    mutating func flush(_ conn: VsockConnection) {
         while !conn.writeBuffer.isEmpty {
             let fd = conn.fd
             let written: Int? = conn.writeBuffer.withBytes { bytes in
@@ -439,7 +459,7 @@ public final class VsockMuxer: @unchecked Sendable {
 
     /// After guest data moved to the socket: shutdowns that waited for the
     /// buffer to drain, and a credit update when one is due.
-    func afterWrite(_ conn: VsockConnection) {
+    mutating func afterWrite(_ conn: VsockConnection) {
         if conn.writeBuffer.isEmpty {
             if conn.closeWhenDrained { return resetConnection(conn) }
             if conn.guestShutSend && !conn.shutWrDone {
@@ -452,11 +472,11 @@ public final class VsockMuxer: @unchecked Sendable {
         updateInterest(conn)
     }
 
-    // MARK: - Connection end (lock held)
+    // MARK: - Connection end 
 
     /// Ends the connection with an RST to the guest (when the guest knows it)
     /// and closes the socket.
-    func resetConnection(_ conn: VsockConnection) {
+    mutating func resetConnection(_ conn: VsockConnection) {
         if case .awaitingConnectLine = conn.state {
             // A client still sending its line: the guest never heard of it.
         } else if let h = conn.header(op: .rst, guestCID: guestCID) {
@@ -466,16 +486,16 @@ public final class VsockMuxer: @unchecked Sendable {
     }
 
     /// Closes the socket and forgets the connection; queued packets for it are skipped.
-    func close(_ conn: VsockConnection) {
+    mutating func close(_ conn: VsockConnection) {
         forget(conn)
         release(conn)
     }
 
-    // MARK: - Handshake deadlines (lock held)
+    // MARK: - Handshake deadlines 
 
     /// The client's CONNECT line, then the guest's answer, must come within
     /// the handshake timeout from its accept.
-    func startHandshake(_ conn: VsockConnection) {
+    mutating func startHandshake(_ conn: VsockConnection) {
         conn.deadline = Clock.monotonicNanos() &+ VirtioVsock.handshakeTimeoutNanos
         handshakes.insert(conn.tag)
         if !ticking {
@@ -485,7 +505,7 @@ public final class VsockMuxer: @unchecked Sendable {
     }
 
     /// The handshake is over (established, or the connection gone).
-    func endHandshake(_ conn: VsockConnection) {
+    mutating func endHandshake(_ conn: VsockConnection) {
         conn.deadline = 0
         handshakes.remove(conn.tag)
     }
@@ -493,7 +513,7 @@ public final class VsockMuxer: @unchecked Sendable {
     /// Drops the clients whose handshake ran out of time: one still sending
     /// its line is closed; one whose REQUEST the guest never answered is
     /// reset (the guest gets RST for it too). The timer stops when none is left.
-    func expireHandshakes() {
+    mutating func expireHandshakes() {
         let now = Clock.monotonicNanos()
         for tag in handshakes {
             guard let conn = byTag[tag] else { handshakes.remove(tag); continue }
@@ -508,7 +528,7 @@ public final class VsockMuxer: @unchecked Sendable {
     }
 
     /// Takes the connection out of the device's tables (no system call).
-    private func forget(_ conn: VsockConnection) {
+    private mutating func forget(_ conn: VsockConnection) {
         endHandshake(conn)
         conn.inRxReady = false
         byTag[conn.tag] = nil
@@ -520,19 +540,19 @@ public final class VsockMuxer: @unchecked Sendable {
 
     /// Closes a forgotten connection's socket; a listener that ran out of
     /// descriptors is watched again.
-    private func release(_ conn: VsockConnection) {
+    private mutating func release(_ conn: VsockConnection) {
         if conn.registered { poller.remove(conn.fd) }
         conn.registered = false
         conn.close()
         if listenerPaused {
             listenerPaused = false
-            try? poller.modify(listener.fd, events: Epoll.readable, tag: Self.listenerTag)
+            try? poller.modify(listener.fd, events: Epoll.readable, tag: VsockMuxer.listenerTag)
         }
     }
 
     /// Forgets every connection and everything queued; the sockets close on
     /// the loop thread (`closeRetired`), which the wake brings round.
-    func dropAllConnections() {
+    mutating func dropAllConnections() {
         let all = Array(byTag.values)
         for conn in all { forget(conn) }
         retired += all
@@ -541,21 +561,21 @@ public final class VsockMuxer: @unchecked Sendable {
         if !retired.isEmpty { poller.signalWake() }
     }
 
-    func closeRetired() {
+    mutating func closeRetired() {
         guard !retired.isEmpty else { return }
         for conn in retired { release(conn) }
         retired.removeAll()
     }
 
-    // MARK: - Packets for the guest (lock held)
+    // MARK: - Packets for the guest 
 
-    func enqueue(_ packet: VsockPacketQueue.Packet) {
+    mutating func enqueue(_ packet: VsockPacketQueue.Packet) {
         if case let .raw(h) = packet, h.op == VsockOp.rst.rawValue { stats.resetsSent += 1 }
         pending.append(packet)
         rxWorkQueued &+= 1
     }
 
-    func enqueueCreditUpdate(_ conn: VsockConnection, forced: Bool) {
+    mutating func enqueueCreditUpdate(_ conn: VsockConnection, forced: Bool) {
         if forced { conn.creditUpdateForced = true }
         guard !conn.creditUpdateQueued else { return }
         conn.creditUpdateQueued = true
@@ -563,7 +583,7 @@ public final class VsockMuxer: @unchecked Sendable {
     }
 
     /// Answers a guest packet that has no connection with RST (never an RST with an RST).
-    func replyReset(_ h: VsockHeader) {
+    mutating func replyReset(_ h: VsockHeader) {
         guard h.op != VsockOp.rst.rawValue else { return }
         enqueue(.raw(h.resetReply()))
     }
