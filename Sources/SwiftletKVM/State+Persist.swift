@@ -24,17 +24,23 @@ extension VcpuState: PersistentState {
 
     public init(from r: inout StateReader) throws(StateError) {
         self.init()
-        regs = try r.raw(regs)
-        sregs = try r.raw(sregs)
-        xsave = try r.raw(xsave)
-        xcrs = try r.raw(xcrs)
-        debugRegs = try r.raw(debugRegs)
-        lapic = try r.raw(lapic)
+        try load(from: &r)
+    }
+
+    /// Reads the state into this one, in place: a VcpuState is about 7 KiB,
+    /// and every copy on the way would be one more page of a restored VMM's stack.
+    public mutating func load(from r: inout StateReader) throws(StateError) {
+        try r.raw(into: &regs)
+        try r.raw(into: &sregs)
+        try r.raw(into: &xsave)
+        try r.raw(into: &xcrs)
+        try r.raw(into: &debugRegs)
+        try r.raw(into: &lapic)
         for _ in 0..<(try r.count(itemSize: 12, limit: Int(SWL_MAX_MSR_INDICES))) {
             msrs.append((index: try r.u32(), value: try r.u64()))
         }
-        events = try r.raw(events)
-        mpState = try r.raw(mpState)
+        try r.raw(into: &events)
+        try r.raw(into: &mpState)
         tscKHz = try r.u32()
     }
 }
@@ -50,10 +56,10 @@ extension VMState: PersistentState {
 
     public init(from r: inout StateReader) throws(StateError) {
         self.init()
-        picMaster = try r.raw(picMaster)
-        picSlave = try r.raw(picSlave)
-        ioapic = try r.raw(ioapic)
-        pit = try r.raw(pit)
-        clock = try r.raw(clock)
+        try r.raw(into: &picMaster)
+        try r.raw(into: &picSlave)
+        try r.raw(into: &ioapic)
+        try r.raw(into: &pit)
+        try r.raw(into: &clock)
     }
 }

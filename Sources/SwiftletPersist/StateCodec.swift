@@ -25,81 +25,85 @@ public struct StateError: Error, Equatable, Sendable, CustomStringConvertible {
 }
 
 public struct StateWriter {
-    public init() {}
+    @inlinable public init() {}
 
-    public private(set) var bytes: [UInt8] = []
+    // Settable only so that the @inlinable writers can append (cross-module specialization).
+    public var bytes: [UInt8] = []
 
-    public mutating func u8(_ v: UInt8) { bytes.append(v) }
-    public mutating func bool(_ v: Bool) { bytes.append(v ? 1 : 0) }
-    public mutating func u16(_ v: UInt16) { int(v) }
-    public mutating func u32(_ v: UInt32) { int(v) }
-    public mutating func u64(_ v: UInt64) { int(v) }
+    @inlinable public mutating func u8(_ v: UInt8) { bytes.append(v) }
+    @inlinable public mutating func bool(_ v: Bool) { bytes.append(v ? 1 : 0) }
+    @inlinable public mutating func u16(_ v: UInt16) { int(v) }
+    @inlinable public mutating func u32(_ v: UInt32) { int(v) }
+    @inlinable public mutating func u64(_ v: UInt64) { int(v) }
 
-    public mutating func int<T: FixedWidthInteger>(_ v: T) {
+    @inlinable public mutating func int<T: FixedWidthInteger>(_ v: T) {
         withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) }
     }
 
-    public mutating func bytes(_ b: some Collection<UInt8>) {
+    @inlinable public mutating func bytes(_ b: some Collection<UInt8>) {
         u32(UInt32(b.count))
         bytes.append(contentsOf: b)
     }
 
-    public mutating func string(_ s: String) { bytes(Array(s.utf8)) }
+    @inlinable public mutating func string(_ s: String) { bytes(Array(s.utf8)) }
 
     /// A C struct as its raw bytes, prefixed with its size (checked on read).
     /// Only for plain KVM ABI structs: no pointers, fixed layout on x86_64.
-    public mutating func raw<T>(_ v: T) {
+    @inlinable public mutating func raw<T>(_ v: T) {
         withUnsafeBytes(of: v) { bytes($0) }
     }
 }
 
 public struct StateReader {
     public let bytes: [UInt8]
-    public private(set) var offset = 0
+    // Settable only so that the @inlinable readers can advance it.
+    public var offset = 0
 
-    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+    @inlinable public init(_ bytes: [UInt8]) { self.bytes = bytes }
 
-    public var isAtEnd: Bool { offset == bytes.count }
+    @inlinable public var isAtEnd: Bool { offset == bytes.count }
 
-    private mutating func take(_ n: Int) throws(StateError) -> ArraySlice<UInt8> {
+    /// Claims the next `n` bytes; returns where they start.
+    @inlinable mutating func claim(_ n: Int) throws(StateError) -> Int {
         guard n >= 0, n <= bytes.count - offset else { throw StateError("state ends early at byte \(offset)") }
         defer { offset += n }
-        return bytes[offset..<offset + n]
+        return offset
     }
 
-    public mutating func int<T: FixedWidthInteger>(_: T.Type = T.self) throws(StateError) -> T {
-        let s = try take(MemoryLayout<T>.size)
+    @inlinable public mutating func int<T: FixedWidthInteger>(_: T.Type = T.self) throws(StateError) -> T {
+        let start = try claim(MemoryLayout<T>.size)
         var v: T = 0
-        for (i, b) in s.enumerated() { v |= T(b) << (8 * i) }
+        for i in 0..<MemoryLayout<T>.size { v |= T(bytes[start + i]) << (8 * i) }
         return v
     }
 
-    public mutating func u8() throws(StateError) -> UInt8 { try int() }
-    public mutating func u16() throws(StateError) -> UInt16 { try int() }
-    public mutating func u32() throws(StateError) -> UInt32 { try int() }
-    public mutating func u64() throws(StateError) -> UInt64 { try int() }
+    @inlinable public mutating func u8() throws(StateError) -> UInt8 { try int() }
+    @inlinable public mutating func u16() throws(StateError) -> UInt16 { try int() }
+    @inlinable public mutating func u32() throws(StateError) -> UInt32 { try int() }
+    @inlinable public mutating func u64() throws(StateError) -> UInt64 { try int() }
 
-    public mutating func bool() throws(StateError) -> Bool {
+    @inlinable public mutating func bool() throws(StateError) -> Bool {
         let b = try u8()
         guard b <= 1 else { throw StateError("bad boolean at byte \(offset - 1)") }
         return b == 1
     }
 
     /// A length-prefixed byte string of at most `limit` bytes.
-    public mutating func bytes(limit: Int = 1 << 20) throws(StateError) -> [UInt8] {
+    @inlinable public mutating func bytes(limit: Int = 1 << 20) throws(StateError) -> [UInt8] {
         let n = Int(try u32())
         guard n <= limit else { throw StateError("a field of \(n) bytes at byte \(offset - 4) (at most \(limit))") }
-        return Array(try take(n))
+        let start = try claim(n)
+        return Array(bytes[start..<start + n])
     }
 
-    public mutating func string(limit: Int = 64 << 10) throws(StateError) -> String {
+    @inlinable public mutating func string(limit: Int = 64 << 10) throws(StateError) -> String {
         let b = try bytes(limit: limit)
         guard let s = String(validating: b, as: UTF8.self) else { throw StateError("a string that is not UTF-8") }
         return s
     }
 
     /// A count of items that each take at least `itemSize` bytes: no more than could fit.
-    public mutating func count(itemSize: Int, limit: Int) throws(StateError) -> Int {
+    @inlinable public mutating func count(itemSize: Int, limit: Int) throws(StateError) -> Int {
         let n = Int(try u32())
         guard n <= limit, n * max(itemSize, 1) <= bytes.count - offset else {
             throw StateError("a count of \(n) at byte \(offset - 4)")
@@ -108,13 +112,25 @@ public struct StateReader {
     }
 
     /// A C struct written by `StateWriter.raw`: its size must match exactly.
-    public mutating func raw<T>(_ empty: T) throws(StateError) -> T {
-        let b = try bytes(limit: 1 << 16)
-        guard b.count == MemoryLayout<T>.size else {
-            throw StateError("\(T.self) of \(b.count) bytes (expected \(MemoryLayout<T>.size))")
-        }
+    @inlinable public mutating func raw<T>(_ empty: T) throws(StateError) -> T {
         var v = empty
-        withUnsafeMutableBytes(of: &v) { dst in b.withUnsafeBytes { dst.copyMemory(from: $0) } }
+        try raw(into: &v)
         return v
+    }
+
+    /// The same, read straight into `value` (no copy of a large struct, such as
+    /// the 4 KiB XSAVE area, on the way: a restored VMM's stack stays small).
+    @inlinable public mutating func raw<T>(into value: inout T) throws(StateError) {
+        let n = Int(try u32())
+        guard n <= 1 << 16 else { throw StateError("a field of \(n) bytes at byte \(offset - 4) (at most \(1 << 16))") }
+        let start = try claim(n)
+        guard n == MemoryLayout<T>.size else {
+            throw StateError("\(T.self) of \(n) bytes (expected \(MemoryLayout<T>.size))")
+        }
+        // SAFETY: `[start, start + n)` lies inside `bytes` (claimed above), and
+        // `n` is T's size; T is a plain KVM ABI struct with no references.
+        withUnsafeMutableBytes(of: &value) { dst in
+            bytes.withUnsafeBytes { src in dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: src[start..<start + n])) }
+        }
     }
 }

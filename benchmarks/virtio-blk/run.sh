@@ -17,12 +17,12 @@ MAP
 clang -c -O2 -fPIC -I "$root/Sources/CSwiftlet/include" "$root/Sources/CSwiftlet/shim.c" -o "$out/shim.o"
 flags=(-O -swift-version 6 -parse-as-library -I "$out/include" -I "$out")
 # In dependency order; a module's sources include its subdirectories (SwiftletVirtio/Block, ...).
-for module in SwiftletSys SwiftletMemory SwiftletDevices SwiftletVirtio; do
+for module in SwiftletSys SwiftletPersist SwiftletMemory SwiftletDevices SwiftletVirtio; do
     swiftc "${flags[@]}" -module-name "$module" -wmo -c $(find "$root/Sources/$module" -name '*.swift' | sort) \
         -emit-module -emit-module-path "$out/$module.swiftmodule" -o "$out/$module.o"
 done
 swiftc -O -swift-version 6 -I "$out/include" -I "$out" -module-name VirtioBlockBench \
     "$root/benchmarks/virtio-blk/main.swift" \
-    "$out/SwiftletSys.o" "$out/SwiftletMemory.o" "$out/SwiftletDevices.o" "$out/SwiftletVirtio.o" "$out/shim.o" \
+    "$out/SwiftletSys.o" "$out/SwiftletPersist.o" "$out/SwiftletMemory.o" "$out/SwiftletDevices.o" "$out/SwiftletVirtio.o" "$out/shim.o" \
     -o "$out/virtio-blk-bench"
 exec "$out/virtio-blk-bench" "$@"

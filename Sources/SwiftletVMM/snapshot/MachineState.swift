@@ -26,11 +26,16 @@ extension SavedVcpu: PersistentState {
     }
 
     init(from r: inout StateReader) throws(StateError) {
-        cpuid = []
+        self.init(cpuid: [], state: VcpuState())
+        try load(from: &r)
+    }
+
+    /// In place, like `VcpuState.load`.
+    mutating func load(from r: inout StateReader) throws(StateError) {
         for _ in 0..<(try r.count(itemSize: MemoryLayout<kvm_cpuid_entry2>.size, limit: Int(SWL_MAX_CPUID_ENTRIES))) {
             cpuid.append(try r.raw(kvm_cpuid_entry2()))
         }
-        state = try VcpuState(from: &r)
+        try state.load(from: &r)
     }
 }
 
@@ -46,8 +51,9 @@ extension MachineState: PersistentState {
 
     /// The caller checks the vCPU count against the manifest's.
     init(from r: inout StateReader) throws(StateError) {
-        vcpus = []
-        for _ in 0..<(try r.count(itemSize: 64, limit: MachineConfig.maximumVcpus)) { vcpus.append(try SavedVcpu(from: &r)) }
+        // Decoded in place in the array (see `VcpuState.load`).
+        vcpus = Array(repeating: SavedVcpu(cpuid: [], state: VcpuState()), count: try r.count(itemSize: 64, limit: MachineConfig.maximumVcpus))
+        for i in vcpus.indices { try vcpus[i].load(from: &r) }
         vm = try VMState(from: &r)
         serial = try Serial8250.SavedState(from: &r)
         transports = []
