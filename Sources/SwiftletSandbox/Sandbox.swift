@@ -107,13 +107,11 @@ public enum Sandbox {
             throw .vmm(error)
         }
 
-        var options = AgentSession.Options(listener: host.listener.raw)
+        var options = host.sessionOptions(config)
         options.stdinFD = config.stdinFD
         options.stdoutFD = config.stdoutFD
         options.stderrFD = config.stderrFD
-        options.signalFD = host.signalFD
         options.timeoutSeconds = config.timeoutSeconds
-        options.connectTimeoutSeconds = config.bootTimeoutSeconds
         var job = config.job
         if let plan = machine.netAddresses {
             job.environment += ["SWIFTLET_HOST_IP=\(plan.hostString)", "SWIFTLET_GUEST_IP=\(plan.guestString)"]
@@ -162,9 +160,7 @@ public enum Sandbox {
         } catch {
             throw .vmm(error)
         }
-        var options = AgentSession.Options(listener: host.listener.raw)
-        options.signalFD = host.signalFD
-        options.connectTimeoutSeconds = config.bootTimeoutSeconds
+        var options = host.sessionOptions(config)
         options.park = config.warmUpPrograms
         let session = try AgentSession(job: AgentJob(argv: ["true"]), options: options) { outcome in
             switch outcome {
@@ -208,6 +204,15 @@ public enum Sandbox {
         let signalFD: Int32
         let uds: String
         let listener: OwnedFD
+
+        /// What every session on this end starts from: the agent arrives on
+        /// the listener within the boot timeout, and signals end the wait.
+        func sessionOptions(_ config: SandboxConfig) -> AgentSession.Options {
+            var options = AgentSession.Options(listener: listener.raw)
+            options.signalFD = signalFD
+            options.connectTimeoutSeconds = config.bootTimeoutSeconds
+            return options
+        }
 
         init(_ config: SandboxConfig) throws(SandboxError) {
             var fd: Int32 = -1
