@@ -1,4 +1,4 @@
-// swift-tools-version: 6.0
+// swift-tools-version: 6.2
 import PackageDescription
 
 /// Swiftlet: a microVM launcher for fast-booting Linux guests on KVM.
@@ -55,9 +55,10 @@ let package = Package(
         ),
         .target(name: "SwiftletSys", dependencies: ["CSwiftlet"]),
         .target(name: "SwiftletPersist"),
-        .target(name: "SwiftletMemory", dependencies: ["SwiftletSys", "CSwiftlet"]),
+        // Strict memory safety: every unsafe construct is marked `unsafe`, with a `// SAFETY:` line.
+        .target(name: "SwiftletMemory", dependencies: ["SwiftletSys", "CSwiftlet"], swiftSettings: [.strictMemorySafety()]),
         .target(name: "SwiftletX86", dependencies: ["SwiftletMemory", "SwiftletSys", "CDecompress"]),
-        .target(name: "SwiftletKVM", dependencies: ["SwiftletSys", "SwiftletMemory", "SwiftletPersist", "CSwiftlet"]),
+        .target(name: "SwiftletKVM", dependencies: ["SwiftletSys", "SwiftletMemory", "SwiftletPersist", "CSwiftlet"], swiftSettings: [.strictMemorySafety()]),
         .target(name: "SwiftletDevices", dependencies: ["SwiftletSys", "SwiftletPersist", "CSwiftlet"]),
         .target(name: "SwiftletVirtio", dependencies: ["SwiftletMemory", "SwiftletSys", "SwiftletDevices", "SwiftletPersist", "CSwiftlet"]),
         .target(

@@ -5,7 +5,9 @@ import SwiftletSys
 @inlinable
 func kvmIoctl(_ fd: Int32, _ request: UInt, _ arg: UnsafeMutableRawPointer, _ name: @autoclosure () -> String) throws(KVMError) -> Int32 {
     do {
-        return try retryingEINTR("ioctl(\(name()))") { ioctl(fd, request, arg) }
+        // SAFETY: `arg` points at the struct the request's number says (CSwiftlet defines each request with its
+        // argument type).
+        return try retryingEINTR("ioctl(\(name()))") { unsafe ioctl(fd, request, arg) }
     } catch {
         throw .system(error)
     }
@@ -34,7 +36,8 @@ func kvmIoctl(_ fd: Int32, _ request: UInt, value: Int32, _ name: @autoclosure (
 /// ioctl taking `&value` for any struct.
 @inlinable
 func kvmIoctl<T>(_ fd: Int32, _ request: UInt, _ value: inout T, _ name: @autoclosure () -> String) throws(KVMError) -> Int32 {
-    try withUnsafeMutableBytes(of: &value) { (p) throws(KVMError) -> Int32 in
-        try kvmIoctl(fd, request, p.baseAddress!, name())
+    // SAFETY: `value` is the request's own argument struct, alive for the whole call.
+    unsafe try withUnsafeMutableBytes(of: &value) { (p) throws(KVMError) -> Int32 in
+        unsafe try kvmIoctl(fd, request, p.baseAddress!, name())
     }
 }

@@ -62,8 +62,9 @@ public final class Kvm: Sendable {
         var buf = swl_cpuid()
         buf.nent = UInt32(SWL_MAX_CPUID_ENTRIES)
         _ = try kvmIoctl(fd, SWL_KVM_GET_SUPPORTED_CPUID, &buf, "KVM_GET_SUPPORTED_CPUID")
-        return withUnsafeBytes(of: &buf.entries) { raw in
-            Array(raw.bindMemory(to: kvm_cpuid_entry2.self).prefix(Int(buf.nent)))
+        // SAFETY: `nent` was capped at the buffer's size by KVM; the entries are copied out.
+        return unsafe withUnsafeBytes(of: &buf.entries) { raw in
+            unsafe Array(raw.bindMemory(to: kvm_cpuid_entry2.self).prefix(Int(buf.nent)))
         }
     }
 
@@ -72,8 +73,9 @@ public final class Kvm: Sendable {
         var buf = swl_msr_list()
         buf.nmsrs = UInt32(SWL_MAX_MSR_INDICES)
         _ = try kvmIoctl(fd, SWL_KVM_GET_MSR_INDEX_LIST, &buf, "KVM_GET_MSR_INDEX_LIST")
-        return withUnsafeBytes(of: &buf.indices) { raw in
-            Array(raw.bindMemory(to: UInt32.self).prefix(Int(buf.nmsrs)))
+        // SAFETY: `nmsrs` was capped at the buffer's size by KVM; the indices are copied out.
+        return unsafe withUnsafeBytes(of: &buf.indices) { raw in
+            unsafe Array(raw.bindMemory(to: UInt32.self).prefix(Int(buf.nmsrs)))
         }
     }
 
@@ -89,6 +91,7 @@ public enum HostKVM {
     /// True when KVM is the nested "PVM" flavour (`/sys/module/kvm_pvm`), where
     /// guest ring-0 code runs through KVM's instruction emulator.
     public static var isPVM: Bool {
-        access("/sys/module/kvm_pvm", F_OK) == 0
+        // SAFETY: a constant path; nothing is read.
+        unsafe access("/sys/module/kvm_pvm", F_OK) == 0
     }
 }

@@ -92,8 +92,9 @@ extension Vcpu {
             let batch = Array(pending.prefix(Int(SWL_MAX_MSR_ENTRIES)))
             var buf = try Vcpu.msrBuffer(batch.map { (index: $0, value: 0) })
             let n = Int(try kvmIoctl(fd, SWL_KVM_GET_MSRS, &buf, "KVM_GET_MSRS"))
-            withUnsafeBytes(of: &buf.entries) { raw in
-                for e in raw.bindMemory(to: kvm_msr_entry.self).prefix(n) { out.append((index: e.index, value: e.data)) }
+            // SAFETY: `n` is at most the entries KVM filled (KVM_GET_MSRS's return), within the buffer.
+            unsafe withUnsafeBytes(of: &buf.entries) { raw in
+                for unsafe e in unsafe raw.bindMemory(to: kvm_msr_entry.self).prefix(n) { out.append((index: e.index, value: e.data)) }
             }
             // Entry n (if any) was refused: skip it and go on after it.
             pending = pending.dropFirst(min(n + 1, batch.count))

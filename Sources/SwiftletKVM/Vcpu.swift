@@ -4,7 +4,11 @@ import Synchronization
 import SwiftletSys
 
 /// Why `KVM_RUN` returned.
-public enum VcpuExit {
+///
+/// `@safe`: only the I/O and MMIO cases carry a pointer (`data`, into the
+/// vCPU's `kvm_run` page, valid until its next `KVM_RUN`), and its type makes
+/// every use of it an `unsafe` one.
+@safe public enum VcpuExit {
     /// Port I/O. For `out`, `data` holds the bytes written; for `in`, fill `data`.
     case io(port: UInt16, isWrite: Bool, data: UnsafeMutableRawBufferPointer)
     /// MMIO. For writes, `data` holds the bytes; for reads, fill `data`.
@@ -36,7 +40,10 @@ public enum VcpuExit {
 ///
 /// `@unchecked Sendable`: `runArea` is a raw pointer to the shared page, which
 /// only the vCPU's own thread touches (but `immediate_exit`, written atomically).
-public final class Vcpu: @unchecked Sendable {
+///
+/// `@safe`: the `kvm_run` mapping is private, and every use of it below
+/// stays inside `runSize` or KVM's own layout of the page.
+@safe public final class Vcpu: @unchecked Sendable {
     /// The vCPU index (also its APIC id).
     public let id: Int
     private let handle: OwnedFD
@@ -53,18 +60,21 @@ public final class Vcpu: @unchecked Sendable {
     init(id: Int, handle: consuming OwnedFD, run: UnsafeMutableRawPointer, runSize: Int) {
         self.id = id
         self.handle = handle
-        self.runArea = run
+        // SAFETY: the caller mapped `runSize` bytes of this vCPU's kvm_run area at `run`; the vCPU owns it now.
+        unsafe self.runArea = run
         self.runSize = runSize
     }
 
-    deinit { munmap(runArea, runSize) }
+    // SAFETY: the kvm_run mapping, unmapped once when the vCPU goes.
+    deinit { unsafe munmap(runArea, runSize) }
 
     /// Where the exit union starts in kvm_run (after apic_base), and the
     /// data bytes of its `mmio` member (after the 8-byte phys_addr).
     static let exitUnionOffset = MemoryLayout<kvm_run>.offset(of: \.apic_base)! + 8
     static let mmioDataOffset = exitUnionOffset + 8
 
-    private var run: UnsafeMutablePointer<kvm_run> { runArea.assumingMemoryBound(to: kvm_run.self) }
+    // SAFETY: KVM lays out a kvm_run at the start of the mapping.
+    private var run: UnsafeMutablePointer<kvm_run> { unsafe runArea.assumingMemoryBound(to: kvm_run.self) }
 
     /// Enters the guest until the next exit that userspace must handle.
     public func runOnce() throws(KVMError) -> VcpuExit {
@@ -76,42 +86,44 @@ public final class Vcpu: @unchecked Sendable {
             }
             throw .system(SystemError("ioctl(KVM_RUN)", errno: err))
         }
-        let r = run
-        switch Int32(r.pointee.exit_reason) {
+        // SAFETY: reads of the kvm_run page that KVM_RUN just filled, on the vCPU's own thread.
+        let r = unsafe run
+        switch unsafe Int32(r.pointee.exit_reason) {
         case KVM_EXIT_IO:
-            let io = r.pointee.io
+            let io = unsafe r.pointee.io
             let count = Int(io.size) * Int(io.count)
-            // SAFETY: data_offset is inside the kvm_run mapping; KVM bounds it to the page.
             let offset = Int(io.data_offset)
             guard offset >= 0, offset + count <= runSize else { return .unknown(UInt32(KVM_EXIT_IO)) }
-            let data = UnsafeMutableRawBufferPointer(start: runArea + offset, count: count)
-            return .io(port: io.port, isWrite: io.direction == UInt8(KVM_EXIT_IO_OUT), data: data)
+            // SAFETY: `offset + count <= runSize`, checked just above: the bytes lie inside the page.
+            let data = unsafe UnsafeMutableRawBufferPointer(start: runArea + offset, count: count)
+            return unsafe .io(port: io.port, isWrite: io.direction == UInt8(KVM_EXIT_IO_OUT), data: data)
         case KVM_EXIT_MMIO:
-            let len = Int(min(r.pointee.mmio.len, 8))
+            let len = unsafe Int(min(r.pointee.mmio.len, 8))
             // The exit union is imported as computed properties, so `&mmio.data`
             // would point at a copy: address the data bytes inside kvm_run.
-            // SAFETY: the offset lies inside the kvm_run page KVM mapped for us.
-            let data = UnsafeMutableRawBufferPointer(start: runArea + Vcpu.mmioDataOffset, count: len)
-            return .mmio(address: r.pointee.mmio.phys_addr, isWrite: r.pointee.mmio.is_write != 0, data: data)
+            // SAFETY: the 8-byte `mmio.data` field lies inside the kvm_run page, and `len` is capped at 8.
+            let data = unsafe UnsafeMutableRawBufferPointer(start: runArea + Vcpu.mmioDataOffset, count: len)
+            return unsafe .mmio(address: r.pointee.mmio.phys_addr, isWrite: r.pointee.mmio.is_write != 0, data: data)
         case KVM_EXIT_SHUTDOWN:
             return .shutdown
         case KVM_EXIT_HLT:
             return .halt
         case KVM_EXIT_INTERNAL_ERROR:
-            let ie = r.pointee.internal
+            let ie = unsafe r.pointee.internal
             let n = Int(min(ie.ndata, 16))
-            let data = withUnsafeBytes(of: ie.data) { Array($0.bindMemory(to: UInt64.self).prefix(n)) }
+            // SAFETY: `n` is capped at the fixed `data` array's length.
+            let data = unsafe withUnsafeBytes(of: ie.data) { unsafe Array($0.bindMemory(to: UInt64.self).prefix(n)) }
             return .internalError(suberror: ie.suberror, data: data)
         case KVM_EXIT_SYSTEM_EVENT:
-            return .systemEvent(type: r.pointee.system_event.type)
+            return unsafe .systemEvent(type: r.pointee.system_event.type)
         case KVM_EXIT_DEBUG:
-            return .debug(exception: r.pointee.debug.arch.exception, pc: r.pointee.debug.arch.pc)
+            return unsafe .debug(exception: r.pointee.debug.arch.exception, pc: r.pointee.debug.arch.pc)
         case KVM_EXIT_FAIL_ENTRY:
-            return .failEntry(reason: r.pointee.fail_entry.hardware_entry_failure_reason)
+            return unsafe .failEntry(reason: r.pointee.fail_entry.hardware_entry_failure_reason)
         case KVM_EXIT_INTR:
             return .interrupted(errno: 0)
         default:
-            return .unknown(r.pointee.exit_reason)
+            return unsafe .unknown(r.pointee.exit_reason)
         }
     }
 
@@ -119,8 +131,8 @@ public final class Vcpu: @unchecked Sendable {
     public func setImmediateExit(_ on: Bool) {
         // SAFETY: immediate_exit is a byte in the shared kvm_run page; an atomic
         // byte store keeps the kicker's write visible to the vCPU thread.
-        let p = runArea + MemoryLayout<kvm_run>.offset(of: \.immediate_exit)!
-        swl_atomic_store_u8(p.assumingMemoryBound(to: UInt8.self), on ? 1 : 0)
+        let p = unsafe runArea + MemoryLayout<kvm_run>.offset(of: \.immediate_exit)!
+        unsafe swl_atomic_store_u8(p.assumingMemoryBound(to: UInt8.self), on ? 1 : 0)
     }
 
     /// Forces the vCPU out of `KVM_RUN`: sets `immediate_exit`, then signals its thread.
@@ -169,9 +181,10 @@ public final class Vcpu: @unchecked Sendable {
         guard entries.count <= Int(SWL_MAX_CPUID_ENTRIES) else { throw .tooMany("CPUID entries") }
         var buf = swl_cpuid()
         buf.nent = UInt32(entries.count)
-        withUnsafeMutableBytes(of: &buf.entries) { raw in
-            let dst = raw.bindMemory(to: kvm_cpuid_entry2.self)
-            for (i, e) in entries.enumerated() { dst[i] = e }
+        // SAFETY: `entries.count` was checked against the buffer's capacity above.
+        unsafe withUnsafeMutableBytes(of: &buf.entries) { raw in
+            let dst = unsafe raw.bindMemory(to: kvm_cpuid_entry2.self)
+            for (i, e) in entries.enumerated() { unsafe dst[i] = e }
         }
         _ = try kvmIoctl(fd, SWL_KVM_SET_CPUID2, &buf, "KVM_SET_CPUID2")
     }
@@ -199,8 +212,9 @@ public final class Vcpu: @unchecked Sendable {
         guard Int(n) == indices.count else {
             throw .system(SystemError("KVM_GET_MSRS (MSR 0x\(String(indices[Int(n)], radix: 16)) refused)", errno: EINVAL))
         }
-        return withUnsafeBytes(of: &buf.entries) { raw in
-            raw.bindMemory(to: kvm_msr_entry.self).prefix(indices.count).map(\.data)
+        // SAFETY: KVM_GET_MSRS filled `indices.count` entries, checked against the buffer above.
+        return unsafe withUnsafeBytes(of: &buf.entries) { raw in
+            unsafe raw.bindMemory(to: kvm_msr_entry.self).prefix(indices.count).map(\.data)
         }
     }
 
@@ -209,12 +223,13 @@ public final class Vcpu: @unchecked Sendable {
         guard msrs.count <= Int(SWL_MAX_MSR_ENTRIES) else { throw .tooMany("MSRs") }
         var buf = swl_msrs()
         buf.nmsrs = UInt32(msrs.count)
-        withUnsafeMutableBytes(of: &buf.entries) { raw in
-            let dst = raw.bindMemory(to: kvm_msr_entry.self)
+        // SAFETY: `msrs.count` was checked against the buffer's capacity above.
+        unsafe withUnsafeMutableBytes(of: &buf.entries) { raw in
+            let dst = unsafe raw.bindMemory(to: kvm_msr_entry.self)
             for (i, m) in msrs.enumerated() {
-                dst[i] = kvm_msr_entry()
-                dst[i].index = m.index
-                dst[i].data = m.value
+                unsafe dst[i] = kvm_msr_entry()
+                unsafe dst[i].index = m.index
+                unsafe dst[i].data = m.value
             }
         }
         return buf

@@ -21,7 +21,8 @@ public final class VirtualMachine: Sendable {
 
     /// Sets the three-page region KVM needs for the TSS on Intel hosts.
     public func setTSSAddress(_ address: UInt64) throws(KVMError) {
-        _ = try kvmIoctl(fd, SWL_KVM_SET_TSS_ADDR, UnsafeMutableRawPointer(bitPattern: UInt(address))!, "KVM_SET_TSS_ADDR")
+        // SAFETY: KVM_SET_TSS_ADDR takes the address as the argument itself; nothing is dereferenced.
+        _ = unsafe try kvmIoctl(fd, SWL_KVM_SET_TSS_ADDR, UnsafeMutableRawPointer(bitPattern: UInt(address))!, "KVM_SET_TSS_ADDR")
     }
 
     /// Sets the page KVM uses for the real-mode identity map on Intel hosts.
@@ -49,7 +50,8 @@ public final class VirtualMachine: Sendable {
             slot.slot = nextSlot.withLock { n in defer { n += 1 }; return n }
             slot.guest_phys_addr = region.guestBase
             slot.memory_size = UInt64(region.size)
-            slot.userspace_addr = UInt64(UInt(bitPattern: region.host))
+            // SAFETY: the region's mapping outlives the VM's use of it (GuestMemory is kept by the machine).
+            slot.userspace_addr = unsafe UInt64(UInt(bitPattern: region.host))
             _ = try kvmIoctl(fd, SWL_KVM_SET_USER_MEMORY_REGION, &slot, "KVM_SET_USER_MEMORY_REGION")
         }
     }
@@ -94,8 +96,9 @@ public final class VirtualMachine: Sendable {
     public func createVcpu(id: Int) throws(KVMError) -> Vcpu {
         let vcpu = OwnedFD(taking: try kvmIoctl(fd, SWL_KVM_CREATE_VCPU, value: Int32(id), "KVM_CREATE_VCPU"))
         let size = kvm.vcpuMmapSize
-        let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu.raw, 0)
-        guard let p, p != MAP_FAILED else { throw .system(.last("mmap(kvm_run)")) }
-        return Vcpu(id: id, handle: vcpu, run: p, runSize: size)
+        // SAFETY: the vCPU's kvm_run area, of the size KVM gave; checked against MAP_FAILED.
+        let p = unsafe mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu.raw, 0)
+        guard let p = unsafe p, unsafe p != MAP_FAILED else { throw .system(.last("mmap(kvm_run)")) }
+        return unsafe Vcpu(id: id, handle: vcpu, run: p, runSize: size)
     }
 }

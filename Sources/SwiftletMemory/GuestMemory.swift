@@ -29,9 +29,13 @@ public enum GuestMemoryError: Error, CustomStringConvertible, Sendable, Equatabl
 ///
 /// `@unchecked Sendable`: the regions' base pointers never change after
 /// `init`; vCPUs and devices share the memory by design, every access checked.
-public final class GuestMemory: @unchecked Sendable {
+///
+/// `@safe`: the mappings are reached only through the bounds-checked
+/// accessors below; `Region.host` and `slice` hand out raw memory, and their
+/// types make every use of them an `unsafe` one.
+@safe public final class GuestMemory: @unchecked Sendable {
     /// One contiguous guest-physical range and its host mapping.
-    public struct Region: Sendable {
+    @safe public struct Region: Sendable {
         /// Guest-physical base address.
         public let guestBase: UInt64
         /// Size in bytes.
@@ -61,13 +65,16 @@ public final class GuestMemory: @unchecked Sendable {
                 throw .invalidLayout("range 0x\(String(r.base, radix: 16)) size \(r.size) is not page-aligned")
             }
             guard r.base >= lastEnd else { throw .invalidLayout("ranges overlap") }
-            let p = mmap(nil, r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-            guard let p, p != MAP_FAILED else {
+            // SAFETY: a fresh anonymous mapping; the result is checked against MAP_FAILED before use.
+            let p = unsafe mmap(nil, r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+            guard let p = unsafe p, unsafe p != MAP_FAILED else {
                 let e = SystemError.last("mmap(guest memory, \(r.size) bytes)")
-                for done in regions { munmap(done.host, done.size) }
+                // SAFETY: unmaps only what this init mapped, each region once, before throwing.
+                for done in regions { unsafe munmap(done.host, done.size) }
                 throw .mapFailed(e)
             }
-            regions.append(Region(guestBase: r.base, size: r.size, host: p))
+            // SAFETY: `p` maps exactly `r.size` bytes, and the region owns it until deinit.
+            unsafe regions.append(Region(guestBase: r.base, size: r.size, host: p))
             lastEnd = r.base + UInt64(r.size)
         }
         self.regions = regions
@@ -84,16 +91,17 @@ public final class GuestMemory: @unchecked Sendable {
         var lastEnd: UInt64 = 0
         for r in ranges {
             guard r.size > 0, r.base % 4096 == 0, r.size % 4096 == 0, r.base >= lastEnd else {
-                for done in regions { munmap(done.host, done.size) }
+                for done in regions { unsafe munmap(done.host, done.size) }
                 throw .invalidLayout("range 0x\(String(r.base, radix: 16)) size \(r.size)")
             }
-            let p = mmap(nil, r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, off_t(offset))
-            guard let p, p != MAP_FAILED else {
+            // SAFETY: a private mapping of the file's next `r.size` bytes; checked against MAP_FAILED.
+            let p = unsafe mmap(nil, r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, off_t(offset))
+            guard let p = unsafe p, unsafe p != MAP_FAILED else {
                 let e = SystemError.last("mmap(snapshot memory, \(r.size) bytes)")
-                for done in regions { munmap(done.host, done.size) }
+                for done in regions { unsafe munmap(done.host, done.size) }
                 throw .mapFailed(e)
             }
-            regions.append(Region(guestBase: r.base, size: r.size, host: p))
+            unsafe regions.append(Region(guestBase: r.base, size: r.size, host: p))
             offset += r.size
             lastEnd = r.base + UInt64(r.size)
         }
@@ -109,7 +117,8 @@ public final class GuestMemory: @unchecked Sendable {
     }
 
     deinit {
-        if owned { for r in regions { munmap(r.host, r.size) } }
+        // SAFETY: each region is unmapped once, here, when nothing can reach it any more.
+        if owned { for r in regions { unsafe munmap(r.host, r.size) } }
     }
 
     /// Total bytes of guest RAM.
@@ -125,7 +134,9 @@ public final class GuestMemory: @unchecked Sendable {
             let offset = address - r.guestBase
             // offset <= size and count <= size - offset, so no sum can overflow.
             if offset <= UInt64(r.size) && UInt64(count) <= UInt64(r.size) - offset {
-                return UnsafeMutableRawBufferPointer(start: r.host + Int(offset), count: count)
+                // SAFETY: offset + count <= r.size (checked just above without overflow), so the slice lies inside
+                // the mapping.
+                return unsafe UnsafeMutableRawBufferPointer(start: r.host + Int(offset), count: count)
             }
         }
         throw .outOfBounds(address: address, length: count)
@@ -133,46 +144,53 @@ public final class GuestMemory: @unchecked Sendable {
 
     /// True when `[address, address+count)` lies inside one region.
     public func contains(_ address: UInt64, count: Int) -> Bool {
-        (try? slice(at: address, count: count)) != nil
+        // SAFETY: only whether the slice exists is used, never the pointer.
+        unsafe (try? slice(at: address, count: count)) != nil
     }
 
     /// Copies `bytes` into guest memory at `address`.
     public func write(_ bytes: UnsafeRawBufferPointer, at address: UInt64) throws(GuestMemoryError) {
-        let dst = try slice(at: address, count: bytes.count)
-        if bytes.count > 0 { dst.baseAddress!.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+        // SAFETY: `slice` checked the range; the copy writes exactly `bytes.count` bytes into it.
+        let dst = unsafe try slice(at: address, count: bytes.count)
+        if bytes.count > 0 { unsafe dst.baseAddress!.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
     }
 
     /// Copies an array of bytes into guest memory at `address`.
     public func write(_ bytes: [UInt8], at address: UInt64) throws(GuestMemoryError) {
-        try bytes.withUnsafeBytes { b in
-            Result { () throws(GuestMemoryError) in try write(b, at: address) }
+        // SAFETY: the buffer is only read, inside the closure, by the checked write above.
+        unsafe try bytes.withUnsafeBytes { b in
+            Result { () throws(GuestMemoryError) in unsafe try write(b, at: address) }
         }.get()
     }
 
     /// Copies guest memory at `address` into `buffer`.
     public func read(into buffer: UnsafeMutableRawBufferPointer, at address: UInt64) throws(GuestMemoryError) {
-        let src = try slice(at: address, count: buffer.count)
-        if buffer.count > 0 { buffer.baseAddress!.copyMemory(from: src.baseAddress!, byteCount: buffer.count) }
+        // SAFETY: `slice` checked the range; the copy reads exactly `buffer.count` bytes of it.
+        let src = unsafe try slice(at: address, count: buffer.count)
+        if buffer.count > 0 { unsafe buffer.baseAddress!.copyMemory(from: src.baseAddress!, byteCount: buffer.count) }
     }
 
     /// Reads `count` bytes at `address`.
     public func read(at address: UInt64, count: Int) throws(GuestMemoryError) -> [UInt8] {
-        let src = try slice(at: address, count: count)
-        return Array(src)
+        // SAFETY: `slice` checked the range, and the bytes are copied out before returning.
+        let src = unsafe try slice(at: address, count: count)
+        return unsafe Array(src)
     }
 
     /// Loads a little-endian integer at `address` (any alignment).
     @inlinable
     public func load<T: FixedWidthInteger>(_ type: T.Type = T.self, at address: UInt64) throws(GuestMemoryError) -> T {
-        let s = try slice(at: address, count: MemoryLayout<T>.size)
-        return T(littleEndian: s.loadUnaligned(as: T.self))
+        // SAFETY: a checked range of exactly T's size, read unaligned.
+        let s = unsafe try slice(at: address, count: MemoryLayout<T>.size)
+        return unsafe T(littleEndian: s.loadUnaligned(as: T.self))
     }
 
     /// Stores a little-endian integer at `address` (any alignment).
     @inlinable
     public func store<T: FixedWidthInteger>(_ value: T, at address: UInt64) throws(GuestMemoryError) {
-        let s = try slice(at: address, count: MemoryLayout<T>.size)
-        s.storeBytes(of: value.littleEndian, as: T.self)
+        // SAFETY: a checked range of exactly T's size, written unaligned.
+        let s = unsafe try slice(at: address, count: MemoryLayout<T>.size)
+        unsafe s.storeBytes(of: value.littleEndian, as: T.self)
     }
 
     /// Zeroes `count` bytes at `address`, never a mapping laid over this
@@ -182,23 +200,25 @@ public final class GuestMemory: @unchecked Sendable {
     /// boot zeroing the kernel's .bss page by page took ~300 page faults,
     /// milliseconds of start-up on nested KVM (issue 19).
     public func zero(at address: UInt64, count: Int) throws(GuestMemoryError) {
-        let s = try slice(at: address, count: count)
+        // SAFETY: a checked range: madvise covers only the whole pages inside it, memset the rest of it.
+        let s = unsafe try slice(at: address, count: count)
         guard count > 0, let base = s.baseAddress else { return }
         let page = 4096
         let start = (Int(bitPattern: base) + page - 1) & ~(page - 1)
         let end = (Int(bitPattern: base) + count) & ~(page - 1)
         guard anonymous, end > start,
-              madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_DONTNEED) == 0 else {
-            memset(base, 0, count)
+              unsafe madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_DONTNEED) == 0 else {
+            unsafe memset(base, 0, count)
             return
         }
-        memset(base, 0, start - Int(bitPattern: base))
-        memset(UnsafeMutableRawPointer(bitPattern: end)!, 0, Int(bitPattern: base) + count - end)
+        unsafe memset(base, 0, start - Int(bitPattern: base))
+        unsafe memset(UnsafeMutableRawPointer(bitPattern: end)!, 0, Int(bitPattern: base) + count - end)
     }
 
     /// Sets `count` bytes at `address` to `byte`.
     public func fill(_ byte: UInt8, at address: UInt64, count: Int) throws(GuestMemoryError) {
-        let s = try slice(at: address, count: count)
-        if count > 0 { memset(s.baseAddress!, Int32(byte), count) }
+        // SAFETY: a checked range of `count` bytes, filled exactly.
+        let s = unsafe try slice(at: address, count: count)
+        if count > 0 { unsafe memset(s.baseAddress!, Int32(byte), count) }
     }
 }
