@@ -60,7 +60,7 @@ let package = Package(
         .target(name: "SwiftletX86", dependencies: ["SwiftletMemory", "SwiftletSys", "CDecompress"]),
         .target(name: "SwiftletKVM", dependencies: ["SwiftletSys", "SwiftletMemory", "SwiftletPersist", "CSwiftlet"], swiftSettings: [.strictMemorySafety()]),
         .target(name: "SwiftletDevices", dependencies: ["SwiftletSys", "SwiftletPersist", "CSwiftlet"]),
-        .target(name: "SwiftletVirtio", dependencies: ["SwiftletMemory", "SwiftletSys", "SwiftletDevices", "SwiftletPersist", "CSwiftlet"]),
+        .target(name: "SwiftletVirtio", dependencies: ["SwiftletMemory", "SwiftletSys", "SwiftletDevices", "SwiftletPersist", "CSwiftlet"], swiftSettings: [.strictMemorySafety()]),
         .target(
             name: "SwiftletVMM",
             dependencies: ["SwiftletSys", "SwiftletMemory", "SwiftletX86", "SwiftletKVM", "SwiftletDevices", "SwiftletVirtio", "SwiftletPersist", "CSwiftlet"]

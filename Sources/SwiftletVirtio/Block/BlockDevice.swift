@@ -85,7 +85,8 @@ public final class BlockDevice: VirtioDevice, Sendable {
         let file = try Self.open(path, readOnly: shared)
         let fd = file.raw
         var st = stat()
-        guard fstat(fd, &st) == 0 else { throw .system(.last("fstat(\(path))")) }
+        // SAFETY: `st` is a local stat buffer that fstat fills.
+        guard unsafe fstat(fd, &st) == 0 else { throw .system(.last("fstat(\(path))")) }
         let kind = st.st_mode & S_IFMT
         guard kind == S_IFREG || kind == S_IFBLK else { throw .notAnImage(path) }
         // lseek rather than st_size: it also sizes block devices.
@@ -167,7 +168,8 @@ public final class BlockDevice: VirtioDevice, Sendable {
     public func readConfig(offset: Int, into: UnsafeMutableRawBufferPointer) {
         for i in 0..<into.count {
             let (at, overflow) = offset.addingReportingOverflow(i)
-            into[i] = !overflow && at >= 0 && at < config.count ? config[at] : 0
+            // SAFETY: `i` comes from `into.indices`.
+            unsafe into[i] = !overflow && at >= 0 && at < config.count ? config[at] : 0
         }
     }
 }

@@ -18,15 +18,16 @@ extension BlockDevice {
         let statusOffset = chain.writableLength - 1
         let (status, written) = execute(chain, memory: memory, dataLength: statusOffset)
         let stored: Bool
-        if let last = chain.lastWritableByte(in: memory) {
+        // SAFETY: a checked one-byte view of guest memory (the status byte), written once here.
+        if let last = unsafe chain.lastWritableByte(in: memory) {
             // SAFETY: `last` is a bounds-checked one-byte slice of guest memory.
             // Why: skips the general scatter walk and its copy for the common layout.
-            last.storeBytes(of: status, as: UInt8.self)
+            unsafe last.storeBytes(of: status, as: UInt8.self)
             stored = true
         } else {
             var byte = status
-            stored = withUnsafeBytes(of: &byte) { raw in
-                (try? chain.write(to: memory, offset: statusOffset, from: raw)) != nil
+            stored = unsafe withUnsafeBytes(of: &byte) { raw in
+                unsafe (try? chain.write(to: memory, offset: statusOffset, from: raw)) != nil
             }
         }
         // `written` excludes the status byte. A popped chain is under 4 GiB; one
@@ -75,8 +76,9 @@ extension BlockDevice {
     @inline(never)
     private func getID(_ chain: DescriptorChain, memory: GuestMemory, dataLength: Int) -> (UInt8, Int) {
         let count = min(VirtioBlock.idLength, dataLength)
-        let done: Bool = id.withUnsafeBytes { raw in
-            (try? chain.write(to: memory, offset: 0, from: UnsafeRawBufferPointer(rebasing: raw[0..<count]))) != nil
+        // SAFETY: `count` is at most the id's length; the chain write checks the guest's side.
+        let done: Bool = unsafe id.withUnsafeBytes { raw in
+            unsafe (try? chain.write(to: memory, offset: 0, from: UnsafeRawBufferPointer(rebasing: raw[0..<count]))) != nil
         }
         return done ? (VirtioBlock.statusOK, count) : (VirtioBlock.statusIOError, 0)
     }
@@ -87,21 +89,23 @@ extension BlockDevice {
     private func transfer(_ chain: DescriptorChain, memory: GuestMemory, writable: Bool, at: Int, count: Int, fileOffset: Int64) -> Bool {
         // One iovec per guest buffer at most; on the stack for typical chains.
         let capacity = writable ? chain.writableCount : chain.readableCount
-        return withUnsafeTemporaryAllocation(of: iovec.self, capacity: capacity) { iovs in
+        // SAFETY: the iovecs live only inside this call; each points at a view that `forEachSegment` checked against
+        // guest memory.
+        return unsafe withUnsafeTemporaryAllocation(of: iovec.self, capacity: capacity) { iovs in
             var used = 0
             do {
-                try chain.forEachSegment(in: memory, deviceWritable: writable, offset: at, count: count) { view in
+                unsafe try chain.forEachSegment(in: memory, deviceWritable: writable, offset: at, count: count) { view in
                     // SAFETY: forEachSegment yields at most one view per buffer of the
                     // part, so `used < capacity`; checked anyway, as the subscript is not.
                     precondition(used < iovs.count)
-                    iovs[used] = iovec(iov_base: view.baseAddress, iov_len: view.count)
+                    unsafe iovs[used] = unsafe iovec(iov_base: view.baseAddress, iov_len: view.count)
                     used += 1
                 }
             } catch {
                 return false
             }
             // IN reads the disk into guest memory: the device writes the guest's writable part.
-            return store.transfer(UnsafeMutableBufferPointer(rebasing: iovs[0..<used]), offset: fileOffset, write: !writable) == nil
+            return unsafe store.transfer(UnsafeMutableBufferPointer(rebasing: iovs[0..<used]), offset: fileOffset, write: !writable) == nil
         }
     }
 
@@ -114,14 +118,15 @@ extension BlockDevice {
         /// which cost a retain and release of `memory` (and a chain copy) per request.
         init(_ chain: borrowing DescriptorChain, memory: borrowing GuestMemory) throws(VirtqueueError) {
             var raw = (UInt64(0), UInt64(0))
-            if let view = chain.leadingReadableView(in: memory, count: VirtioBlock.headerSize) {
+            // SAFETY: a view of exactly the header's size, checked against guest memory, read at once.
+            if let view = unsafe chain.leadingReadableView(in: memory, count: VirtioBlock.headerSize) {
                 // SAFETY: `view` is a bounds-checked 16-byte slice of guest memory.
                 // Why: the header nearly always sits in the first buffer; two loads
                 // beat the general scatter walk and a `memcpy` call.
-                raw = (view.loadUnaligned(as: UInt64.self), view.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+                raw = unsafe (view.loadUnaligned(as: UInt64.self), view.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
             } else {
-                try withUnsafeMutableBytes(of: &raw) { bytes throws(VirtqueueError) in
-                    try chain.read(from: memory, offset: 0, into: bytes)
+                unsafe try withUnsafeMutableBytes(of: &raw) { bytes throws(VirtqueueError) in
+                    unsafe try chain.read(from: memory, offset: 0, into: bytes)
                 }
             }
             type = UInt32(truncatingIfNeeded: UInt64(littleEndian: raw.0)) // low half; the high half is `reserved`
@@ -156,8 +161,9 @@ extension BlockDevice {
         var ranges: [(offset: Int64, length: Int64, unmap: Bool)] = []
         for i in 0..<(length / size) {
             var raw = (UInt64(0), UInt64(0))
-            let read: Bool = withUnsafeMutableBytes(of: &raw) { bytes in
-                (try? chain.read(from: memory, offset: VirtioBlock.headerSize + i * size, into: bytes)) != nil
+            // SAFETY: reads exactly the 16 bytes of the local tuple; the chain read checks the guest's side.
+            let read: Bool = unsafe withUnsafeMutableBytes(of: &raw) { bytes in
+                unsafe (try? chain.read(from: memory, offset: VirtioBlock.headerSize + i * size, into: bytes)) != nil
             }
             guard read else { return VirtioBlock.statusIOError }
             let sector = UInt64(littleEndian: raw.0)

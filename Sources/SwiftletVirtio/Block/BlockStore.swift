@@ -19,9 +19,10 @@ enum BlockStore: ~Copyable, Sendable {
     func transfer(_ iovs: UnsafeMutableBufferPointer<iovec>, offset: Int64, write: Bool) -> Int32? {
         switch self {
         case .raw(let file):
-            return FileIO.transfer(file.raw, iovs, offset: offset, write: write)
+            // SAFETY: the caller's iovecs point at checked views of guest memory, valid for this call.
+            return unsafe FileIO.transfer(file.raw, iovs, offset: offset, write: write)
         case .copyOnWrite(let store):
-            return write ? store.write(iovs, offset: offset) : store.read(iovs, offset: offset)
+            return unsafe write ? store.write(iovs, offset: offset) : store.read(iovs, offset: offset)
         }
     }
 
@@ -84,21 +85,23 @@ extension FileIO {
     /// allocation; `body` may consume them. `start + count` must lie inside.
     static func withSubrange<R>(_ iovs: UnsafeMutableBufferPointer<iovec>, start: Int, count: Int,
                                 _ body: (UnsafeMutableBufferPointer<iovec>) -> R) -> R {
-        withUnsafeTemporaryAllocation(of: iovec.self, capacity: iovs.count) { sub in
+        // SAFETY: the sub-range never has more entries than `iovs`, and lives only inside this call.
+        unsafe withUnsafeTemporaryAllocation(of: iovec.self, capacity: iovs.count) { sub in
             var skip = start, left = count, used = 0
-            for v in iovs where left > 0 {
-                if skip >= v.iov_len {
-                    skip -= v.iov_len
+            for unsafe v in unsafe iovs where left > 0 {
+                if unsafe skip >= v.iov_len {
+                    unsafe skip -= v.iov_len
                     continue
                 }
-                let n = min(v.iov_len - skip, left)
-                sub[used] = iovec(iov_base: v.iov_base! + skip, iov_len: n)
+                let n = unsafe min(v.iov_len - skip, left)
+                unsafe sub[used] = unsafe iovec(iov_base: v.iov_base! + skip, iov_len: n)
                 used += 1
                 left -= n
                 skip = 0
             }
             precondition(left == 0, "subrange past the end of the data")
-            return body(UnsafeMutableBufferPointer(rebasing: sub[0..<used]))
+            // SAFETY: `used` entries were filled above, each a part of one of the caller's iovecs.
+            return unsafe body(UnsafeMutableBufferPointer(rebasing: sub[0..<used]))
         }
     }
 }

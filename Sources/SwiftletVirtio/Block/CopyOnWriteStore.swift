@@ -28,7 +28,10 @@ import SwiftletSys
 ///
 /// `@unchecked Sendable`: the overlay's map and descriptors are used under
 /// its mutex only.
-final class CopyOnWriteStore: @unchecked Sendable {
+///
+/// `@safe`: its scratch block is private, allocated and freed with the store,
+/// and used only one block at a time under the mutex.
+@safe final class CopyOnWriteStore: @unchecked Sendable {
     // @unchecked: the descriptors never change after init, and the bitmap and
     // scratch block are only touched under `state`'s mutex.
 
@@ -69,10 +72,12 @@ final class CopyOnWriteStore: @unchecked Sendable {
         self.overlay = overlay
         self.size = size
         self.state = Mutex(CopiedBlocks(copied: [UInt64](repeating: 0, count: (blocks + 63) / 64)))
-        self.scratch = .allocate(byteCount: Self.blockSize, alignment: Self.blockSize)
+        // SAFETY: freed once, in deinit; used only under the mutex.
+        unsafe self.scratch = .allocate(byteCount: Self.blockSize, alignment: Self.blockSize)
     }
 
-    deinit { scratch.deallocate() }
+    // SAFETY: the scratch block allocated in init, freed once.
+    deinit { unsafe scratch.deallocate() }
 
     /// `O_TMPFILE` (`__O_TMPFILE | O_DIRECTORY` in every Linux ABI), which
     /// Glibc's module hides behind `_GNU_SOURCE`.
@@ -82,14 +87,15 @@ final class CopyOnWriteStore: @unchecked Sendable {
 
     /// An unlinked, empty-but-sized (sparse) file for the overlay.
     private static func makeOverlay(size: Int64, directory: String?, path: String) throws(BlockError) -> OwnedFD {
-        let environment = getenv("TMPDIR").map { String(cString: $0) }
+        // SAFETY: getenv's string is copied at once.
+        let environment = unsafe getenv("TMPDIR").map { unsafe String(cString: $0) }
         let dir = directory ?? environment.flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
-        var fd = retryingEINTR { open(dir, openTmpfile | O_RDWR | O_CLOEXEC, mode_t(0o600)) }
+        var fd = retryingEINTR { unsafe open(dir, openTmpfile | O_RDWR | O_CLOEXEC, mode_t(0o600)) }
         if fd < 0 {
             // EOPNOTSUPP (the file system), EISDIR (a kernel before 3.11), or
             // no usable directory: memory works anywhere, and still has no name.
             let why = SystemError.last("open(\(dir), O_TMPFILE)")
-            fd = swl_memfd_create("swiftlet-ephemeral", memfdCloexec)
+            fd = unsafe swl_memfd_create("swiftlet-ephemeral", memfdCloexec)
             if fd < 0 { throw .overlay(path, SystemError("memfd_create, after \(why),", errno: errno)) }
         }
         let file = OwnedFD(taking: fd)
@@ -111,7 +117,9 @@ final class CopyOnWriteStore: @unchecked Sendable {
 
     /// Reads the whole of `iovs` at `offset`. Returns the errno on failure.
     func read(_ iovs: UnsafeMutableBufferPointer<iovec>, offset: Int64) -> Int32? {
-        let length = Int64(iovs.reduce(0) { $0 + $1.iov_len })
+        // SAFETY: the caller's iovecs point at checked views of guest memory, valid for this call; only their lengths
+        // are read here.
+        let length = unsafe Int64(iovs.reduce(0) { unsafe $0 + $1.iov_len })
         guard length > 0 else { return nil }
         let end = offset + length
         let first = Int(offset / Int64(Self.blockSize)), last = Int((end - 1) / Int64(Self.blockSize))
@@ -125,11 +133,13 @@ final class CopyOnWriteStore: @unchecked Sendable {
                 let fd = copied ? overlay.raw : base.raw
                 if block == first && next > last {
                     // One run, the usual case: the whole request in one call.
-                    return FileIO.transfer(fd, iovs, offset: offset, write: false)
+                    // SAFETY: the caller's iovecs, valid for this call.
+                    return unsafe FileIO.transfer(fd, iovs, offset: offset, write: false)
                 }
                 let from = max(offset, blockStart(block)), to = min(end, blockStart(next))
-                let failure = FileIO.withSubrange(iovs, start: Int(from - offset), count: Int(to - from)) {
-                    FileIO.transfer(fd, $0, offset: from, write: false)
+                // SAFETY: a sub-range of the caller's iovecs: `from..<to` lies inside the request.
+                let failure = unsafe FileIO.withSubrange(iovs, start: Int(from - offset), count: Int(to - from)) {
+                    unsafe FileIO.transfer(fd, $0, offset: from, write: false)
                 }
                 if let failure { return failure }
                 block = next
@@ -140,23 +150,26 @@ final class CopyOnWriteStore: @unchecked Sendable {
 
     /// Writes the whole of `iovs` at `offset` into the overlay. Returns the errno on failure.
     func write(_ iovs: UnsafeMutableBufferPointer<iovec>, offset: Int64) -> Int32? {
-        let length = Int64(iovs.reduce(0) { $0 + $1.iov_len })
+        // SAFETY: the caller's iovecs point at checked views of guest memory, valid for this call.
+        let length = unsafe Int64(iovs.reduce(0) { unsafe $0 + $1.iov_len })
         guard length > 0 else { return nil }
-        return update(offset: offset, length: length) { buffer, from in
+        return unsafe update(offset: offset, length: length) { buffer, from in
             // The guest's bytes for this part of the block, gathered from its buffers.
-            FileIO.withSubrange(iovs, start: Int(from - offset), count: buffer.count) { pieces in
+            unsafe FileIO.withSubrange(iovs, start: Int(from - offset), count: buffer.count) { pieces in
                 var at = buffer.baseAddress!
-                for v in pieces {
-                    at.copyMemory(from: v.iov_base!, byteCount: v.iov_len)
-                    at += v.iov_len
+                for unsafe v in unsafe pieces {
+                    unsafe at.copyMemory(from: v.iov_base!, byteCount: v.iov_len)
+                    unsafe at += v.iov_len
                 }
             }
         } direct: { from, to in
             if from == offset && to == offset + length {
-                return FileIO.transfer(overlay.raw, iovs, offset: offset, write: true)
+                // SAFETY: the caller's iovecs, valid for this call.
+            return unsafe FileIO.transfer(overlay.raw, iovs, offset: offset, write: true)
             }
-            return FileIO.withSubrange(iovs, start: Int(from - offset), count: Int(to - from)) {
-                FileIO.transfer(overlay.raw, $0, offset: from, write: true)
+            // SAFETY: a sub-range of the caller's iovecs: `from..<to` lies inside the request.
+            return unsafe FileIO.withSubrange(iovs, start: Int(from - offset), count: Int(to - from)) {
+                unsafe FileIO.transfer(overlay.raw, $0, offset: from, write: true)
             }
         }
     }
@@ -165,8 +178,9 @@ final class CopyOnWriteStore: @unchecked Sendable {
     /// the overlay, which cost nothing. Returns the errno on failure.
     func zero(offset: Int64, length: Int64) -> Int32? {
         guard length > 0 else { return nil }
-        return update(offset: offset, length: length) { buffer, _ in
-            buffer.initializeMemory(as: UInt8.self, repeating: 0)
+        // SAFETY: `buffer` is a part of the scratch block that `readModifyWrite` hands over, filled exactly.
+        return unsafe update(offset: offset, length: length) { buffer, _ in
+            unsafe buffer.initializeMemory(as: UInt8.self, repeating: 0)
         } direct: { from, to in
             FileIO.zero(overlay.raw, offset: from, length: to - from, unmap: true)
         }
@@ -186,12 +200,13 @@ final class CopyOnWriteStore: @unchecked Sendable {
             var directFrom = offset, directTo = end
             if !s.isCopied(first) && !covers(first, from: offset, to: end) {
                 let to = min(end, blockEnd(first))
-                if let failure = readModifyWrite(first, from: offset, to: to, merge: merge) { return failure }
+                // SAFETY: the range lies inside block `first`, which the scratch block holds whole.
+                if let failure = unsafe readModifyWrite(first, from: offset, to: to, merge: merge) { return failure }
                 directFrom = to
             }
             if last != first && !s.isCopied(last) && !covers(last, from: offset, to: end) {
                 let from = blockStart(last)
-                if let failure = readModifyWrite(last, from: from, to: end, merge: merge) { return failure }
+                if let failure = unsafe readModifyWrite(last, from: from, to: end, merge: merge) { return failure }
                 directTo = from
             }
             if directTo > directFrom, let failure = direct(directFrom, directTo) { return failure }
@@ -205,9 +220,10 @@ final class CopyOnWriteStore: @unchecked Sendable {
     private func readModifyWrite(_ block: Int, from: Int64, to: Int64,
                                  merge: (UnsafeMutableRawBufferPointer, Int64) -> Void) -> Int32? {
         let start = blockStart(block)
-        let whole = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<Int(blockEnd(block) - start)])
-        if let failure = FileIO.transfer(base.raw, [whole], offset: start, write: false) { return failure }
-        merge(UnsafeMutableRawBufferPointer(rebasing: whole[Int(from - start)..<Int(to - start)]), from)
-        return FileIO.transfer(overlay.raw, [whole], offset: start, write: true)
+        // SAFETY: a block is at most `blockSize`, the scratch block's size; `from..<to` lies inside it.
+        let whole = unsafe UnsafeMutableRawBufferPointer(rebasing: scratch[0..<Int(blockEnd(block) - start)])
+        if let failure = unsafe FileIO.transfer(base.raw, [whole], offset: start, write: false) { return failure }
+        unsafe merge(UnsafeMutableRawBufferPointer(rebasing: whole[Int(from - start)..<Int(to - start)]), from)
+        return unsafe FileIO.transfer(overlay.raw, [whole], offset: start, write: true)
     }
 }

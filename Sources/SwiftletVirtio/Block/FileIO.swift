@@ -11,13 +11,14 @@ enum FileIO {
     /// Reads (or writes) the whole of `buffers` at `offset`, retrying EINTR and
     /// short transfers. Returns the errno on failure, or EIO when the file ends early.
     static func transfer(_ fd: Int32, _ buffers: [UnsafeMutableRawBufferPointer], offset: Int64, write: Bool) -> Int32? {
-        withUnsafeTemporaryAllocation(of: iovec.self, capacity: buffers.count) { iovs in
+        // SAFETY: one iovec per buffer at most, living only inside this call.
+        unsafe withUnsafeTemporaryAllocation(of: iovec.self, capacity: buffers.count) { iovs in
             var count = 0
-            for b in buffers where b.count > 0 {
-                iovs[count] = iovec(iov_base: b.baseAddress, iov_len: b.count)
+            for unsafe b in unsafe buffers where b.count > 0 {
+                unsafe iovs[count] = unsafe iovec(iov_base: b.baseAddress, iov_len: b.count)
                 count += 1
             }
-            return transfer(fd, UnsafeMutableBufferPointer(rebasing: iovs[0..<count]), offset: offset, write: write)
+            return unsafe transfer(fd, UnsafeMutableBufferPointer(rebasing: iovs[0..<count]), offset: offset, write: write)
         }
     }
 
@@ -32,9 +33,9 @@ enum FileIO {
             let batch = min(iovs.count - first, maxIOVecs)
             // SAFETY: the iovecs point into checked slices of guest memory (or a
             // caller's buffer) that outlive this call; `first + batch <= iovs.count`.
-            let v = iovs.baseAddress! + first
+            let v = unsafe iovs.baseAddress! + first
             let n = retryingEINTR {
-                batch == 1
+                unsafe batch == 1
                     ? (write ? pwrite(fd, v.pointee.iov_base, v.pointee.iov_len, off_t(position))
                              : pread(fd, v.pointee.iov_base, v.pointee.iov_len, off_t(position)))
                     : (write ? pwritev(fd, v, Int32(batch), off_t(position)) : preadv(fd, v, Int32(batch), off_t(position)))
@@ -46,13 +47,15 @@ enum FileIO {
             // Step past what was transferred, trimming a partly done iovec.
             var done = n
             while done > 0 && first < iovs.count {
-                let length = iovs[first].iov_len
+                // SAFETY: `first < iovs.count` (loop condition); a partly done iovec is advanced by less than its
+                // length.
+                let length = unsafe iovs[first].iov_len
                 if done >= length {
                     done -= length
                     first += 1
                 } else {
-                    iovs[first].iov_base = iovs[first].iov_base! + done
-                    iovs[first].iov_len = length - done
+                    unsafe iovs[first].iov_base = unsafe iovs[first].iov_base! + done
+                    unsafe iovs[first].iov_len = length - done
                     done = 0
                 }
             }
@@ -74,13 +77,14 @@ enum FileIO {
     /// system cannot punch holes or zero ranges.
     static func writeZeros(_ fd: Int32, offset: Int64, length: Int64) -> Int32? {
         let chunk = 1 << 16
+        // SAFETY: allocated and freed here, initialised before use, each write at most `chunk` bytes.
         let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
-        defer { zeros.deallocate() }
-        zeros.initializeMemory(as: UInt8.self, repeating: 0)
+        defer { unsafe zeros.deallocate() }
+        unsafe zeros.initializeMemory(as: UInt8.self, repeating: 0)
         var done: Int64 = 0
         while done < length {
             let n = Int(min(Int64(chunk), length - done))
-            if let e = transfer(fd, [UnsafeMutableRawBufferPointer(rebasing: zeros[0..<n])], offset: offset + done, write: true) {
+            if let e = unsafe transfer(fd, [UnsafeMutableRawBufferPointer(rebasing: zeros[0..<n])], offset: offset + done, write: true) {
                 return e
             }
             done += Int64(n)

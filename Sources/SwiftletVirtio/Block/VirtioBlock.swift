@@ -78,9 +78,7 @@ public enum VirtioBlock {
     static func configSpace(sectors: UInt64, readOnly: Bool) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: ConfigOffset.size)
         func put<T: FixedWidthInteger>(_ value: T, at offset: Int) {
-            withUnsafeBytes(of: value.littleEndian) { raw in
-                for (i, b) in raw.enumerated() { bytes[offset + i] = b }
-            }
+            for i in 0..<MemoryLayout<T>.size { bytes[offset + i] = UInt8(truncatingIfNeeded: value >> (8 * i)) }
         }
         put(sectors, at: ConfigOffset.capacity)
         put(segMax, at: ConfigOffset.segMax)

@@ -26,7 +26,10 @@ import SwiftletSys
 ///
 /// `@unchecked Sendable`: its frame buffer, held chains and counters are
 /// used under the transport's service lock only (`tap` is set in `init`).
-public final class NetDevice: @unchecked Sendable {
+///
+/// `@safe`: its frame buffer is private, allocated and freed with the
+/// device, and every use of it stays inside `VirtioNet.maxFrame`.
+@safe public final class NetDevice: @unchecked Sendable {
     /// The fd the frames go through (a TAP's, or a socket in tests); not owned.
     public let fd: Int32
     /// The TAP behind `fd` when the device was made from one: held as long
@@ -79,10 +82,12 @@ public final class NetDevice: @unchecked Sendable {
         deviceFeatures = features
         poller = try Epoll()
         try poller.add(fd, tag: 0)
-        frame = .allocate(byteCount: VirtioNet.maxFrame, alignment: 16)
+        // SAFETY: freed once, in deinit; used only under the transport's service lock.
+        unsafe frame = .allocate(byteCount: VirtioNet.maxFrame, alignment: 16)
     }
 
-    deinit { frame.deallocate() }
+    // SAFETY: the frame buffer allocated in init, freed once.
+    deinit { unsafe frame.deallocate() }
 
     /// The epoll fd the device event loop watches: readable while the TAP has
     /// frames and the device can take them.
@@ -94,7 +99,8 @@ public final class NetDevice: @unchecked Sendable {
     public func readConfig(offset: Int, into: UnsafeMutableRawBufferPointer) {
         for i in into.indices {
             let o = offset + i
-            into[i] = o >= 0 && o < 6 ? mac.bytes[o] : 0
+            // SAFETY: `i` comes from `into.indices`.
+            unsafe into[i] = o >= 0 && o < 6 ? mac.bytes[o] : 0
         }
     }
 
@@ -168,7 +174,8 @@ public final class NetDevice: @unchecked Sendable {
             if pendingLength == 0 {
                 if budget == 0 { break }
                 budget -= 1
-                let n = retryingEINTR { read(fd, frame.baseAddress, frame.count) }
+                // SAFETY: reads at most the frame buffer's size into it.
+                let n = retryingEINTR { unsafe read(fd, frame.baseAddress, frame.count) }
                 if n < 0 {
                     if errno != EAGAIN && errno != EWOULDBLOCK { isDead = true }
                     break
@@ -232,8 +239,9 @@ public final class NetDevice: @unchecked Sendable {
         }
         // num_buffers, little-endian (the TAP leaves those bytes alone).
         let count = UInt16(held.count)
-        frame[VirtioNet.numBuffersOffset] = UInt8(truncatingIfNeeded: count)
-        frame[VirtioNet.numBuffersOffset + 1] = UInt8(truncatingIfNeeded: count >> 8)
+        // SAFETY: the num_buffers field lies inside the virtio-net header at the start of the frame buffer.
+        unsafe frame[VirtioNet.numBuffersOffset] = UInt8(truncatingIfNeeded: count)
+        unsafe frame[VirtioNet.numBuffersOffset + 1] = UInt8(truncatingIfNeeded: count >> 8)
         var offset = 0
         let chains = held
         held = []
@@ -241,7 +249,7 @@ public final class NetDevice: @unchecked Sendable {
         pendingLength = 0
         for chain in chains {
             let n = min(chain.writableLength, total - offset)
-            try chain.write(to: queue.memory, offset: 0, from: UnsafeRawBufferPointer(rebasing: frame[offset..<offset + n]))
+            unsafe try chain.write(to: queue.memory, offset: 0, from: UnsafeRawBufferPointer(rebasing: frame[offset..<offset + n]))
             try queue.pushUsed(head: chain.head, length: UInt32(n))
             offset += n
         }
@@ -267,13 +275,14 @@ public final class NetDevice: @unchecked Sendable {
             txErrors += 1
             return
         }
-        guard let views = try? chain.hostBuffers(in: memory, writable: false, offset: 0, count: length),
-              views.count <= 1024 /* IOV_MAX */ else {
+        // SAFETY: views of guest memory checked by the chain, read by one writev before this returns.
+        guard let views = unsafe try? chain.hostBuffers(in: memory, writable: false, offset: 0, count: length),
+              unsafe views.count <= 1024 /* IOV_MAX */ else {
             txErrors += 1
             return
         }
-        var iovs = views.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
-        let n = retryingEINTR { writev(fd, &iovs, Int32(iovs.count)) }
+        var iovs = unsafe views.map { unsafe iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
+        let n = retryingEINTR { unsafe writev(fd, &iovs, Int32(iovs.count)) }
         // A full TAP queue or a frame the kernel refuses (bad GSO header)
         // costs that frame: the guest's own protocols retransmit.
         if n == length { txFrames += 1 } else { txErrors += 1 }

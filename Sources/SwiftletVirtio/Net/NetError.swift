@@ -78,5 +78,6 @@ public struct MACAddress: Sendable, Equatable, CustomStringConvertible {
 }
 
 private func swlRandom(_ bytes: inout [UInt8]) -> Int32 {
-    bytes.withUnsafeMutableBytes { swl_getrandom($0.baseAddress, $0.count) }
+    // SAFETY: getrandom fills at most the array's own bytes.
+    unsafe bytes.withUnsafeMutableBytes { unsafe swl_getrandom($0.baseAddress, $0.count) }
 }

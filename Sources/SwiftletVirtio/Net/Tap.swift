@@ -42,15 +42,16 @@ public final class TapDevice: Sendable {
     /// Attaches the existing TAP `name`. Never creates one.
     public static func attach(_ name: String) throws(NetError) -> TapDevice {
         guard isValidName(name) else { throw .invalidTapName(name) }
-        guard swl_if_index(name) != 0 else { throw .noSuchTap(name) }
+        // SAFETY: the name is a Swift string passed as a C string for the call only.
+        guard unsafe swl_if_index(name) != 0 else { throw .noSuchTap(name) }
         var out = [CChar](repeating: 0, count: 16)
-        let fd = swl_tap_open(name, &out)
+        let fd = unsafe swl_tap_open(name, &out)
         if fd < 0 {
             let err = errno
             switch err {
             case EBUSY, EINVAL: throw .tapBusy(name)
             case EPERM, EACCES:
-                if access(tunDevice, R_OK | W_OK) != 0 { throw .tunNotAccessible }
+                if unsafe access(tunDevice, R_OK | W_OK) != 0 { throw .tunNotAccessible }
                 throw .notPermitted("attaching TAP '\(name)' (not owned by this user)")
             default: throw .system(SystemError("TUNSETIFF(\(name))", errno: err))
             }
@@ -64,14 +65,15 @@ public final class TapDevice: Sendable {
     /// side the first free /30 of 172.30.0.0/16 and brings it up.
     public static func create(index: Int = 0) throws(NetError) -> TapDevice {
         let name = "swl\(getpid())n\(index)"
-        guard swl_if_index(name) == 0 else { throw .tapBusy(name) }
+        // SAFETY: the name is a Swift string passed as a C string for the call only.
+        guard unsafe swl_if_index(name) == 0 else { throw .tapBusy(name) }
         // Address choice and assignment are one step across Swiftlet processes
         // in this network namespace (the addresses it sees are per namespace too).
         let lock = AddressPlanLock.acquire()
         defer { _ = lock }
         let plan = try NetAddressPlan.firstFree()
         var out = [CChar](repeating: 0, count: 16)
-        let fd = swl_tap_open(name, &out)
+        let fd = unsafe swl_tap_open(name, &out)
         if fd < 0 {
             let err = errno
             if err == EPERM || err == EACCES { throw .notPermitted("--net auto (creating a TAP device)") }
@@ -80,7 +82,8 @@ public final class TapDevice: Sendable {
         // From here the fd owns the interface: closing it (TapDevice.deinit
         // or the throw paths below) removes it again.
         let tap = try TapDevice(fd: fd, name: name, plan: plan)
-        if swl_if_set_ipv4_up(name, plan.host, NetAddressPlan.mask) != 0 {
+        // SAFETY: the name is passed as a C string for the call only.
+        if unsafe swl_if_set_ipv4_up(name, plan.host, NetAddressPlan.mask) != 0 {
             let err = errno
             if err == EPERM || err == EACCES { throw .notPermitted("--net auto (setting the TAP's address)") }
             throw .system(SystemError("ioctl(SIOCSIFADDR \(name))", errno: err))
@@ -108,14 +111,15 @@ enum AddressPlanLock {
     /// free and holds it. Nil, too, when the file is not safe to trust.
     static func acquire(path: String = path, waitMillis: Int = 10_000) -> OwnedFD? {
         let directory = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
-        if !directory.isEmpty { _ = mkdir(directory, 0o755) }
+        // SAFETY: a path string passed for the call only.
+        if !directory.isEmpty { _ = unsafe mkdir(directory, 0o755) }
         var st = stat()
-        guard lstat(directory.isEmpty ? "/" : directory, &st) == 0, st.st_mode & S_IFMT == S_IFDIR,
+        guard unsafe lstat(directory.isEmpty ? "/" : directory, &st) == 0, st.st_mode & S_IFMT == S_IFDIR,
               st.st_uid == geteuid() || st.st_uid == 0, st.st_mode & 0o022 == 0 else { return nil }
-        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        let fd = unsafe open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else { return nil }
         let lock = OwnedFD(taking: fd)
-        guard fstat(lock.raw, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_uid == geteuid(), st.st_mode & 0o077 == 0 else {
+        guard unsafe fstat(lock.raw, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_uid == geteuid(), st.st_mode & 0o077 == 0 else {
             return nil
         }
         for _ in 0...max(waitMillis, 0) {

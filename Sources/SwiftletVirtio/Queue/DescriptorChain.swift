@@ -125,10 +125,11 @@ public struct DescriptorChain: Sendable {
     /// buffers) into `into`. Throws if the range runs past the readable part.
     public func read(from memory: GuestMemory, offset: Int, into: UnsafeMutableRawBufferPointer) throws(VirtqueueError) {
         var done = 0
-        try forEachSegment(in: memory, deviceWritable: false, offset: offset, count: into.count) { segment in
+        // SAFETY: each segment is a checked view of guest memory, and the copies fill `into` exactly, in order.
+        unsafe try forEachSegment(in: memory, deviceWritable: false, offset: offset, count: into.count) { segment in
             // SAFETY: `segment` is a bounds-checked slice of guest memory, and the
             // segments sum to exactly `into.count`, so `done + segment.count <= into.count`.
-            (into.baseAddress! + done).copyMemory(from: segment.baseAddress!, byteCount: segment.count)
+            unsafe (into.baseAddress! + done).copyMemory(from: segment.baseAddress!, byteCount: segment.count)
             done += segment.count
         }
     }
@@ -137,9 +138,10 @@ public struct DescriptorChain: Sendable {
     /// buffers). Throws if the range runs past the writable part.
     public func write(to memory: GuestMemory, offset: Int, from: UnsafeRawBufferPointer) throws(VirtqueueError) {
         var done = 0
-        try forEachSegment(in: memory, deviceWritable: true, offset: offset, count: from.count) { segment in
+        // SAFETY: each segment is a checked view of guest memory, and the copies take `from` exactly, in order.
+        unsafe try forEachSegment(in: memory, deviceWritable: true, offset: offset, count: from.count) { segment in
             // SAFETY: as in `read`, with the roles of the two buffers swapped.
-            segment.baseAddress!.copyMemory(from: from.baseAddress! + done, byteCount: segment.count)
+            unsafe segment.baseAddress!.copyMemory(from: from.baseAddress! + done, byteCount: segment.count)
             done += segment.count
         }
     }
@@ -150,10 +152,12 @@ public struct DescriptorChain: Sendable {
     ///
     /// Each view is bounds-checked against guest memory and stays valid while `memory` lives.
     public func hostBuffers(in memory: GuestMemory, writable: Bool, offset: Int, count: Int) throws(VirtqueueError) -> [UnsafeMutableRawBufferPointer] {
-        var views: [UnsafeMutableRawBufferPointer] = []
-        views.reserveCapacity(writable ? writableCount : readableCount)
-        try forEachSegment(in: memory, deviceWritable: writable, offset: offset, count: count) { views.append($0) }
-        return views
+        // SAFETY: views of guest memory checked by `forEachSegment`; the caller uses them before the guest can reuse
+        // the chain.
+        var views: [UnsafeMutableRawBufferPointer] = unsafe []
+        unsafe views.reserveCapacity(writable ? writableCount : readableCount)
+        unsafe try forEachSegment(in: memory, deviceWritable: writable, offset: offset, count: count) { unsafe views.append($0) }
+        return unsafe views
     }
 
     /// Fast path for a request header: the checked host view of the first
@@ -164,7 +168,8 @@ public struct DescriptorChain: Sendable {
         guard readableCount > 0, count >= 0 else { return nil }
         let first = buffers[0]
         guard Int(first.length) >= count else { return nil }
-        return try? memory.slice(at: first.address, count: count)
+        // SAFETY: a checked slice of guest memory (GuestMemory.slice).
+        return unsafe try? memory.slice(at: first.address, count: count)
     }
 
     /// Fast path for a status byte: the checked host address of the last
@@ -178,7 +183,8 @@ public struct DescriptorChain: Sendable {
         // length - 1 < 2^32, so the sum overflows only for a hostile address: checked.
         let (address, overflow) = last.address.addingReportingOverflow(UInt64(last.length - 1))
         guard !overflow else { return nil }
-        return (try? memory.slice(at: address, count: 1))?.baseAddress
+        // SAFETY: a checked one-byte slice of guest memory.
+        return unsafe (try? memory.slice(at: address, count: 1))?.baseAddress
     }
 
     /// Calls `body` with the checked host view of each non-empty piece of the
@@ -209,8 +215,9 @@ public struct DescriptorChain: Sendable {
             let (address, overflow) = buffer.address.addingReportingOverflow(UInt64(skip))
             guard !overflow else { throw .memory(.outOfBounds(address: buffer.address, length: length)) }
             let view: UnsafeMutableRawBufferPointer
-            do { view = try memory.slice(at: address, count: take) } catch { throw .memory(error) }
-            body(view)
+            // SAFETY: `slice` checks the range against guest memory; `take` never exceeds the descriptor's length.
+            do { unsafe view = unsafe try memory.slice(at: address, count: take) } catch { throw .memory(error) }
+            unsafe body(view)
             skip = 0
             left -= take
         }

@@ -32,7 +32,10 @@ public struct VirtqueueConfig: Sendable, Equatable {
 ///
 /// `@unchecked Sendable`: it holds raw pointers into guest memory and its
 /// indices; one thread at a time uses it (the transport's service lock).
-public final class Virtqueue: @unchecked Sendable {
+///
+/// `@safe`: its ring pointers were checked against guest memory when the
+/// driver set the queue up (`ring`); every use of them below stays inside.
+@safe public final class Virtqueue: @unchecked Sendable {
     /// Descriptor flags (section 2.7.5).
     enum DescFlag {
         static let next: UInt16 = 1
@@ -100,16 +103,20 @@ public final class Virtqueue: @unchecked Sendable {
         let size = Int(config.size)
         func ring(_ part: VirtqueuePart, _ address: UInt64, align: UInt64, length: Int) throws(VirtqueueError) -> UnsafeMutableRawPointer {
             guard address % align == 0 else { throw .misaligned(part, address: address) }
-            guard let view = try? memory.slice(at: address, count: length) else {
+            // SAFETY: the ring's whole extent is checked against guest memory once, here; the rings keep these
+            // pointers.
+            guard let view = unsafe try? memory.slice(at: address, count: length) else {
                 throw .ringOutOfBounds(part, address: address, length: length)
             }
             return view.baseAddress!
         }
         // The spec sizes the rings including used_event / avail_event whether
         // or not EVENT_IDX is negotiated.
-        desc = try ring(.descriptorTable, config.descTable, align: 16, length: 16 * size)
-        avail = try ring(.availRing, config.availRing, align: 2, length: 6 + 2 * size)
-        used = try ring(.usedRing, config.usedRing, align: 4, length: 6 + 8 * size)
+        // SAFETY: each ring's extent is checked by `ring`; `nextAvail` and the
+        // rest are `@exclusivity(unchecked)` state that only this init touches yet.
+        unsafe desc = unsafe try ring(.descriptorTable, config.descTable, align: 16, length: 16 * size)
+        unsafe avail = unsafe try ring(.availRing, config.availRing, align: 2, length: 6 + 2 * size)
+        unsafe used = unsafe try ring(.usedRing, config.usedRing, align: 4, length: 6 + 8 * size)
         self.memory = memory
         self.config = config
         self.eventIndex = eventIndex
@@ -117,9 +124,9 @@ public final class Virtqueue: @unchecked Sendable {
         self.size = size
         self.mask = config.size - 1
         self.maxIndirect = Int(max(limit, config.size))
-        self.nextAvail = nextAvail
-        self.nextUsed = nextUsed
-        self.signalledUsed = nextUsed
+        unsafe self.nextAvail = nextAvail
+        unsafe self.nextUsed = nextUsed
+        unsafe self.signalledUsed = nextUsed
     }
 
     // MARK: - Ring fields
@@ -131,13 +138,14 @@ public final class Virtqueue: @unchecked Sendable {
     /// aligned for `Atomic<UInt16>`, which has the layout of a `UInt16`.
     @inline(__always)
     private func field16(_ ring: UnsafeMutableRawPointer, _ offset: Int) -> UnsafeMutablePointer<Atomic<UInt16>> {
-        (ring + offset).assumingMemoryBound(to: Atomic<UInt16>.self)
+        unsafe (ring + offset).assumingMemoryBound(to: Atomic<UInt16>.self)
     }
-    private var availFlags: UnsafeMutablePointer<Atomic<UInt16>> { field16(avail, 0) }
-    private var availIdx: UnsafeMutablePointer<Atomic<UInt16>> { field16(avail, 2) }
-    private var usedEvent: UnsafeMutablePointer<Atomic<UInt16>> { field16(avail, 4 + 2 * size) }
-    private var usedIdx: UnsafeMutablePointer<Atomic<UInt16>> { field16(used, 2) }
-    private var availEvent: UnsafeMutablePointer<Atomic<UInt16>> { field16(used, 4 + 8 * size) }
+    // SAFETY: the offsets below lie inside the rings' checked extents (see `field16`).
+    private var availFlags: UnsafeMutablePointer<Atomic<UInt16>> { unsafe field16(avail, 0) }
+    private var availIdx: UnsafeMutablePointer<Atomic<UInt16>> { unsafe field16(avail, 2) }
+    private var usedEvent: UnsafeMutablePointer<Atomic<UInt16>> { unsafe field16(avail, 4 + 2 * size) }
+    private var usedIdx: UnsafeMutablePointer<Atomic<UInt16>> { unsafe field16(used, 2) }
+    private var availEvent: UnsafeMutablePointer<Atomic<UInt16>> { unsafe field16(used, 4 + 8 * size) }
 
     /// One descriptor as read from a table: a private copy, so the guest
     /// changing the table afterwards changes nothing we validated.
@@ -150,11 +158,11 @@ public final class Virtqueue: @unchecked Sendable {
         /// SAFETY: the caller guarantees `table` holds at least `16 * (index + 1)` bytes.
         @inline(__always)
         init(_ table: UnsafeRawPointer, index: Int) {
-            let p = table + 16 * index
-            address = UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
-            length = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
-            flags = UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt16.self))
-            next = UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 14, as: UInt16.self))
+            let p = unsafe table + 16 * index
+            address = unsafe UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
+            length = unsafe UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+            flags = unsafe UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt16.self))
+            next = unsafe UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 14, as: UInt16.self))
         }
     }
 
@@ -220,22 +228,24 @@ public final class Virtqueue: @unchecked Sendable {
     /// An available index more than a queue size ahead throws `.availIndexJump`,
     /// and keeps throwing: the driver must reset the queue.
     public func pop() throws(VirtqueueError) -> DescriptorChain? {
-        if isBroken, let broken { throw broken }
+        // SAFETY: `@exclusivity(unchecked)` state: one thread at a time uses the queue (the transport's service
+        // lock).
+        if unsafe isBroken, let broken { throw broken }
         // Acquire: the ring entry and descriptors the driver wrote before
         // publishing this index are visible to the reads below.
-        let availIndex = UInt16(littleEndian: availIdx.pointee.load(ordering: .acquiring))
-        let pending = availIndex &- nextAvail // wrapping: both are free-running 16-bit counters
+        let availIndex = unsafe UInt16(littleEndian: availIdx.pointee.load(ordering: .acquiring))
+        let pending = unsafe availIndex &- nextAvail // wrapping: both are free-running 16-bit counters
         if pending == 0 { return nil }
         guard pending <= config.size else {
-            let error = VirtqueueError.availIndexJump(availIndex: availIndex, nextAvail: nextAvail, size: config.size)
+            let error = unsafe VirtqueueError.availIndexJump(availIndex: availIndex, nextAvail: nextAvail, size: config.size)
             broken = error
-            isBroken = true
+            unsafe isBroken = true
             throw error
         }
         // SAFETY: the slot is masked below `size`, inside the avail ring's 6 + 2*size bytes.
-        let slot = Int(nextAvail & mask)
-        let head = UInt16(littleEndian: avail.loadUnaligned(fromByteOffset: 4 + 2 * slot, as: UInt16.self))
-        nextAvail &+= 1
+        let slot = unsafe Int(nextAvail & mask)
+        let head = unsafe UInt16(littleEndian: avail.loadUnaligned(fromByteOffset: 4 + 2 * slot, as: UInt16.self))
+        unsafe nextAvail &+= 1
         return try chain(at: head)
     }
 
@@ -252,7 +262,7 @@ public final class Virtqueue: @unchecked Sendable {
             count += 1
             guard count <= size else { throw builder.fail("longer than the queue size \(size) (a loop?)") }
             // SAFETY: index < size, and the table holds 16 * size bytes.
-            let d = Descriptor(desc, index: index)
+            let d = unsafe Descriptor(desc, index: index)
             if d.flags & DescFlag.indirect != 0 {
                 guard indirect else { throw builder.fail("indirect descriptor without VIRTIO_F_INDIRECT_DESC") }
                 guard d.flags & DescFlag.next == 0 else { throw builder.fail("indirect descriptor with NEXT set") }
@@ -276,7 +286,8 @@ public final class Virtqueue: @unchecked Sendable {
         guard entries <= maxIndirect else {
             throw builder.fail("indirect table of \(entries) entries exceeds \(maxIndirect)")
         }
-        guard let table = try? memory.slice(at: d.address, count: Int(d.length)) else {
+        // SAFETY: the indirect table's extent is checked against guest memory; entries are copied out before use.
+        guard let table = unsafe try? memory.slice(at: d.address, count: Int(d.length)) else {
             throw builder.fail("indirect table at 0x\(String(d.address, radix: 16)) (\(d.length) bytes) is outside guest memory")
         }
         var index = 0
@@ -285,7 +296,7 @@ public final class Virtqueue: @unchecked Sendable {
             count += 1
             guard count <= entries else { throw builder.fail("indirect chain longer than its table (a loop?)") }
             // SAFETY: index < entries, and the checked slice holds 16 * entries bytes.
-            let e = Descriptor(UnsafeRawPointer(table.baseAddress!), index: index)
+            let e = unsafe Descriptor(UnsafeRawPointer(table.baseAddress!), index: index)
             guard e.flags & DescFlag.indirect == 0 else { throw builder.fail("nested indirect descriptor") }
             try builder.append(e, memory: memory)
             guard e.flags & DescFlag.next != 0 else { break }
@@ -303,12 +314,12 @@ public final class Virtqueue: @unchecked Sendable {
         guard head < config.size else { throw .invalidUsedHead(head, size: config.size) }
         // SAFETY: the slot is masked below `size`, so the 8-byte element lies
         // inside the used ring's 6 + 8*size bytes.
-        let element = 4 + 8 * Int(nextUsed & mask)
-        used.storeBytes(of: UInt32(head).littleEndian, toByteOffset: element, as: UInt32.self)
-        used.storeBytes(of: length.littleEndian, toByteOffset: element + 4, as: UInt32.self)
-        nextUsed &+= 1
-        usedIdx.pointee.store(nextUsed.littleEndian, ordering: .releasing)
-        pushedSinceSignal += 1
+        let element = unsafe 4 + 8 * Int(nextUsed & mask)
+        unsafe used.storeBytes(of: UInt32(head).littleEndian, toByteOffset: element, as: UInt32.self)
+        unsafe used.storeBytes(of: length.littleEndian, toByteOffset: element + 4, as: UInt32.self)
+        unsafe nextUsed &+= 1
+        unsafe usedIdx.pointee.store(nextUsed.littleEndian, ordering: .releasing)
+        unsafe pushedSinceSignal += 1
     }
 
     /// Whether the driver wants an interrupt for the used entries pushed since
@@ -316,12 +327,13 @@ public final class Virtqueue: @unchecked Sendable {
     /// index passed `used_event`; otherwise unless the driver set NO_INTERRUPT.
     /// Call once after a batch of `pushUsed`.
     public func needsInterrupt() -> Bool {
-        guard pushedSinceSignal > 0 else { return false }
-        let old = signalledUsed
-        let new = nextUsed
-        let pushed = pushedSinceSignal
-        signalledUsed = new
-        pushedSinceSignal = 0
+        // SAFETY: `@exclusivity(unchecked)` state, used by one thread at a time.
+        guard unsafe pushedSinceSignal > 0 else { return false }
+        let old = unsafe signalledUsed
+        let new = unsafe nextUsed
+        let pushed = unsafe pushedSinceSignal
+        unsafe signalledUsed = new
+        unsafe pushedSinceSignal = 0
         // Full fence: the used index store must be visible before we read the
         // driver's suppression state, or we could miss a driver that just
         // re-enabled interrupts after seeing the old index.
@@ -329,11 +341,13 @@ public final class Virtqueue: @unchecked Sendable {
         if eventIndex {
             // 2^16 pushes wrap the window; the driver has surely asked by then.
             if pushed >= 1 << 16 { return true }
-            let event = UInt16(littleEndian: usedEvent.pointee.load(ordering: .relaxed))
+            // SAFETY: used_event lies inside the available ring's checked extent (see `field16`).
+            let event = unsafe UInt16(littleEndian: usedEvent.pointee.load(ordering: .relaxed))
             // "used_event is in [old, new)", in wrapping 16-bit arithmetic.
             return new &- event &- 1 < new &- old
         }
-        return UInt16(littleEndian: availFlags.pointee.load(ordering: .relaxed)) & Self.availNoInterrupt == 0
+        // SAFETY: the flags field lies inside the available ring's checked extent.
+        return unsafe UInt16(littleEndian: availFlags.pointee.load(ordering: .relaxed)) & Self.availNoInterrupt == 0
     }
 
     /// Before going idle: with EVENT_IDX, publishes `avail_event` = `nextAvail`
@@ -341,14 +355,15 @@ public final class Virtqueue: @unchecked Sendable {
     /// arrived meanwhile, in which case the caller must `pop()` again instead
     /// of waiting for a notification that may never come.
     public func enableNotification() -> Bool {
-        if isBroken { return false }
+        // SAFETY: `@exclusivity(unchecked)` state, used by one thread at a time.
+        if unsafe isBroken { return false }
         if eventIndex {
-            availEvent.pointee.store(nextAvail.littleEndian, ordering: .relaxed)
+            unsafe availEvent.pointee.store(nextAvail.littleEndian, ordering: .relaxed)
         }
         // Full fence: publish avail_event before re-reading avail.idx, pairing
         // with the driver's fence between writing avail.idx and reading avail_event.
         atomicMemoryFence(ordering: .sequentiallyConsistent)
-        return UInt16(littleEndian: availIdx.pointee.load(ordering: .acquiring)) != nextAvail
+        return unsafe UInt16(littleEndian: availIdx.pointee.load(ordering: .acquiring)) != nextAvail
     }
 }
 
@@ -375,7 +390,8 @@ struct ChainBuilder {
     mutating func append(_ d: Virtqueue.Descriptor, memory: GuestMemory) throws(VirtqueueError) {
         // Empty buffers are legal and their address is never used, so only
         // non-empty ones must lie inside guest memory.
-        if d.length > 0 && (try? memory.slice(at: d.address, count: Int(d.length))) == nil {
+        // SAFETY: only whether the buffer lies inside guest memory is asked; no pointer is kept.
+        if unsafe d.length > 0 && (try? memory.slice(at: d.address, count: Int(d.length))) == nil {
             throw fail("buffer at 0x\(String(d.address, radix: 16)) (\(d.length) bytes) is outside guest memory")
         }
         // At most 2^17 buffers of < 2^32 bytes: no sum can overflow.

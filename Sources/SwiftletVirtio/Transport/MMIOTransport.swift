@@ -150,15 +150,18 @@ public final class VirtioMMIOTransport: BusDevice, Sendable {
     // MARK: Register reads
 
     public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
-        for i in data.indices { data[i] = 0 }
+        // SAFETY: `i` comes from `data.indices`.
+        for i in data.indices { unsafe data[i] = 0 }
         if offset >= Reg.config {
-            registers.withLock { _ in device.readConfig(offset: Int(offset - Reg.config), into: data) }
+            // SAFETY: the vCPU's MMIO bytes, valid for this call; the device bounds the offset.
+            registers.withLock { _ in unsafe device.readConfig(offset: Int(offset - Reg.config), into: data) }
             return
         }
         // Registers are 32-bit, read whole and aligned (virtio-mmio 4.2.2.1).
         guard data.count == 4, offset % 4 == 0 else { return }
         if offset == Reg.interruptStatus {
-            data.storeBytes(of: interruptStatus.load(ordering: .acquiring).littleEndian, as: UInt32.self)
+            // SAFETY: `data.count == 4`, checked just above.
+            unsafe data.storeBytes(of: interruptStatus.load(ordering: .acquiring).littleEndian, as: UInt32.self)
             return
         }
         let value: UInt32 = registers.withLock { s in
@@ -180,7 +183,8 @@ public final class VirtioMMIOTransport: BusDevice, Sendable {
             default: return 0
             }
         }
-        data.storeBytes(of: value.littleEndian, as: UInt32.self)
+        // SAFETY: only 4-byte accesses get here (narrower ones return early above), so `data` holds 4 bytes.
+        unsafe data.storeBytes(of: value.littleEndian, as: UInt32.self)
     }
 
     // MARK: Register writes
@@ -190,13 +194,14 @@ public final class VirtioMMIOTransport: BusDevice, Sendable {
             registers.withLock { s in
                 // Config writes only once the driver is there and before it gave up.
                 if s.status & Status.driver != 0 && s.status & Status.failed == 0 {
-                    device.writeConfig(offset: Int(offset - Reg.config), from: data)
+                    // SAFETY: `data` is the vCPU's MMIO bytes, valid for this call; the device bounds the offset.
+                    unsafe device.writeConfig(offset: Int(offset - Reg.config), from: data)
                 }
             }
             return
         }
         guard data.count == 4, offset % 4 == 0 else { return }
-        let value = UInt32(littleEndian: data.loadUnaligned(as: UInt32.self))
+        let value = unsafe UInt32(littleEndian: data.loadUnaligned(as: UInt32.self))
         switch offset {
         case Reg.queueNotify:
             // Normally KVM's ioeventfd takes this write before it exits to us.
@@ -324,7 +329,9 @@ public final class VirtioMMIOTransport: BusDevice, Sendable {
                 status: s.status, deviceFeaturesSel: s.deviceFeaturesSel, driverFeaturesSel: s.driverFeaturesSel,
                 driverFeatures: s.driverFeatures, queueSel: s.queueSel, interruptStatus: interruptStatus.load(ordering: .acquiring),
                 queues: s.queues.enumerated().map { i, q in
-                    SavedState.Queue(size: q.size, desc: q.desc, driver: q.driver, device: q.device, ready: q.ready,
+                    // SAFETY: reads the queue's indices under the service lock, which the queue's exclusivity relies
+                    // on.
+                    unsafe SavedState.Queue(size: q.size, desc: q.desc, driver: q.driver, device: q.device, ready: q.ready,
                                      nextAvail: queues[i]?.nextAvail ?? 0, nextUsed: queues[i]?.nextUsed ?? 0)
                 })
         }

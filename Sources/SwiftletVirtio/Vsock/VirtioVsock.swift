@@ -57,7 +57,8 @@ public enum VirtioVsock {
 
     /// The configuration space: le64 guest_cid.
     static func configSpace(guestCID: UInt32) -> [UInt8] {
-        withUnsafeBytes(of: UInt64(guestCID).littleEndian) { Array($0) }
+        // SAFETY: copies the 8 bytes of a local value.
+        unsafe withUnsafeBytes(of: UInt64(guestCID).littleEndian) { unsafe Array($0) }
     }
 }
 

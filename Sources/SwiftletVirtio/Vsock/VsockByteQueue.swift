@@ -18,7 +18,8 @@ struct VsockByteQueue {
             storage.removeFirst(head)
             head = 0
         }
-        storage.append(contentsOf: bytes)
+        // SAFETY: the caller's buffer is valid for this call and copied at once.
+        unsafe storage.append(contentsOf: bytes)
     }
 
     /// Appends `count` bytes that `fill` writes into place; `fill` returns
@@ -31,14 +32,16 @@ struct VsockByteQueue {
         }
         let start = storage.count
         storage.append(contentsOf: repeatElement(0, count: count))
-        let ok = storage.withUnsafeMutableBytes { fill(UnsafeMutableRawBufferPointer(rebasing: $0[start...])) }
+        // SAFETY: `fill` gets exactly the `count` bytes just added past `start`, for the call only.
+        let ok = unsafe storage.withUnsafeMutableBytes { unsafe fill(UnsafeMutableRawBufferPointer(rebasing: $0[start...])) }
         if !ok { storage.removeLast(count) }
         return ok
     }
 
     /// Calls `body` with the waiting bytes (contiguous).
     func withBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
-        storage.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[head...])) }
+        // SAFETY: the bytes from `head` on, lent to `body` for the call only.
+        unsafe storage.withUnsafeBytes { unsafe body(UnsafeRawBufferPointer(rebasing: $0[head...])) }
     }
 
     /// Drops the first `n` waiting bytes (those written).

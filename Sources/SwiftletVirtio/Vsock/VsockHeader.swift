@@ -54,7 +54,8 @@ public struct VsockHeader: Sendable, Equatable {
     public init?(_ bytes: UnsafeRawBufferPointer) {
         guard bytes.count >= VirtioVsock.headerSize else { return nil }
         func le<T: FixedWidthInteger>(_ offset: Int, _: T.Type) -> T {
-            T(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: T.self))
+            // SAFETY: every field's offset plus size is inside the 44-byte header, whose length `init` checked.
+            unsafe T(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: T.self))
         }
         self.init(srcCID: le(Offset.srcCID, UInt64.self), dstCID: le(Offset.dstCID, UInt64.self),
                   srcPort: le(Offset.srcPort, UInt32.self), dstPort: le(Offset.dstPort, UInt32.self),
@@ -65,7 +66,8 @@ public struct VsockHeader: Sendable, Equatable {
 
     /// Decodes the first 44 bytes of `bytes`; nil when there are fewer.
     public init?(_ bytes: [UInt8]) {
-        guard let h = bytes.withUnsafeBytes({ VsockHeader($0) }) else { return nil }
+        // SAFETY: the array's bytes, lent for the call; `VsockHeader.init` checks their length.
+        guard let h = unsafe bytes.withUnsafeBytes({ unsafe VsockHeader($0) }) else { return nil }
         self = h
     }
 
@@ -73,7 +75,9 @@ public struct VsockHeader: Sendable, Equatable {
     public func encode(into bytes: UnsafeMutableRawBufferPointer) {
         precondition(bytes.count >= VirtioVsock.headerSize, "vsock header needs 44 bytes")
         func put<T: FixedWidthInteger>(_ value: T, _ offset: Int) {
-            bytes.storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self)
+            // SAFETY: every field's offset plus size is inside the header, and `encode` is handed at least `size`
+            // bytes.
+            unsafe bytes.storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self)
         }
         put(srcCID, Offset.srcCID)
         put(dstCID, Offset.dstCID)
@@ -90,7 +94,8 @@ public struct VsockHeader: Sendable, Equatable {
     /// The 44 wire bytes.
     public var bytes: [UInt8] {
         var out = [UInt8](repeating: 0, count: VirtioVsock.headerSize)
-        out.withUnsafeMutableBytes { encode(into: $0) }
+        // SAFETY: `out` holds exactly the header's size.
+        unsafe out.withUnsafeMutableBytes { unsafe encode(into: $0) }
         return out
     }
 

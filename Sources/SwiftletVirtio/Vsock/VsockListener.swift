@@ -31,7 +31,8 @@ final class VsockListener {
         guard fd >= 0 else { return }
         _ = Glibc.close(fd)
         fd = -1
-        if let fileID, let now = Self.identity(path), now == fileID { unlink(path) }
+        // SAFETY: a path string passed for the call only.
+        if let fileID, let now = Self.identity(path), now == fileID { unsafe unlink(path) }
     }
 
     private static func bind(_ path: String) throws(VsockError) -> OwnedFD {
@@ -48,7 +49,8 @@ final class VsockListener {
 
     private static func identity(_ path: String) -> (dev: UInt64, ino: UInt64)? {
         var st = stat()
-        guard lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK else { return nil }
+        // SAFETY: `st` is a local stat buffer that lstat fills.
+        guard unsafe lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK else { return nil }
         return (UInt64(st.st_dev), UInt64(st.st_ino))
     }
 }

@@ -34,7 +34,8 @@ extension VsockMuxState {
                 let (header, conn) = packetAndConnection
                 guard let chain = try takeRxChain(queue) else { break delivery }
                 let bytes = header.bytes
-                let wrote = bytes.withUnsafeBytes { (try? chain.write(to: queue.memory, offset: 0, from: $0)) != nil }
+                // SAFETY: the packet's bytes, lent for the call; the chain write checks the guest's side.
+                let wrote = unsafe bytes.withUnsafeBytes { unsafe (try? chain.write(to: queue.memory, offset: 0, from: $0)) != nil }
                 try queue.pushUsed(head: chain.head, length: wrote ? UInt32(VirtioVsock.headerSize) : 0)
                 rxPushed = true
                 guard wrote else { continue } // a buffer too small for a header: the next one gets this packet
@@ -156,15 +157,17 @@ extension VsockMuxState {
         var n: Int = -1
         var failure: Int32 = 0
         do {
-            try withUnsafeTemporaryAllocation(of: iovec.self, capacity: chain.writableCount) { iovs throws(VirtqueueError) in
+            // SAFETY: one iovec per writable buffer at most, each a view checked by the chain, living only inside
+            // this call.
+            unsafe try withUnsafeTemporaryAllocation(of: iovec.self, capacity: chain.writableCount) { iovs throws(VirtqueueError) in
                 var used = 0
-                try chain.forEachSegment(in: memory, deviceWritable: true, offset: VirtioVsock.headerSize, count: count) { view in
+                unsafe try chain.forEachSegment(in: memory, deviceWritable: true, offset: VirtioVsock.headerSize, count: count) { view in
                     // SAFETY: at most one view per writable buffer; checked anyway.
                     precondition(used < iovs.count)
-                    iovs[used] = iovec(iov_base: view.baseAddress, iov_len: view.count)
+                    unsafe iovs[used] = unsafe iovec(iov_base: view.baseAddress, iov_len: view.count)
                     used += 1
                 }
-                n = retryingEINTR { readv(fd, iovs.baseAddress, Int32(used)) }
+                n = retryingEINTR { unsafe readv(fd, iovs.baseAddress, Int32(used)) }
                 if n < 0 { failure = errno }
             }
         } catch {
@@ -175,7 +178,8 @@ extension VsockMuxState {
         }
         if n > 0, let header = conn.header(op: .rw, guestCID: guestCID, len: UInt32(n)) {
             conn.txCnt &+= UInt32(n)
-            let wrote = header.bytes.withUnsafeBytes { (try? chain.write(to: memory, offset: 0, from: $0)) != nil }
+            // SAFETY: the header's bytes, lent for the call; the chain write checks the guest's side.
+            let wrote = unsafe header.bytes.withUnsafeBytes { unsafe (try? chain.write(to: memory, offset: 0, from: $0)) != nil }
             try queue.pushUsed(head: chain.head, length: wrote ? UInt32(VirtioVsock.headerSize + n) : 0)
             rxPushed = true
             sent(header, for: conn)
@@ -203,7 +207,8 @@ extension VsockMuxState {
         var pushed = false
         while transportResetPending, let chain = try queue.popServable(returnedMalformed: { pushed = true }) {
             let event = VirtioVsock.eventTransportReset.littleEndian
-            let wrote = withUnsafeBytes(of: event) { (try? chain.write(to: queue.memory, offset: 0, from: $0)) != nil }
+            // SAFETY: the event's bytes, lent for the call; the chain write checks the guest's side.
+            let wrote = unsafe withUnsafeBytes(of: event) { unsafe (try? chain.write(to: queue.memory, offset: 0, from: $0)) != nil }
             try queue.pushUsed(head: chain.head, length: wrote ? UInt32(VirtioVsock.eventSize) : 0)
             pushed = true
             if wrote { transportResetPending = false }

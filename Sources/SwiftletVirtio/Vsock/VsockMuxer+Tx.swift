@@ -31,10 +31,11 @@ extension VsockMuxState {
             stats.droppedPackets += 1
             return
         }
-        let header: VsockHeader? = withUnsafeMutableBytes(of: &raw) { bytes in
-            let view = UnsafeMutableRawBufferPointer(rebasing: bytes[0..<VirtioVsock.headerSize])
-            guard (try? chain.read(from: memory, offset: 0, into: view)) != nil else { return nil }
-            return VsockHeader(UnsafeRawBufferPointer(view))
+        // SAFETY: reads exactly the local header buffer's bytes; the chain read checks the guest's side.
+        let header: VsockHeader? = unsafe withUnsafeMutableBytes(of: &raw) { bytes in
+            let view = unsafe UnsafeMutableRawBufferPointer(rebasing: bytes[0..<VirtioVsock.headerSize])
+            guard unsafe (try? chain.read(from: memory, offset: 0, into: view)) != nil else { return nil }
+            return unsafe VsockHeader(UnsafeRawBufferPointer(view))
         }
         guard let h = header else {
             stats.droppedPackets += 1
@@ -103,7 +104,8 @@ extension VsockMuxState {
         conn.state = .established
         endHandshake(conn)
         let ok = VsockConnectLine.okLine(hostPort: key.local)
-        ok.withUnsafeBytes { conn.writeBuffer.append($0) }
+        // SAFETY: the reply's bytes, lent for the call and copied.
+        unsafe ok.withUnsafeBytes { unsafe conn.writeBuffer.append($0) }
         conn.controlPrefix += ok.count
         flush(conn)
     }
@@ -123,15 +125,17 @@ extension VsockMuxState {
             let fd = conn.fd
             var result: Int?
             do {
-                result = try withUnsafeTemporaryAllocation(of: iovec.self, capacity: max(1, chain.readableCount)) { iovs throws(VirtqueueError) in
+                // SAFETY: one iovec per readable buffer at most, each a view checked by the chain, living only inside
+                // this call.
+                result = unsafe try withUnsafeTemporaryAllocation(of: iovec.self, capacity: max(1, chain.readableCount)) { iovs throws(VirtqueueError) in
                     var used = 0
-                    try chain.forEachSegment(in: memory, deviceWritable: false, offset: VirtioVsock.headerSize, count: count) { view in
+                    unsafe try chain.forEachSegment(in: memory, deviceWritable: false, offset: VirtioVsock.headerSize, count: count) { view in
                         // SAFETY: at most one view per readable buffer; checked anyway.
                         precondition(used < iovs.count)
-                        iovs[used] = iovec(iov_base: view.baseAddress, iov_len: view.count)
+                        unsafe iovs[used] = unsafe iovec(iov_base: view.baseAddress, iov_len: view.count)
                         used += 1
                     }
-                    return send(fd, UnsafeMutableBufferPointer(rebasing: iovs[0..<used]))
+                    return unsafe send(fd, UnsafeMutableBufferPointer(rebasing: iovs[0..<used]))
                 }
             } catch {
                 result = nil
@@ -142,8 +146,10 @@ extension VsockMuxState {
         }
         if written < count {
             let rest = count - written
-            let copied = conn.writeBuffer.append(count: rest) { dst in
-                (try? chain.read(from: memory, offset: VirtioVsock.headerSize + written, into: dst)) != nil
+            // SAFETY: `dst` is exactly the `rest` bytes just added to the buffer; the chain read checks the guest's
+            // side.
+            let copied = unsafe conn.writeBuffer.append(count: rest) { dst in
+                unsafe (try? chain.read(from: memory, offset: VirtioVsock.headerSize + written, into: dst)) != nil
             }
             guard copied else { return resetConnection(conn) }
         }

@@ -104,7 +104,8 @@ public final class VsockMuxer: Sendable {
         let config = VirtioVsock.configSpace(guestCID: guestCID)
         for i in 0..<into.count {
             let (at, overflow) = offset.addingReportingOverflow(i)
-            into[i] = !overflow && at >= 0 && at < config.count ? config[at] : 0
+            // SAFETY: `i` comes from `into.indices`.
+            unsafe into[i] = !overflow && at >= 0 && at < config.count ? config[at] : 0
         }
     }
 
@@ -349,11 +350,12 @@ struct VsockMuxState: ~Copyable {
         let room = VirtioVsock.maxConnectLine - line.count
         guard room > 0 else { return close(conn) }
         var peek = [UInt8](repeating: 0, count: room)
-        var n = peek.withUnsafeMutableBytes { p in retryingEINTR { recv(conn.fd, p.baseAddress, room, Int32(MSG_PEEK)) } }
+        // SAFETY: `room` is the buffer's size; recv writes at most that.
+        var n = unsafe peek.withUnsafeMutableBytes { p in retryingEINTR { unsafe recv(conn.fd, p.baseAddress, room, Int32(MSG_PEEK)) } }
         if n < 0 && errno == EAGAIN { return }
         guard n > 0 else { return close(conn) } // EOF or error before a full line
         if let newline = peek[0..<n].firstIndex(of: UInt8(ascii: "\n")) { n = newline + 1 }
-        let taken = peek.withUnsafeMutableBytes { recv(conn.fd, $0.baseAddress, n, 0) }
+        let taken = unsafe peek.withUnsafeMutableBytes { unsafe recv(conn.fd, $0.baseAddress, n, 0) }
         guard taken == n else { return close(conn) }
         line += peek[0..<n]
         switch VsockConnectLine.parse(line) {
@@ -430,10 +432,11 @@ struct VsockMuxState: ~Copyable {
     /// sendmsg without SIGPIPE; the count written, 0 when the socket is full,
     /// or nil when it failed for good.
     mutating func send(_ fd: Int32, _ iovs: UnsafeMutableBufferPointer<iovec>) -> Int? {
-        var msg = msghdr()
-        msg.msg_iov = iovs.baseAddress
-        msg.msg_iovlen = iovs.count
-        let n = retryingEINTR { sendmsg(fd, &msg, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT)) }
+        // SAFETY: the message points at the caller's iovecs for this one sendmsg.
+        var msg = unsafe msghdr()
+        unsafe msg.msg_iov = iovs.baseAddress
+        unsafe msg.msg_iovlen = iovs.count
+        let n = retryingEINTR { unsafe sendmsg(fd, &msg, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT)) }
         if n >= 0 { return n }
         return errno == EAGAIN ? 0 : nil
     }
@@ -443,9 +446,10 @@ struct VsockMuxState: ~Copyable {
     mutating func flush(_ conn: VsockConnection) {
         while !conn.writeBuffer.isEmpty {
             let fd = conn.fd
-            let written: Int? = conn.writeBuffer.withBytes { bytes in
-                var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
-                return withUnsafeMutablePointer(to: &iov) { send(fd, UnsafeMutableBufferPointer(start: $0, count: 1)) }
+            // SAFETY: the iovec points at the buffer's bytes for this one send.
+            let written: Int? = unsafe conn.writeBuffer.withBytes { bytes in
+                var iov = unsafe iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
+                return unsafe withUnsafeMutablePointer(to: &iov) { unsafe send(fd, UnsafeMutableBufferPointer(start: $0, count: 1)) }
             }
             guard let n = written else { return resetConnection(conn) }
             if n == 0 { break }

@@ -52,7 +52,8 @@ struct VsockPoller: ~Copyable {
 
     func drainTimer() {
         var expirations: UInt64 = 0
-        _ = Glibc.read(timer.raw, &expirations, 8)
+        // SAFETY: reads the timerfd's 8-byte count into a local UInt64.
+        _ = unsafe Glibc.read(timer.raw, &expirations, 8)
     }
 
     func drainWake() { wake.drain() }
