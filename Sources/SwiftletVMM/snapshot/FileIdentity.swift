@@ -20,10 +20,8 @@ public struct FileIdentity: Sendable, Equatable {
 
     /// Hashes the file at `path` (following symbolic links).
     public static func of(_ path: String) throws(SnapshotError) -> FileIdentity {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .system(.last("open(\(path))")) }
-        defer { close(fd) }
-        return try of(fd: fd, path: path)
+        let file = try Snapshot.open(path)
+        return try of(fd: file.raw, path: path)
     }
 
     /// Hashes the open file `fd` (named `path` in errors), read with pread.
@@ -61,10 +59,8 @@ public struct FileIdentity: Sendable, Equatable {
 
     /// Checks the file at `path` (opened for the check alone).
     public func check(_ path: String, what: String) throws(SnapshotError) {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .system(.last("open(\(path))")) }
-        defer { close(fd) }
-        try check(fd: fd, path: path, what: what)
+        let file = try Snapshot.open(path)
+        try check(fd: file.raw, path: path, what: what)
     }
 
     private static func stat(_ fd: Int32, _ path: String) throws(SnapshotError) -> stat {

@@ -87,9 +87,7 @@ public final class Snapshot: Sendable {
     /// Opens the memory file and checks it on that descriptor, which the
     /// machine then maps: a regular file of exactly the manifest's size.
     public func openMemory() throws(SnapshotError) -> OwnedFD {
-        let fd = open(memoryPath, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .system(.last("open(\(memoryPath))")) }
-        let file = OwnedFD(taking: fd)
+        let file = try Self.open(memoryPath)
         var st = stat()
         guard fstat(file.raw, &st) == 0 else { throw .system(.last("fstat(\(memoryPath))")) }
         guard st.st_mode & S_IFMT == S_IFREG else { throw .corrupt("\(memoryPath) is not a regular file") }
@@ -99,20 +97,23 @@ public final class Snapshot: Sendable {
         return file
     }
 
+    /// Opens `path` for reading (close-on-exec, EINTR retried).
+    static func open(_ path: String) throws(SnapshotError) -> OwnedFD {
+        do { return try OwnedFD(opening: path, flags: O_RDONLY) } catch { throw .system(error) }
+    }
+
     /// The state file's bytes: a regular file of at most `maxStateSize`
     /// (a path that leads to a device or a huge file is refused unread).
     static let maxStateSize = 16 << 20
     static func readStateFile(_ path: String) throws(SnapshotError) -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .system(.last("open(\(path))")) }
-        defer { close(fd) }
+        let file = try Self.open(path)
         var st = stat()
-        guard fstat(fd, &st) == 0 else { throw .system(.last("fstat(\(path))")) }
+        guard fstat(file.raw, &st) == 0 else { throw .system(.last("fstat(\(path))")) }
         guard st.st_mode & S_IFMT == S_IFREG, st.st_size <= maxStateSize else {
             throw .corrupt("\(path) is not a regular file of at most \(maxStateSize >> 20) MiB")
         }
         var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
-        let n = bytes.withUnsafeMutableBytes { b in Result { () throws(SystemError) in try readFully(fd, into: b, offset: 0) } }
+        let n = bytes.withUnsafeMutableBytes { b in Result { () throws(SystemError) in try readFully(file.raw, into: b, offset: 0) } }
         let count: Int
         do { count = try n.get() } catch { throw .system(error) }
         guard count == bytes.count else { throw .corrupt("\(path) changed while it was read") }
@@ -147,8 +148,8 @@ public final class Snapshot: Sendable {
 /// writing needs no path lookups from the sandboxed control thread.
 public final class SnapshotWriter {
     public let directory: String
-    private let stateFD: Int32
-    private let memoryFD: Int32
+    private let stateFile: OwnedFD
+    private let memoryFile: OwnedFD
     let kernel: FileIdentity
     let driveIdentities: [FileIdentity?]
 
@@ -165,23 +166,17 @@ public final class SnapshotWriter {
         driveIdentities = ids
         guard mkdir(directory, 0o755) == 0 else { throw .system(.last("mkdir(\(directory))")) }
         self.directory = directory
-        stateFD = open(directory + "/" + Snapshot.stateFileName, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o444)
-        memoryFD = open(directory + "/" + Snapshot.memoryFileName, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o444)
-        guard stateFD >= 0, memoryFD >= 0 else {
-            let e = SystemError.last("create \(directory)/*")
-            close(stateFD)
-            close(memoryFD)
-            throw .system(e)
+        do {
+            stateFile = try OwnedFD(opening: directory + "/" + Snapshot.stateFileName, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o444)
+            memoryFile = try OwnedFD(opening: directory + "/" + Snapshot.memoryFileName, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o444)
+        } catch {
+            throw .system(error)
         }
-    }
-
-    deinit {
-        close(stateFD)
-        close(memoryFD)
     }
 
     /// Writes memory (zero pages left as holes), then the state, and syncs both.
     func write(manifest: SnapshotManifest, state: MachineState, memory: GuestMemory) throws(SnapshotError) {
+        let (stateFD, memoryFD) = (stateFile.raw, memoryFile.raw)
         guard ftruncate(memoryFD, off_t(manifest.memoryFileSize)) == 0 else { throw .system(.last("ftruncate(memory)")) }
         var fileOffset = 0
         let page = 4096
