@@ -3,9 +3,13 @@
 # Debian's linux-source-6.1 package, configured as tinyconfig plus
 # config-6.1-microvm.fragment.
 #
-# Usage: kernels/build.sh [--print-dir] [--force]
+# Usage: kernels/build.sh [--variant peers] [--print-dir] [--force]
 #   (no args)    build if needed, then point $CACHE/default/{bzImage,vmlinux,config}
 #                at the result. A cache hit prints one line and takes well under 1 s.
+#   --variant peers  the peer-bootable variant for VMM comparisons: kernels/patches
+#                plus kernels/patches-peers (kernels/README.md). Its own output,
+#                source and object directories; links in $CACHE/peers/, never
+#                $CACHE/default/.
 #   --print-dir  print the output directory for the current inputs and exit
 #                (nothing is built; it may or may not exist yet).
 #   --force      rebuild even if the output directory already exists.
@@ -20,6 +24,8 @@
 #   $CACHE/kernel-src/linux-source-6.1-<pkgversion>-p<patches>/  the same, with kernels/patches applied
 #   $CACHE/kernel-src/build-<pkgversion>-p<patches>/   out-of-tree objects (incremental)
 #   $CACHE/default/{bzImage,vmlinux,config}            symlinks used by the Swiftlet CLI
+#   $CACHE/kernel/6.1-<pkgversion>-peers-<hash16>/     --variant peers (same files)
+#   $CACHE/peers/{bzImage,vmlinux,config}              symlinks to the peers variant
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -49,14 +55,26 @@ JOBS=${SWIFTLET_KERNEL_JOBS:-$(nproc)}
 
 MODE=build
 FORCE=0
-for arg in "$@"; do
-    case $arg in
+VARIANT=default
+while (($#)); do
+    case $1 in
         --print-dir) MODE=print-dir ;;
         --force) FORCE=1 ;;
-        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "kernel: unknown argument: $arg (try --help)" >&2; exit 2 ;;
+        --variant) (($# >= 2)) || { echo "kernel: --variant needs a name (peers)" >&2; exit 2; }
+                   VARIANT=$2; shift ;;
+        --variant=*) VARIANT=${1#--variant=} ;;
+        -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "kernel: unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
+    shift
 done
+case $VARIANT in
+    default) ;;
+    # The peers variant adds patches that keep every instruction Swiftlet
+    # completes in its VMM out of the guest kernel's boot path (kernels/README.md).
+    peers) shopt -s nullglob; PATCHES+=("$SCRIPT_DIR"/patches-peers/*.patch); shopt -u nullglob ;;
+    *) echo "kernel: unknown variant: $VARIANT (known: default, peers)" >&2; exit 2 ;;
+esac
 
 # Messages go to stdout, except with --print-dir where stdout carries only the path.
 if [[ $MODE == print-dir ]]; then exec 4>&2; else exec 4>&1; fi
@@ -116,12 +134,16 @@ PKG_VERSION=$(dpkg-query -W -f='${Version}' "$SRC_PKG")
 VERSION_SAFE=${PKG_VERSION//[^A-Za-z0-9._+-]/_}     # e.g. an epoch's ':' -> '_'
 PATCH_HASH=$(cat /dev/null "${PATCHES[@]}" | sha256sum | cut -c1-8)
 HASH=$({ cat "$FRAGMENT" "${PATCHES[@]}"; printf '%s\n' "$RECIPE"; } | sha256sum | cut -c1-16)
-OUT_DIR="$CACHE/kernel/6.1-$VERSION_SAFE-$HASH"
+if [[ $VARIANT == default ]]; then
+    OUT_DIR="$CACHE/kernel/6.1-$VERSION_SAFE-$HASH"
+else
+    OUT_DIR="$CACHE/kernel/6.1-$VERSION_SAFE-$VARIANT-$HASH"
+fi
 SRC_ROOT="$CACHE/kernel-src"
 SRC_DIR="$SRC_ROOT/linux-source-6.1-$VERSION_SAFE"
 PATCHED_DIR="$SRC_ROOT/linux-source-6.1-$VERSION_SAFE-p$PATCH_HASH"
 BUILD_DIR="$SRC_ROOT/build-$VERSION_SAFE-p$PATCH_HASH"
-DEFAULT_DIR="$CACHE/default"
+if [[ $VARIANT == default ]]; then DEFAULT_DIR="$CACHE/default"; else DEFAULT_DIR="$CACHE/$VARIANT"; fi
 
 if [[ $MODE == print-dir ]]; then
     printf '%s\n' "$OUT_DIR"
@@ -162,7 +184,7 @@ fi
 START=$SECONDS
 LOG="$SRC_ROOT/build-$VERSION_SAFE-$HASH.log"
 : >"$LOG"
-say "building Linux $PKG_VERSION ($BASE_CONFIG + $(basename "$FRAGMENT")), $JOBS jobs"
+say "building Linux $PKG_VERSION ($BASE_CONFIG + $(basename "$FRAGMENT"), variant $VARIANT, ${#PATCHES[@]} patch(es)), $JOBS jobs"
 say "full log: $LOG"
 
 TMP_OUT=
@@ -293,4 +315,4 @@ link_defaults
 BOOT_PROTO=$(od -An -tx2 -j $((0x206)) -N2 "$OUT_DIR/bzImage" | tr -d ' ')
 say "built in $((SECONDS - START))s: $OUT_DIR"
 say "  bzImage $(stat -c %s "$OUT_DIR/bzImage") bytes (boot protocol ${BOOT_PROTO:0:2}.${BOOT_PROTO:2:2} hex), vmlinux $(stat -c %s "$OUT_DIR/vmlinux") bytes"
-say "  default links: $DEFAULT_DIR/{bzImage,vmlinux,config}"
+say "  links: $DEFAULT_DIR/{bzImage,vmlinux,config}"
