@@ -77,6 +77,7 @@ test: deps images release
 	SWIFTLET_TEST_JAIL=1 swift test --skip-build --filter RunTests
 	$(MAKE) runner-test
 	rootfs/agent/test.sh
+	python3 -B -m unittest benchmarks/boot/test_gate.py
 	FUZZ_TARGET=$${FUZZ_TARGET:-all} FUZZ_SECONDS=$${FUZZ_SECONDS:-30} Tests/Fuzz/run.sh
 	Tests/stress/run.py --profile short --json .build/stress-short.json
 	Tests/stress/run.py --profile audit --json .build/stress-audit.json
@@ -102,9 +103,16 @@ seccomp-log: deps images
 	Tests/seccomp-log.sh .build/debug/swiftlet
 
 ## The VMM's own footprint (RSS, PSS per extra VM, exec to the first KVM_RUN) against its targets,
-## failing when start-up instructions grew >10% over benchmarks/startup/baseline.json.
+## failing when start-up instructions grew >10% over benchmarks/startup/baseline.json; then the
+## boot suite: Swiftlet against QEMU microvm (and kvmtool with KVMTOOL=path/to/lkvm) on the
+## peer-bootable kernel variant (built here if needed, about 5 min on 2 cores; never by `make test`),
+## N=10 boots each (BOOT_N=...), about 20 min on a nested-PVM host, then restore side by side
+## (Swiftlet run vs QEMU -incoming, about 2 min) (benchmarks/README.md).
 bench: deps images release
 	benchmarks/startup/run.sh --check
+	kernels/build.sh --variant peers
+	SWIFTLET=$(SWIFTLET) benchmarks/boot/run.sh --kernel peers -n $(or $(BOOT_N),10) $(if $(KVMTOOL),--kvmtool $(KVMTOOL))
+	SWIFTLET=$(SWIFTLET) benchmarks/boot/run.sh --restore --kernel peers -n $(or $(BOOT_N),10)
 
 ## Snapshot restore: latency (median, p99), restored vs cold, memory per VM (benchmarks/snapshot/run.sh).
 bench-snapshot: deps images release

@@ -2,6 +2,7 @@
 """Boot benchmark for Swiftlet (see run.sh and benchmarks/README.md)."""
 import argparse, datetime, hashlib, json, os, platform, re, resource, shutil
 import statistics, subprocess, sys, threading, time
+import host  # the boot benchmarks' host facts, beside this file
 
 ap = argparse.ArgumentParser()
 ap.add_argument("n", nargs="?", type=int, default=5, help="iterations (default 5)")
@@ -217,14 +218,7 @@ def med(v):
     return statistics.median(v) if v else None
 
 def host_facts():
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
-    if os.path.exists("/sys/module/kvm_pvm"):
-        kvm = "nested PVM (kvm_pvm): guest kernel runs through KVM's instruction emulator"
-    elif "vmx" in flags or "svm" in flags:
-        kvm = "hardware (vmx/svm)" + (" under a hypervisor" if "hypervisor" in flags else "")
-    else:
-        kvm = "unknown (no vmx/svm, no kvm_pvm)"
+    cpu, kvm = host.cpu_and_kvm()
     cfg = os.path.realpath(os.path.join(DEFAULT, "config"))
     cfg_hash = hashlib.sha256(open(cfg, "rb").read()).hexdigest() if os.path.exists(cfg) else None
     try:

@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
-# Boot benchmark: where every millisecond of a Swiftlet boot goes, side by
-# side with QEMU's microvm machine, plus the creation rate of concurrent VMs.
+# Boot suite: Swiftlet against QEMU microvm and kvmtool on the same kernel,
+# root file system, command line, memory and vCPUs (benchmarks/README.md).
 #
-#   benchmarks/boot/run.sh [N] [--concurrency K] [--qemu-timeout S] [--no-qemu]
+#   benchmarks/boot/run.sh [--kernel K]... [--vmm swiftlet,qemu,kvmtool] [-n N]
+#                          [--kvmtool PATH] [--baseline FILE --max-regression PCT]
+#                          [--mem MiB] [--cpus N] [--timeout S] [--out PREFIX]
 #
-# N (default 5) iterations, each: A = `swiftlet run --timings -- true`,
-# A' = `swiftlet boot --boot-timer --stats --append SWIFTLET_INIT_RUN=true`
-# (exits by reason, VMM RSS overhead, time to init's first console line),
-# B = QEMU microvm on the same kernel/rootfs/cmdline (alternated A A' B ...).
-# Then K (default 4) concurrent `swiftlet run -- true`.
+# K: a kernel under the cache (`peers`, the default: kernels/build.sh --variant
+# peers; `default`) or a directory with vmlinux, bzImage and config. N = 10 boots
+# per VMM and kernel, alternated run by run. Without --kvmtool it runs Swiftlet
+# and QEMU only, and says so. Writes benchmarks/results/<date>-boot-peers.{json,md,svg};
+# progress on stderr. With --baseline, exits 1 when a figure's median regressed
+# by more than PCT% with non-overlapping 95% confidence intervals (gate.py).
 # Binary: $SWIFTLET, else .build/release/swiftlet (make release images).
-# Writes benchmarks/results/<date>-boot.{json,md,svg}; progress on stderr.
+#
+#   benchmarks/boot/run.sh --restore [-n N] [--kernel K]
+# restore side by side: time to a job's first output from restored state,
+# `swiftlet run` (snapshot) against QEMU -incoming (migration file); restore.py.
+#
+#   benchmarks/boot/run.sh --phases [N] [--concurrency K] [--no-qemu]
+# runs the older Swiftlet-only phase breakdown (bench.py: `swiftlet run`
+# phases, exits, creation rate of K concurrent VMs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-exec python3 benchmarks/boot/bench.py "$@"
+if [[ ${1-} == --restore ]]; then
+    shift
+    exec python3 benchmarks/boot/restore.py "$@"
+fi
+if [[ ${1-} == --phases ]]; then
+    shift
+    exec python3 benchmarks/boot/bench.py "$@"
+fi
+exec python3 benchmarks/boot/suite.py "$@"
