@@ -2,7 +2,8 @@
 """Boot benchmark for Swiftlet (see run.sh and benchmarks/README.md)."""
 import argparse, datetime, hashlib, json, os, platform, re, resource, shutil
 import statistics, subprocess, sys, threading, time
-import host  # the boot benchmarks' host facts, beside this file
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import harness  # what the boot benchmarks share, beside this file
 
 ap = argparse.ArgumentParser()
 ap.add_argument("n", nargs="?", type=int, default=5, help="iterations (default 5)")
@@ -12,10 +13,10 @@ ap.add_argument("--no-qemu", action="store_true")
 ap.add_argument("--timeout", type=float, default=300, help="seconds per Swiftlet sample")
 args = ap.parse_args()
 
-BIN = os.environ.get("SWIFTLET") or ".build/release/swiftlet"
+BIN = harness.SWIFTLET
 if not os.access(BIN, os.X_OK):
     sys.exit(f"boot: no {BIN}: run `make release images` or set SWIFTLET=path")
-CACHE = os.environ.get("SWIFTLET_CACHE") or os.path.expanduser("~/.cache/swiftlet")
+CACHE = harness.CACHE
 DEFAULT = os.path.join(CACHE, "default")
 INIT_LINE = "swiftlet-init:"
 # Swiftlet's default `boot` command line (BootDefaults.rootDrive, read-only root)
@@ -43,53 +44,22 @@ def step(label):
 
 # ---------------------------------------------------------------- process runner
 def launch(argv, timeout, watch=None, fail_patterns=()):
-    """Runs argv; returns dict with wall, rusage, stdout/stderr text, and the
-    host time (ms from exec) of the first output line containing `watch`.
+    """Runs argv (`harness.run_watched`); returns its result with wall_ms, and
+    the host time (ms from exec) of the first output line containing `watch`.
     Stops the process at the first stderr/stdout line matching fail_patterns."""
-    t0 = time.monotonic_ns()
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    res = {"out": [], "err": [], "watch_ms": None, "failed_on": None}
-    lock = threading.Lock()
+    def on_line(res, key, line, now):
+        if watch and res.get("watch_ms") is None and watch in line:
+            res["watch_ms"] = now
+        if res.get("failed_on") is None and any(re.search(pat, line) for pat in fail_patterns):
+            res["failed_on"] = line.strip()
+            return True
+        return False
 
-    def reader(stream, key):
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            now = (time.monotonic_ns() - t0) / 1e6
-            with lock:
-                res[key].append(line)
-                if watch and res["watch_ms"] is None and watch in line:
-                    res["watch_ms"] = now
-                if res["failed_on"] is None and any(re.search(pat, line) for pat in fail_patterns):
-                    res["failed_on"] = line.strip()
-                    # let the register dump that follows reach us, then stop it
-                    threading.Timer(0.5, lambda: res.get("rc") is None and _kill(p.pid)).start()
-    ts = [threading.Thread(target=reader, args=(p.stdout, "out"), daemon=True),
-          threading.Thread(target=reader, args=(p.stderr, "err"), daemon=True)]
-    for t in ts: t.start()
-    deadline = time.monotonic() + timeout
-    timed_out = False
-    while True:
-        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            timed_out = True
-            _kill(p.pid)
-            pid, status, ru = os.wait4(p.pid, 0)
-            break
-        time.sleep(0.005)
-    wall = (time.monotonic_ns() - t0) / 1e6
-    res["rc"] = 0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    for t in ts: t.join(2)
-    res.update(rc=p.returncode, wall_ms=round(wall, 1), timed_out=timed_out,
-               user_ms=round(ru.ru_utime * 1e3, 1), sys_ms=round(ru.ru_stime * 1e3, 1),
-               maxrss_kib=ru.ru_maxrss)
+    res = harness.run_watched(argv, timeout, on_line)
+    res.setdefault("watch_ms", None)
+    res.setdefault("failed_on", None)
+    res["wall_ms"] = res.pop("exit_ms")
     return res
-
-def _kill(pid):
-    try: os.kill(pid, 9)
-    except ProcessLookupError: pass
 
 def kv(line):
     return {k: float(v) for k, v in re.findall(r"([a-z0-9-]+)=([0-9.]+)", line)}
@@ -218,7 +188,7 @@ def med(v):
     return statistics.median(v) if v else None
 
 def host_facts():
-    cpu, kvm = host.cpu_and_kvm()
+    cpu, kvm = harness.cpu_and_kvm()
     cfg = os.path.realpath(os.path.join(DEFAULT, "config"))
     cfg_hash = hashlib.sha256(open(cfg, "rb").read()).hexdigest() if os.path.exists(cfg) else None
     try:

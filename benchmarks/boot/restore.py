@@ -14,6 +14,9 @@ until the job prints, and times the first line of `uname -a`.
 import argparse, datetime, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, threading, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import harness  # noqa: E402
 ap = argparse.ArgumentParser(description="Restore side by side: Swiftlet run vs QEMU -incoming")
 ap.add_argument("--kernel", default="peers", help="a name under the cache or a directory (default peers)")
 ap.add_argument("-n", type=int, default=10, help="restores per VMM (default 10)")
@@ -25,9 +28,7 @@ ap.add_argument("--qemu-no-thp", action="store_true",
                      "through a python3 wrapper that adds its own start-up to QEMU's times)")
 args = ap.parse_args()
 
-BIN = os.environ.get("SWIFTLET") or ".build/release/swiftlet"
-CACHE = os.environ.get("SWIFTLET_CACHE") or os.path.expanduser("~/.cache/swiftlet")
-ROOTFS = os.path.realpath(os.path.join(CACHE, "default", "rootfs.ext4"))
+BIN, CACHE, ROOTFS = harness.SWIFTLET, harness.CACHE, harness.ROOTFS
 KDIR = os.path.dirname(os.path.realpath(os.path.join(
     args.kernel if os.path.isdir(args.kernel) else os.path.join(CACHE, args.kernel), "vmlinux")))
 QEMU = shutil.which("qemu-system-x86_64")
@@ -35,7 +36,6 @@ for need, what in ((os.access(BIN, os.X_OK), f"no {BIN} (set SWIFTLET)"), (QEMU,
                    (os.path.exists(os.path.join(KDIR, "vmlinux")), f"no vmlinux in {KDIR}")):
     if not need:
         sys.exit(f"restore: {what}")
-sys.path.insert(0, HERE)
 
 JOB = "uname -a"
 BASE = ("console=ttyS0 reboot=k,panic_warm panic=-1 8250.nr_uarts=1 i8042.noaux i8042.nomux "

@@ -9,13 +9,13 @@ line, the same for every VMM) and powers off. The host timestamps the console
 lines of each phase; the VMMs are alternated run by run.
 """
 import argparse, datetime, hashlib, json, math, os, platform, re, shutil
-import statistics, subprocess, sys, threading, time
+import statistics, subprocess, sys, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import gate  # noqa: E402
-import host  # noqa: E402
+import harness  # noqa: E402
 
 ap = argparse.ArgumentParser(description="Swiftlet against QEMU microvm and kvmtool, same kernel and root.")
 ap.add_argument("--kernel", action="append", metavar="K",
@@ -40,9 +40,7 @@ ap.add_argument("--restore", action="store_true",
                      "QEMU -incoming from a migration file")
 args = ap.parse_args()
 
-BIN = os.environ.get("SWIFTLET") or ".build/release/swiftlet"
-CACHE = os.environ.get("SWIFTLET_CACHE") or os.path.expanduser("~/.cache/swiftlet")
-ROOTFS = os.path.realpath(os.path.join(CACHE, "default", "rootfs.ext4"))
+BIN, CACHE, ROOTFS = harness.SWIFTLET, harness.CACHE, harness.ROOTFS
 QEMU = shutil.which("qemu-system-x86_64")
 vmms = (args.vmm or ("swiftlet,qemu,kvmtool" if args.kvmtool else "swiftlet,qemu")).split(",")
 for v in vmms:
@@ -190,65 +188,41 @@ def rss_outside_guest_kib(pid):
 
 
 def launch(argv, timeout):
-    t0 = time.monotonic_ns()
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    res = {"out": [], "err": [], "marks": {}, "failed_on": None, "rss": [], "kept": []}
-    lock = threading.Lock()
+    """One boot, its console watched for the phase marks (`harness.run_watched`),
+    and its RSS outside guest memory sampled every 0.5 s."""
+    rss = []
+    next_rss = [0.0]
 
-    def reader(stream, key):
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            now = (time.monotonic_ns() - t0) / 1e6
-            with lock:
-                res[key].append(line)
-                if key == "out" and "first_console_ms" not in res["marks"] and line.strip():
-                    res["marks"]["first_console_ms"] = now
-                text = line.strip()
-                for fig, pat in MARKS:
-                    if pat and fig not in res["marks"] and pat.match(text):
-                        res["marks"][fig] = now
-                if key == "out" and KEEP.match(text):
-                    res["kept"].append([round(now, 1), text[:100]])
-                if res["failed_on"] is None and any(re.search(x, line) for x in FAIL):
-                    res["failed_on"] = line.strip()
-                    threading.Timer(0.5, lambda: _kill(p.pid)).start()
+    def on_line(res, key, line, now):
+        marks = res.setdefault("marks", {})
+        if key == "out" and "first_console_ms" not in marks and line.strip():
+            marks["first_console_ms"] = now
+        text = line.strip()
+        for fig, pat in MARKS:
+            if pat and fig not in marks and pat.match(text):
+                marks[fig] = now
+        if key == "out" and KEEP.match(text):
+            res.setdefault("kept", []).append([round(now, 1), text[:100]])
+        if res.get("failed_on") is None and any(re.search(x, line) for x in FAIL):
+            res["failed_on"] = line.strip()
+            return True
+        return False
 
-    ts = [threading.Thread(target=reader, args=(p.stdout, "out"), daemon=True),
-          threading.Thread(target=reader, args=(p.stderr, "err"), daemon=True)]
-    for t in ts:
-        t.start()
-    deadline = time.monotonic() + timeout
-    timed_out = False
-    next_rss = 0.0
-    while True:
-        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-        if pid:
-            break
+    def on_poll(pid):
         now = time.monotonic()
-        if now > deadline:
-            timed_out = True
-            _kill(p.pid)
-            pid, status, ru = os.wait4(p.pid, 0)
-            break
-        if now >= next_rss:
-            r = rss_outside_guest_kib(p.pid)
+        if now >= next_rss[0]:
+            r = rss_outside_guest_kib(pid)
             if r:
-                res["rss"].append(r)
-            next_rss = now + 0.5
-        time.sleep(0.005)
-    wall = (time.monotonic_ns() - t0) / 1e6
-    for t in ts:
-        t.join(2)
-    res.update(rc=os.waitstatus_to_exitcode(status), process_exit_ms=round(wall, 1), timed_out=timed_out,
-               user_ms=round(ru.ru_utime * 1e3, 1), sys_ms=round(ru.ru_stime * 1e3, 1), maxrss_kib=ru.ru_maxrss)
+                rss.append(r)
+            next_rss[0] = now + 0.5
+
+    res = harness.run_watched(argv, timeout, on_line, on_poll)
+    res.setdefault("marks", {})
+    res.setdefault("kept", [])
+    res.setdefault("failed_on", None)
+    res["rss"] = rss
+    res["process_exit_ms"] = res.pop("exit_ms")
     return res
-
-
-def _kill(pid):
-    try:
-        os.kill(pid, 9)
-    except ProcessLookupError:
-        pass
 
 
 def sample(vmm, kname, kdir, i):
@@ -378,7 +352,7 @@ def ratios(rows):
 
 # ---------------------------------------------------------------- host facts
 def host_facts():
-    cpu, kvm = host.cpu_and_kvm()
+    cpu, kvm = harness.cpu_and_kvm()
 
     def sha(p):
         return hashlib.sha256(open(p, "rb").read()).hexdigest()
