@@ -323,16 +323,16 @@ public final class VirtioMMIOTransport: BusDevice, Sendable {
 
     /// What a snapshot keeps: `SavedState` (MMIOTransport+Persist.swift).
     public func saveState() -> SavedState {
-        let queues = service.withLock { $0.queues }
+        // SAFETY: the queues' indices are `@exclusivity(unchecked)` state, read here
+        // under the service lock that every service of the queue holds.
+        let indices = service.withLock { s in s.queues.map { q in q.map { unsafe (next: $0.nextAvail, used: $0.nextUsed) } } }
         return registers.withLock { s in
             SavedState(
                 status: s.status, deviceFeaturesSel: s.deviceFeaturesSel, driverFeaturesSel: s.driverFeaturesSel,
                 driverFeatures: s.driverFeatures, queueSel: s.queueSel, interruptStatus: interruptStatus.load(ordering: .acquiring),
                 queues: s.queues.enumerated().map { i, q in
-                    // SAFETY: reads the queue's indices under the service lock, which the queue's exclusivity relies
-                    // on.
-                    unsafe SavedState.Queue(size: q.size, desc: q.desc, driver: q.driver, device: q.device, ready: q.ready,
-                                     nextAvail: queues[i]?.nextAvail ?? 0, nextUsed: queues[i]?.nextUsed ?? 0)
+                    SavedState.Queue(size: q.size, desc: q.desc, driver: q.driver, device: q.device, ready: q.ready,
+                                     nextAvail: indices[i]?.next ?? 0, nextUsed: indices[i]?.used ?? 0)
                 })
         }
     }
