@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build the Swiftlet guest root filesystem: rootfs.ext4 + initramfs.cpio (busybox,
-# swiftlet-init and swiftlet-agent), plus a native swiftlet-agent for host-side tests.
+# swiftlet-init and swiftlet-agent), agent-initramfs.cpio (swiftlet-init and
+# swiftlet-agent only, to run jobs in a user's image: `SWIFTLET_IMAGE=`), plus a
+# native swiftlet-agent for host-side tests.
 #
 #   rootfs/build.sh              build (or reuse) and point $CACHE/default/* at the outputs
 #   rootfs/build.sh --print-dir  print the output directory only (builds nothing)
@@ -81,9 +83,14 @@ link_default() {
   ln -sfn "$out/rootfs.ext4" "$cache/default/rootfs.ext4"
   ln -sfn "$out/initramfs.cpio" "$cache/default/initramfs.cpio"
   ln -sfn "$out/swiftlet-agent" "$cache/default/swiftlet-agent"
+  ln -sfn "$out/agent-initramfs.cpio" "$cache/default/agent-initramfs.cpio"
 }
 
-if [[ -f $out/rootfs.ext4 && -f $out/initramfs.cpio && -f $out/swiftlet-agent ]]; then
+complete() { # DIR has every output
+  [[ -f $1/rootfs.ext4 && -f $1/initramfs.cpio && -f $1/swiftlet-agent && -f $1/agent-initramfs.cpio ]]
+}
+
+if complete "$out"; then
   link_default
   echo "rootfs: cached at $out"
   exit 0
@@ -165,9 +172,23 @@ mkfs.ext4 -q -F -b 4096 -m 0 -L swiftlet-root -O ^has_journal -E root_owner=0:0 
 # Uncompressed newc: the guest kernel unpacks it with no decompression cost.
 (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$tmpout/initramfs.cpio"
 
+# agent-initramfs.cpio: just init and the agent, for jobs in a user's root filesystem that
+# has neither: init mounts the image (SWIFTLET_IMAGE=) on /image, switches to it and runs
+# the agent from here. No busybox. Init is /sbin/init (Swiftlet's initramfs command line
+# has rdinit=/sbin/init) and /init (the kernel's default), as in initramfs.cpio. Of the
+# device nodes only the console (when root), for the kernel's fds 0-2: with no /dev/mem,
+# init mounts devtmpfs on /dev, which has the image's block device.
+aroot="$stage/agent-root"
+mkdir -p "$aroot"/{sbin,dev,proc,sys,image}
+install -m 0755 "$stage/swiftlet-init" "$aroot/sbin/init"
+ln -s /sbin/init "$aroot/init"
+install -m 0755 "$stage/swiftlet-agent" "$aroot/sbin/swiftlet-agent"
+if ((EUID == 0)); then mknod -m 0600 "$aroot/dev/console" c 5 1; fi
+(cd "$aroot" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$tmpout/agent-initramfs.cpio"
+
 chmod 0755 "$tmpout"
 if ! mv -T "$tmpout" "$out" 2>/dev/null; then
-  [[ -f $out/rootfs.ext4 && -f $out/initramfs.cpio && -f $out/swiftlet-agent ]] || die "could not move output into $out"
+  complete "$out" || die "could not move output into $out"
   log "another build finished first; using it"
 fi
 link_default

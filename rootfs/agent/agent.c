@@ -94,6 +94,9 @@ typedef unsigned long u64;
 #define MAX_WARM 16 /* programs one PARK may warm up */
 #define JOB_STDIN 1u /* JOB flags */
 #define JOB_CLOCK 2u
+#define JOB_CREDS 4u
+#define MAX_GROUPS 64 /* supplementary groups of a JOB's credentials */
+#define WARM_LIMIT_MS 10000 /* PARK: a warm-up program still running then is killed */
 #define MAX_SEED 512
 #define MAX_ARGS 16384
 #define MAX_ENV 16384
@@ -258,7 +261,10 @@ static struct {
 	const u8 *seed;
 	u32 seed_len;
 	u64 wall_ns; /* the host's CLOCK_REALTIME (flag JOB_CLOCK) */
+	u32 uid, gid, ngroups; /* the job's credentials (flag JOB_CREDS) */
+	int image; /* init switched to an image (SWIFTLET_IMAGE): it mounted /proc */
 } g;
+static u32 job_groups[MAX_GROUPS]; /* setgroups(2) wants an array of gid_t */
 
 static struct { int count, size; u8 buf[MAX_SEED]; } rnd; /* struct rand_pool_info */
 
@@ -454,7 +460,7 @@ static const char *parse_job(const u8 *p, u32 len)
 {
 	if (len < 16) return "truncated header";
 	u32 flags = le32(p), argc = le32(p + 4), envc = le32(p + 8), seed_len = le32(p + 12);
-	if (flags & ~(JOB_STDIN | JOB_CLOCK)) return "unknown flags";
+	if (flags & ~(JOB_STDIN | JOB_CLOCK | JOB_CREDS)) return "unknown flags";
 	if (argc < 1 || argc > MAX_ARGS) return "argc out of range";
 	if (envc > MAX_ENV) return "envc out of range";
 	u32 off = 16;
@@ -462,6 +468,19 @@ static const char *parse_job(const u8 *p, u32 len)
 		if (len - off < 8) return "truncated wall clock";
 		g.wall_ns = le64(p + off);
 		off += 8;
+	}
+	if (flags & JOB_CREDS) {
+		if (len - off < 16) return "truncated credentials";
+		u32 ngroups = le32(p + off + 8);
+		if (ngroups > MAX_GROUPS) return "credentials: more than 64 groups";
+		if (le32(p + off + 12)) return "credentials: reserved field not zero";
+		g.uid = le32(p + off);
+		g.gid = le32(p + off + 4);
+		off += 16;
+		if (len - off < ngroups * 4) return "truncated credentials: groups";
+		for (u32 i = 0; i < ngroups; i++) job_groups[i] = le32(p + off + 4 * i);
+		g.ngroups = ngroups;
+		off += ngroups * 4;
 	}
 	if (seed_len > MAX_SEED) return "seed too long";
 	if (seed_len > len - off) return "truncated seed";
@@ -595,6 +614,23 @@ static __attribute__((noreturn, used)) void child_main(void *arg)
 	if (in >= 0) move_fd(in, 0);
 	move_fd(out, 1);
 	move_fd(err_fd, 2);
+	/* The job's user, in this order: groups and gid need the privilege that
+	 * setuid gives up. */
+	if (g.flags & JOB_CREDS) {
+		long r = SC2(NR_setgroups, g.ngroups, job_groups);
+		if (r >= 0) r = SC1(NR_setgid, g.gid);
+		if (r >= 0) r = SC1(NR_setuid, g.uid);
+		if (r < 0) {
+			char u[24], gb[24], ids[48];
+			const char *us = swl_fmt_num(u, g.uid), *gs = swl_fmt_num(gb, g.gid);
+			u64 n = slen(us);
+			memcpy(ids, us, n);
+			ids[n] = ':';
+			memcpy(ids + n + 1, gs, slen(gs) + 1);
+			child_put("cannot set user ", ids, ": ", errstr(-r));
+			exit_(126);
+		}
+	}
 	/* The agent started by init already is in "/": skip that chdir. */
 	long r = g.unix_mode || !g.in_root ? SC1(NR_chdir, g.workdir) : 0;
 	if (r < 0) {
@@ -701,10 +737,15 @@ static void flush_stdin(void)
 	g.pending = 0;
 }
 
-/* A warm-up program's process: stdio on /dev/null, then exec. */
+/* A warm-up program's process: its own session and process group (so that
+ * killing the group at the time limit reaches its children), no blocked
+ * signals, stdio on /dev/null, then exec. */
 static void warm_child(void *arg)
 {
 	const char *path = arg;
+	u64 empty = 0;
+	SC4(NR_rt_sigprocmask, SIG_SETMASK, &empty, 0, 8);
+	SC0(NR_setsid);
 	long n = SC3(NR_open, "/dev/null", O_RDWR, 0);
 	for (int fd = 0; fd < 3; fd++) if (n >= 0 && n != fd) SC3(NR_dup3, n, fd, 0);
 	char *argv[] = { (char *)path, 0 };
@@ -713,11 +754,41 @@ static void warm_child(void *arg)
 	exit_(127);
 }
 
+/* Waits for the warm-up program `pid` to exit, at most WARM_LIMIT_MS (it may
+ * be a server that never does): then SIGKILL to it and to its process group,
+ * and it is reaped. Orphans it leaves are reaped by the main loop as usual
+ * (the SIGCHLD stays queued on the signalfd). */
+static void warm_wait(long pid)
+{
+	int st;
+	u64 deadline = now_ns() + WARM_LIMIT_MS * 1000000UL;
+	long pfd = SC2(NR_pidfd_open, pid, 0); /* readable once it exited; Linux 5.3+ */
+	for (;;) {
+		long r = sc(NR_wait4, pid, (long)&st, WNOHANG, 0, 0, 0);
+		if (r == pid || (r < 0 && r != -EINTR)) break;
+		u64 t = now_ns();
+		if (t >= deadline) {
+			SC2(NR_kill, -pid, SIGKILL);
+			SC2(NR_kill, pid, SIGKILL); /* should setsid have failed */
+			while (sc(NR_wait4, pid, (long)&st, 0, 0, 0, 0) == -EINTR) {}
+			break;
+		}
+		u32 ms = (u32)((deadline - t + 999999) / 1000000);
+		if (pfd >= 0) {
+			struct pollfd p = { (int)pfd, POLLIN, 0 };
+			SC3(NR_poll, &p, 1, ms);
+		} else {
+			sleep_ms(ms < 10 ? ms : 10); /* no pidfd: look again every 10 ms */
+		}
+	}
+	if (pfd >= 0) SC1(NR_close, pfd);
+}
+
 /* PARK: the host is about to snapshot this VM. Run each program the payload
  * names once (absolute paths, NUL-terminated, no arguments), so that what a
  * job's first exec needs (the binary's pages, dentries, page tables) is warm
  * in every clone; then report PARKED (with the guest's CLOCK_MONOTONIC) and
- * wait for the JOB like before. */
+ * wait for the JOB like before. Each gets WARM_LIMIT_MS (warm_wait). */
 static void park(const u8 *p, u32 len)
 {
 	u32 off = 0;
@@ -726,8 +797,7 @@ static void park(const u8 *p, u32 len)
 		if (!path || path[0] != '/') break;
 		long pid = swl_clone_vfork(warm_child, (void *)path, child_stack + sizeof child_stack);
 		if (pid < 0) break;
-		int st;
-		while (sc(NR_wait4, pid, (long)&st, 0, 0, 0, 0) == -EINTR) {}
+		warm_wait(pid);
 	}
 	u8 t[8];
 	wr64(t, now_ns());
@@ -966,8 +1036,9 @@ static void setup_signals(void)
 	/* What a job expects of a Linux system that init left out: /proc and a
 	 * hostname. Done here, after HELLO, while the host prepares the JOB. */
 	if (is_pid1()) {
-		static const char hostname[] = "swiftlet";
-		sc(NR_mount, (long)"proc", (long)"/proc", (long)"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, 0, 0);
+		static const char hostname[] = SWL_HOSTNAME;
+		/* In image mode init mounted it (again here: EBUSY, harmless). */
+		if (!g.image) sc(NR_mount, (long)"proc", (long)"/proc", (long)"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, 0, 0);
 		SC2(NR_sethostname, hostname, sizeof hostname - 1);
 	}
 	u64 fdmask = 1UL << (SIGHUP - 1) | 1UL << (SIGINT - 1) | 1UL << (SIGTERM - 1) | 1UL << (SIGCHLD - 1);
@@ -999,6 +1070,7 @@ static void run_agent(char **envp)
 		if (v && parse_u32(v, &g.port)) { put(2, "swiftlet-agent: bad SWIFTLET_AGENT, using 52\n"); g.port = DEFAULT_PORT; }
 		v = swl_getenv(envp, "SWIFTLET_AGENT_CID=");
 		if (v && parse_u32(v, &g.cid)) { put(2, "swiftlet-agent: bad SWIFTLET_AGENT_CID, using 2\n"); g.cid = HOST_CID; }
+		g.image = swl_getenv(envp, "SWIFTLET_IMAGE=") != 0;
 	}
 	connect_host();
 	job_loop();

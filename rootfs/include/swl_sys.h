@@ -27,6 +27,9 @@ enum {
 	NR_fcntl = 72, NR_chdir = 80, NR_setsid = 112, NR_sync = 162, NR_mount = 165,
 	NR_prctl = 157, NR_reboot = 169, NR_clock_gettime = 228, NR_exit_group = 231, NR_signalfd4 = 289,
 	NR_dup3 = 292, NR_pipe2 = 293, NR_sethostname = 170,
+	/* image mode (init) and job credentials / warm-up limits (agent) */
+	NR_unlink = 87, NR_mkdir = 83, NR_umask = 95, NR_chroot = 161, NR_setuid = 105,
+	NR_setgid = 106, NR_setgroups = 116, NR_execveat = 322, NR_pidfd_open = 434,
 };
 typedef unsigned long uptr; /* argv/envp element type */
 static inline long sc(long n, long a, long b, long c, long d, long e, long f)
@@ -42,7 +45,8 @@ static inline long sc(long n, long a, long b, long c, long d, long e, long f)
 /* i386 compat numbers: only what init uses. */
 enum { NR_exit = 1, NR_write = 4, NR_open = 5, NR_close = 6, NR_getpid = 20, NR_mount = 21,
        NR_mmap = 192 /* mmap2 */, NR_uname = 122 /* newuname */, NR_execve = 11, NR_sync = 36,
-       NR_reboot = 88, NR_pause = 29, NR_fcntl = 55, NR_fork = 2, NR_wait4 = 114 };
+       NR_reboot = 88, NR_pause = 29, NR_fcntl = 55, NR_fork = 2, NR_wait4 = 114,
+       NR_chdir = 12, NR_unlink = 10, NR_mkdir = 39, NR_umask = 60, NR_chroot = 61, NR_execveat = 358 };
 typedef unsigned int uptr; /* compat execve wants arrays of 32-bit pointers */
 static long sc(long n, long a, long b, long c, long d, long e, long f)
 {
@@ -64,11 +68,17 @@ static long sc(long n, long a, long b, long c, long d, long e, long f)
 #define SC4(n, a, b, c, d) sc(n, (long)(a), (long)(b), (long)(c), (long)(d), 0, 0)
 #define SC5(n, a, b, c, d, e) sc(n, (long)(a), (long)(b), (long)(c), (long)(d), (long)(e), 0)
 
-/* reboot(2) magic and LINUX_REBOOT_CMD_POWER_OFF */
+/* mount(2) flags */
 #define MS_NOSUID 2UL
 #define MS_NODEV 4UL
 #define MS_NOEXEC 8UL
+#define MS_NOATIME 1024UL
+#define MS_MOVE 8192UL
+/* reboot(2) magic and LINUX_REBOOT_CMD_POWER_OFF */
 #define SWL_POWER_OFF() sc(NR_reboot, 0xfee1dead, 672274793, 0x4321fedc, 0, 0, 0)
+
+/* The guest's hostname: the agent sets it, init names it in an image's /etc/hosts. */
+#define SWL_HOSTNAME "swiftlet"
 
 /* Entry: rsp points at argc. Align the stack as the x86_64 ABI expects and call
  * `void start_c(long *sp)` (argc, argv[argc], NULL, envp[], NULL). */

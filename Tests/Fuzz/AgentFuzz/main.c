@@ -128,7 +128,7 @@ static const char *oracle_job(const uint8_t *p, size_t len)
 	o.argc = le32(p + 4);
 	o.envc = le32(p + 8);
 	o.seed_len = le32(p + 12);
-	if (o.flags & ~3u) return "unknown flags";
+	if (o.flags & ~7u) return "unknown flags";
 	if (o.argc == 0 || o.argc > MAX_ARGS) return "argc";
 	if (o.envc > MAX_ENV) return "envc";
 	size_t off = 16;
@@ -136,6 +136,13 @@ static const char *oracle_job(const uint8_t *p, size_t len)
 		if (len - off < 8) return "wall clock";
 		o.wall_ns = le64(p + off);
 		off += 8;
+	}
+	if (o.flags & 4) { /* credentials: uid, gid, ngroups (<= 64), zero, then the groups */
+		if (len - off < 16 || le32(p + off + 8) > 64 || le32(p + off + 12)) return "credentials";
+		size_t groups = 4 * (size_t)le32(p + off + 8);
+		off += 16;
+		if (len - off < groups) return "credentials";
+		off += groups;
 	}
 	if (o.seed_len > MAX_SEED || o.seed_len > len - off) return "seed";
 	o.seed = off;

@@ -35,7 +35,7 @@ extern char **environ;
 
 enum { T_HELLO = 1, T_STDOUT, T_STDERR, T_STARTED, T_EXIT, T_ERROR, T_READY, T_PARKED,
        T_JOB = 0x81, T_STDIN, T_SIGNAL, T_PARK, T_CLOSE_OUTPUT };
-enum { F_STDIN = 1, F_CLOCK = 2 }; /* JOB flags */
+enum { F_STDIN = 1, F_CLOCK = 2, F_CREDS = 4 }; /* JOB flags */
 #define MAX_CHUNK 65536
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -306,6 +306,8 @@ struct job {
 	const char *const *env;
 	const uint8_t *seed;
 	uint32_t seed_len;
+	uint32_t uid, gid, ngroups; /* with F_CREDS */
+	const uint32_t *groups;
 };
 
 static void job_payload(struct buf *b, const struct job *j)
@@ -318,6 +320,13 @@ static void job_payload(struct buf *b, const struct job *j)
 	add32(b, envc);
 	add32(b, j->seed_len);
 	if (j->flags & F_CLOCK) add64(b, clock_ns(CLOCK_REALTIME)); /* the real time: never changes a clock */
+	if (j->flags & F_CREDS) {
+		add32(b, j->uid);
+		add32(b, j->gid);
+		add32(b, j->ngroups);
+		add32(b, 0);
+		for (uint32_t i = 0; i < j->ngroups; i++) add32(b, j->groups[i]);
+	}
 	if (j->seed_len) buf_add(b, j->seed, j->seed_len);
 	addstr(b, j->dir ? j->dir : "");
 	for (uint32_t i = 0; i < argc; i++) addstr(b, j->argv[i]);
@@ -746,6 +755,78 @@ int main(int argc, char **argv)
 		result_free(&r);
 	}
 
+	/* flag bit 2: the job's uid, gid and supplementary groups (the agent must
+	 * be root to change them: skipped otherwise) */
+	if (geteuid() == 0) {
+		struct result r;
+		static const uint32_t nobody_groups[] = { 65534, 100 };
+		current = "credentials: uid, gid and groups";
+		tests++;
+		struct job j = { .flags = F_CREDS, .argv = ARGV("sh", "-c", "id -u; id -g; id -G"),
+				 .uid = 65534, .gid = 65534, .ngroups = 2, .groups = nobody_groups };
+		run(&j, &r, ACT_NONE, 0, 0);
+		expect_exit(&r, 0, 0);
+		expect_text(&r.out, "65534\n65534\n65534 100\n", "stdout");
+		result_free(&r);
+
+		current = "credentials without supplementary groups";
+		tests++;
+		struct job j2 = { .flags = F_CREDS, .argv = ARGV("sh", "-c", "id -u; id -G"), .uid = 1000, .gid = 1001 };
+		run(&j2, &r, ACT_NONE, 0, 0);
+		expect_exit(&r, 0, 0);
+		expect_text(&r.out, "1000\n1001\n", "stdout");
+		result_free(&r);
+
+		/* the credentials sit between the wall clock and the seed; 64 groups, the most */
+		current = "credentials with the wall clock, a seed, stdin and 64 groups";
+		tests++;
+		uint32_t many[64];
+		for (int i = 0; i < 64; i++) many[i] = 2000 + (uint32_t)i;
+		uint8_t seed[512];
+		memset(seed, 0x5a, sizeof seed);
+		struct job j3 = { .flags = F_STDIN | F_CLOCK | F_CREDS, .argv = ARGV("sh", "-c", "id -u; id -G | wc -w; cat"),
+				  .uid = 1234, .gid = 5678, .ngroups = 64, .groups = many, .seed = seed, .seed_len = 512 };
+		struct agent a;
+		if (!agent_start(&a, 1)) {
+			struct buf p = { 0 };
+			job_payload(&p, &j3);
+			send_frame(a.c, T_JOB, p.p, (uint32_t)p.n);
+			buf_free(&p);
+			send_frame(a.c, T_STDIN, "in\n", 3);
+			send_frame(a.c, T_STDIN, "", 0);
+			collect(&a, &r, ACT_NONE, 0, MS(5000));
+			expect_exit(&r, 0, 0);
+			expect_text(&r.out, "1234\n65\nin\n", "stdout"); /* the gid and the 64 groups */
+			result_free(&r);
+			agent_close(&a);
+			int st = agent_wait(&a, MS(5000));
+			if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st)) fail("agent exit status 0x%x", st);
+		}
+
+		/* set before the working directory is entered: TMPDIR (0700, root's) is closed to nobody */
+		struct stat sb;
+		if (!stat(tmp, &sb) && !(sb.st_mode & 01)) {
+			current = "credentials apply before the working directory";
+			tests++;
+			struct job j4 = { .flags = F_CREDS, .dir = tmp, .argv = ARGV("true"), .uid = 65534, .gid = 65534 };
+			run(&j4, &r, ACT_NONE, 0, 0);
+			expect_exit(&r, 0, 126);
+			snprintf(cmd, sizeof cmd, "swiftlet: cannot enter %s: Permission denied\n", tmp);
+			expect_text(&r.err, cmd, "stderr");
+			result_free(&r);
+		}
+
+		current = "credentials that cannot be set";
+		tests++;
+		struct job j5 = { .flags = F_CREDS, .argv = ARGV("true"), .uid = 1000, .gid = 0xffffffff };
+		run(&j5, &r, ACT_NONE, 0, 0);
+		expect_exit(&r, 0, 126);
+		expect_text(&r.err, "swiftlet: cannot set user 1000:4294967295: Invalid argument\n", "stderr");
+		result_free(&r);
+	} else {
+		printf("agent tests: not root: the credentials tests are skipped\n");
+	}
+
 	/* byte-exact output, stdout and stderr interleaved */
 	snprintf(path, sizeof path, "%s/ten", tmp);
 	snprintf(path2, sizeof path2, "%s/three", tmp);
@@ -918,6 +999,58 @@ int main(int argc, char **argv)
 			if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st)) fail("agent exit status 0x%x", st);
 		}
 
+		current = "PARK: a warm-up program still running after 10 s is killed with its group";
+		tests++;
+		if (!agent_start(&a, 1)) {
+			char slow[512], fast[512], pgfile[512], marker[512], park[1100];
+			snprintf(slow, sizeof slow, "%s/warm-slow.sh", tmp);
+			snprintf(fast, sizeof fast, "%s/warm-fast.sh", tmp);
+			snprintf(pgfile, sizeof pgfile, "%s/warm-slow.pid", tmp);
+			snprintf(marker, sizeof marker, "%s/warm-fast.ran", tmp);
+			unlink(pgfile);
+			unlink(marker);
+			/* a child in the background, and a sleep that outlasts the limit */
+			snprintf(cmd, sizeof cmd, "#!/bin/sh\necho $$ > %s\nsleep 61 &\nsleep 60\n", pgfile);
+			write_file(slow, cmd, 0755);
+			snprintf(cmd, sizeof cmd, "#!/bin/sh\necho ran > %s\n", marker);
+			write_file(fast, cmd, 0755);
+			size_t n = 0;
+			n += (size_t)snprintf(park + n, sizeof park - n, "%s", slow) + 1;
+			n += (size_t)snprintf(park + n, sizeof park - n, "%s", fast) + 1;
+			uint64_t t0 = now_ns();
+			send_frame(a.c, T_PARK, park, (uint32_t)n);
+			struct buf b = { 0 };
+			int t = read_frame(a.c, &b, MS(30000));
+			double took = (now_ns() - t0) / 1e9;
+			if (t != T_PARKED || b.n != 8) fail("expected PARKED with 8 bytes, got type %d, %zu bytes", t, b.n);
+			else if (took < 9.9 || took > 10.0 + 3.0 * scale) fail("PARKED after %.2f s, expected about 10 s", took);
+			buf_free(&b);
+			size_t tn = 0;
+			long pg = 0;
+			if (!access(pgfile, R_OK)) {
+				uint8_t *text = read_file(pgfile, &tn);
+				pg = atol((char *)text);
+				free(text);
+			}
+			if (pg <= 1) fail("no process group recorded");
+			else if (!group_gone_within((pid_t)pg, MS(3000))) fail("the warm-up program's group is still alive");
+			if (pg > 1) kill(-(pid_t)pg, SIGKILL); /* leave nothing behind when it failed */
+			if (access(marker, F_OK)) fail("the warm-up program after the killed one did not run");
+			struct job j = { .argv = ARGV("echo", "after-slow-park") };
+			struct buf p = { 0 };
+			job_payload(&p, &j);
+			send_frame(a.c, T_JOB, p.p, (uint32_t)p.n);
+			buf_free(&p);
+			struct result r;
+			collect(&a, &r, ACT_NONE, 0, MS(5000));
+			expect_exit(&r, 0, 0);
+			expect_text(&r.out, "after-slow-park\n", "stdout");
+			result_free(&r);
+			agent_close(&a);
+			int st = agent_wait(&a, MS(5000));
+			if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st)) fail("agent exit status 0x%x", st);
+		}
+
 		current = "reconnect before the JOB";
 		tests++;
 		if (!agent_start(&a, 1)) {
@@ -995,12 +1128,57 @@ int main(int argc, char **argv)
 		bad_job("envc huge", 0, 1, 0xffffffff, 0, ok, sizeof ok, "envc");
 		bad_job("seed over 512", 0, 1, 0, 513, ok, sizeof ok, "seed");
 		bad_job("seed past the end", 0, 1, 0, 100, ok, sizeof ok, "seed");
-		bad_job("unknown flags", 4, 1, 0, 0, ok, sizeof ok, "flags");
+		bad_job("unknown flags", 8, 1, 0, 0, ok, sizeof ok, "flags");
 		bad_job("unknown flags with the clock", 0x80000003, 1, 0, 0, "\0\0\0\0\0\0\0\0\0true", 14, "flags");
 		bad_job("wall clock missing", F_CLOCK, 1, 0, 0, "", 0, "wall clock");
 		bad_job("wall clock truncated", F_CLOCK, 1, 0, 0, "\0\0\0\0\0\0\0", 7, "wall clock");
 		/* 8 + 6 bytes after the fixed part: an 8-byte seed would fit only without the clock */
 		bad_job("seed past the end after the wall clock", F_CLOCK, 1, 0, 8, "\0\0\0\0\0\0\0\0\0true", 14, "seed");
+		/* flag bit 2: u32 uid, gid, ngroups (<= 64), zero; ngroups u32 groups */
+		bad_job("credentials missing", F_CREDS, 1, 0, 0, "", 0, "truncated credentials");
+		bad_job("credentials truncated", F_CREDS, 1, 0, 0, "\xe8\x03\0\0\xe8\x03\0\0\0\0\0\0\0\0\0", 15,
+			"truncated credentials");
+		{
+			struct buf c = { 0 };
+			add32(&c, 1000);
+			add32(&c, 1000);
+			add32(&c, 65);
+			add32(&c, 0);
+			for (int i = 0; i < 65; i++) add32(&c, 100);
+			buf_add(&c, ok, sizeof ok);
+			bad_job("credentials with 65 groups", F_CREDS, 1, 0, 0, c.p, c.n, "more than 64 groups");
+			c.n = 0;
+			add32(&c, 1000);
+			add32(&c, 1000);
+			add32(&c, 0);
+			add32(&c, 1);
+			buf_add(&c, ok, sizeof ok);
+			bad_job("credentials zero field not zero", F_CREDS, 1, 0, 0, c.p, c.n, "reserved field not zero");
+			/* 2 groups announced, 4 bytes follow */
+			c.n = 0;
+			add32(&c, 1000);
+			add32(&c, 1000);
+			add32(&c, 2);
+			add32(&c, 0);
+			add32(&c, 100);
+			bad_job("credentials groups truncated", F_CREDS, 1, 0, 0, c.p, c.n, "truncated credentials");
+			/* after the wall clock: 8 bytes of clock, then 15 of credentials */
+			c.n = 0;
+			add64(&c, 1);
+			buf_add(&c, "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", 15);
+			bad_job("credentials truncated after the wall clock", F_CLOCK | F_CREDS, 1, 0, 0, c.p, c.n, "truncated credentials");
+			/* the credentials come after the clock: their zero field is the 7 (read
+			 * at the wrong offset, they would announce 1000 groups) */
+			c.n = 0;
+			add64(&c, 0x100000000ull);
+			add32(&c, 1000);
+			add32(&c, 1000);
+			add32(&c, 0);
+			add32(&c, 7);
+			buf_add(&c, ok, sizeof ok);
+			bad_job("credentials zero field after the wall clock", F_CLOCK | F_CREDS, 1, 0, 0, c.p, c.n, "reserved field not zero");
+			buf_free(&c);
+		}
 		bad_job("no NUL", 0, 1, 0, 0, "\0true", 5, "argument");
 		bad_job("too few strings", 0, 2, 0, 0, ok, sizeof ok, "argument");
 		bad_job("trailing bytes", 0, 1, 0, 0, "\0true\0x", 7, "trailing");
