@@ -15,6 +15,8 @@ import PackageDescription
 /// - `SwiftletDevices`: the legacy devices (8250 UART, i8042, boot timer) and the I/O buses.
 /// - `SwiftletVirtio`: the virtio-mmio transport, split virtqueues, and the devices (block, net, vsock), one folder each.
 /// - `SwiftletVMM`: assembles a machine and runs it.
+/// - `SwiftletImage`: user images (OCI layouts, `docker save` archives, rootfs tarballs, directories, ext4) turned into
+///   cached ext4 root drives: tar and JSON readers, digest checks, layers with whiteouts, the image's configuration.
 /// - `SwiftletSandbox`: `swiftlet run`: the guest agent's protocol and one command in a throwaway VM.
 /// - `CSeccomp`, `SwiftletSeccomp`: per-thread seccomp filters: allowlists as data, compiled by Debian's libseccomp
 ///   when Swiftlet is built (Filters.generated.swift), so a VMM runs no filter compiler.
@@ -66,6 +68,7 @@ let package = Package(
             dependencies: ["SwiftletSys", "SwiftletMemory", "SwiftletX86", "SwiftletKVM", "SwiftletDevices", "SwiftletVirtio", "SwiftletPersist", "CSwiftlet"]
         ),
         .target(name: "SwiftletSandbox", dependencies: ["SwiftletVMM", "SwiftletSys", "CSwiftlet"]),
+        .target(name: "SwiftletImage", dependencies: ["SwiftletSys", "SwiftletX86", "CDecompress", "CSwiftlet"]),
         .target(name: "CSeccomp", linkerSettings: [.linkedLibrary("seccomp")]),
         .target(name: "SwiftletSeccomp", dependencies: ["CSeccomp", "CSwiftlet", "SwiftletSys"]),
         .target(name: "CJail"),
@@ -78,7 +81,7 @@ let package = Package(
         .executableTarget(
             name: "swiftlet",
             dependencies: [
-                "SwiftletVMM", "SwiftletSandbox", "SwiftletSeccomp", "SwiftletJail", "SwiftletSys", "SwiftletX86", "CSwiftlet",
+                "SwiftletVMM", "SwiftletSandbox", "SwiftletImage", "SwiftletSeccomp", "SwiftletJail", "SwiftletSys", "SwiftletX86", "CSwiftlet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             // The release build's lld --symbol-ordering-file (Makefile, RELEASE_FLAGS).
@@ -124,6 +127,7 @@ let package = Package(
         .testTarget(name: "SwiftletKVMTests", dependencies: ["SwiftletKVM", "SwiftletMemory", "SwiftletPersist", "SwiftletTestSupport", "CSwiftlet"]),
         .testTarget(name: "SwiftletVirtioTests", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletSys", "SwiftletTestSupport"]),
         .testTarget(name: "SwiftletCLITests", dependencies: ["SwiftletSys", "SwiftletTestSupport"]),
+        .testTarget(name: "SwiftletImageTests", dependencies: ["SwiftletImage", "SwiftletSys", "SwiftletX86", "CDecompress"]),
         .testTarget(name: "SwiftletSandboxTests", dependencies: ["SwiftletSandbox", "SwiftletSys"]),
         .testTarget(name: "SwiftletSeccompTests", dependencies: ["SwiftletSeccomp", "SwiftletSys"]),
         .testTarget(name: "SwiftletJailTests", dependencies: ["SwiftletJail", "SwiftletSys"]),

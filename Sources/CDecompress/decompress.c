@@ -156,3 +156,86 @@ long swl_testing_zstd(const uint8_t *in, size_t in_len, uint8_t *out, size_t out
     size_t r = ZSTD_compress(out, out_cap, in, in_len, 3);
     return ZSTD_isError(r) ? SWL_DC_OVERFLOW : (long)r;
 }
+
+// ---- streaming decompressors -------------------------------------------------------
+
+struct swl_dstream {
+    int kind;
+    z_stream z;
+    ZSTD_DCtx *zstd;
+};
+
+swl_dstream *swl_dstream_new(int kind) {
+    if (kind != SWL_DS_GZIP && kind != SWL_DS_ZSTD) return NULL;
+    swl_dstream *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->kind = kind;
+    if (kind == SWL_DS_GZIP) {
+        // 16 + MAX_WBITS: a gzip wrapper only (magic, CRC-32 and ISIZE checked).
+        if (inflateInit2(&s->z, 16 + MAX_WBITS) != Z_OK) {
+            free(s);
+            return NULL;
+        }
+    } else {
+        s->zstd = ZSTD_createDCtx();
+        if (!s->zstd) {
+            free(s);
+            return NULL;
+        }
+        // The library's default streaming window limit (ZSTD_WINDOWLOG_LIMIT_DEFAULT,
+        // 128 MiB), spelled out: a hostile frame cannot make us allocate more.
+        ZSTD_DCtx_setParameter(s->zstd, ZSTD_d_windowLogMax, 27);
+    }
+    return s;
+}
+
+int swl_dstream_step(swl_dstream *s, const uint8_t *in, size_t in_len, size_t *in_used,
+                     uint8_t *out, size_t out_cap, size_t *out_made) {
+    *in_used = 0;
+    *out_made = 0;
+    if (s->kind == SWL_DS_GZIP) {
+        // zlib counts in uInt: give it at most UINT_MAX of each per call.
+        uInt avail_in = in_len > UINT_MAX ? UINT_MAX : (uInt)in_len;
+        uInt avail_out = out_cap > UINT_MAX ? UINT_MAX : (uInt)out_cap;
+        s->z.next_in = (Bytef *)in;
+        s->z.avail_in = avail_in;
+        s->z.next_out = out;
+        s->z.avail_out = avail_out;
+        int rc = inflate(&s->z, Z_NO_FLUSH);
+        *in_used = avail_in - s->z.avail_in;
+        *out_made = avail_out - s->z.avail_out;
+        s->z.next_in = NULL;
+        s->z.next_out = NULL;
+        switch (rc) {
+        case Z_OK: return SWL_DS_MORE;
+        case Z_BUF_ERROR: return SWL_DS_MORE;  // no progress possible: needs input (or room)
+        case Z_STREAM_END: return SWL_DS_END;
+        case Z_MEM_ERROR: return SWL_DC_NOMEM;
+        default: return SWL_DC_CORRUPT;        // Z_DATA_ERROR, Z_NEED_DICT, Z_STREAM_ERROR
+        }
+    }
+    ZSTD_inBuffer zin = {in, in_len, 0};
+    ZSTD_outBuffer zout = {out, out_cap, 0};
+    size_t r = ZSTD_decompressStream(s->zstd, &zout, &zin);
+    *in_used = zin.pos;
+    *out_made = zout.pos;
+    if (!ZSTD_isError(r)) return r == 0 ? SWL_DS_END : SWL_DS_MORE;
+    switch (ZSTD_getErrorCode(r)) {
+    case ZSTD_error_memory_allocation: return SWL_DC_NOMEM;
+    case ZSTD_error_frameParameter_windowTooLarge: return SWL_DC_TOO_LARGE;
+    default: return SWL_DC_CORRUPT;
+    }
+}
+
+int swl_dstream_reset(swl_dstream *s) {
+    if (s->kind == SWL_DS_GZIP) return inflateReset(&s->z) == Z_OK ? 0 : SWL_DC_CORRUPT;
+    size_t r = ZSTD_DCtx_reset(s->zstd, ZSTD_reset_session_only);
+    return ZSTD_isError(r) ? SWL_DC_CORRUPT : 0;
+}
+
+void swl_dstream_free(swl_dstream *s) {
+    if (!s) return;
+    if (s->kind == SWL_DS_GZIP) inflateEnd(&s->z);
+    else ZSTD_freeDCtx(s->zstd);
+    free(s);
+}

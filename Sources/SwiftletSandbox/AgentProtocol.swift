@@ -13,6 +13,8 @@ public enum AgentProtocol {
     public static let maxChunk = 64 << 10
     /// Most seed bytes a JOB may carry.
     public static let maxSeed = 512
+    /// Supplementary groups a JOB may carry.
+    public static let maxGroups = 64
 
     /// Frame types.
     public enum Kind: UInt8, Sendable {
@@ -51,17 +53,27 @@ public enum AgentProtocol {
         public static let stdinAttached: UInt32 = 1
         /// A u64 CLOCK_REALTIME (ns) follows the fixed fields: the guest sets its clock.
         public static let wallClock: UInt32 = 2
+        /// uid, gid, the group count, zero, then the groups follow (after the clock): the job runs as that user.
+        public static let credentials: UInt32 = 4
     }
 
     /// The JOB frame for `job`; with `wallClockNanos` the guest sets its
     /// wall clock first (a restored guest's is the snapshot's).
     public static func jobFrame(_ job: AgentJob, wallClockNanos: UInt64? = nil) -> [UInt8] {
         var p: [UInt8] = []
-        appendLE((job.stdinAttached ? JobFlag.stdinAttached : 0) | (wallClockNanos == nil ? 0 : JobFlag.wallClock), to: &p)
+        appendLE((job.stdinAttached ? JobFlag.stdinAttached : 0) | (wallClockNanos == nil ? 0 : JobFlag.wallClock)
+                     | (job.user == nil ? 0 : JobFlag.credentials), to: &p)
         appendLE(UInt32(job.argv.count), to: &p)
         appendLE(UInt32(job.environment.count), to: &p)
         appendLE(UInt32(job.seed.count), to: &p)
         if let t = wallClockNanos { appendLE(t, to: &p) }
+        if let user = job.user {
+            appendLE(user.uid, to: &p)
+            appendLE(user.gid, to: &p)
+            appendLE(UInt32(user.groups.count), to: &p)
+            appendLE(UInt32(0), to: &p)
+            for g in user.groups { appendLE(g, to: &p) }
+        }
         p += job.seed
         appendStrings([job.workingDirectory] + job.argv + job.environment, to: &p)
         var frame: [UInt8] = []
@@ -103,8 +115,20 @@ public struct AgentJob: Sendable, Equatable {
     public var stdinAttached: Bool
     /// Host entropy for the guest's RNG.
     public var seed: [UInt8]
+    /// Who the command runs as; nil: root.
+    public var user: Credentials?
 
-    public init(argv: [String], environment: [String] = [], workingDirectory: String = "", stdinAttached: Bool = false, seed: [UInt8] = []) {
+    /// A numeric user, its primary group and its supplementary groups (resolved by the host).
+    public struct Credentials: Sendable, Equatable {
+        public var uid: UInt32
+        public var gid: UInt32
+        public var groups: [UInt32]
+        public init(uid: UInt32, gid: UInt32, groups: [UInt32] = []) { (self.uid, self.gid, self.groups) = (uid, gid, groups) }
+    }
+
+    public init(argv: [String], environment: [String] = [], workingDirectory: String = "", stdinAttached: Bool = false, seed: [UInt8] = [],
+                user: Credentials? = nil) {
+        self.user = user
         self.argv = argv
         self.environment = environment
         self.workingDirectory = workingDirectory
@@ -123,6 +147,7 @@ public struct AgentJob: Sendable, Equatable {
         }
         guard !workingDirectory.utf8.contains(0) else { throw .usage("--workdir contains a NUL byte") }
         guard seed.count <= AgentProtocol.maxSeed else { throw .usage("seed too long") }
+        if let user, user.groups.count > AgentProtocol.maxGroups { throw .usage("more than \(AgentProtocol.maxGroups) supplementary groups") }
         guard AgentProtocol.jobFrame(self).count - AgentProtocol.headerSize <= AgentProtocol.maxPayload else {
             throw .usage("command line and environment exceed \(AgentProtocol.maxPayload) bytes")
         }

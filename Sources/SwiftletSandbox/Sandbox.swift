@@ -52,6 +52,13 @@ public struct SandboxConfig: Sendable {
     /// that their pages are in every clone's page cache. A job's first exec
     /// otherwise reads its binary from the emulated disk.
     public var warmUpPrograms = ["/bin/sh", "/bin/true"]
+    /// A root image without Swiftlet's agent (`--image`): boot this
+    /// initramfs (init and the agent), whose init mounts the root drive and
+    /// runs the agent with the image as its `/`. nil: the root drive has
+    /// the agent and boots directly.
+    public var agentInitramfs: String?
+    /// Name servers for an image's /etc/resolv.conf, with `net`.
+    public var nameservers: [String] = []
 
     /// The root drive (ephemeral, so the base image is never written), then the others.
     var drives: [DriveConfig] { [DriveConfig(path: rootfsPath, ephemeral: true)] + extraDrives }
@@ -67,6 +74,12 @@ public struct SandboxConfig: Sendable {
     /// exit, and the agent's port for init.
     public static func kernelCommandLine(extra: [String] = []) -> String {
         BootDefaults.rootDrive(readOnly: false, extra: ["quiet", "SWIFTLET_AGENT=\(AgentProtocol.port)"] + extra)
+    }
+
+    /// The command line of an image booted through the agent's initramfs:
+    /// init mounts the first drive itself and switches to it.
+    public static func imageCommandLine(extra: [String] = []) -> String {
+        BootDefaults.initramfs(initPath: "/init", extra: ["quiet", "SWIFTLET_AGENT=\(AgentProtocol.port)", "SWIFTLET_IMAGE=/dev/vda"] + extra)
     }
 }
 
@@ -247,7 +260,14 @@ public enum Sandbox {
     /// The machine a cold sandbox boots: the ephemeral root drive, further
     /// drives, the vsock device the agent talks through.
     static func machineConfig(_ config: SandboxConfig, uds: String) -> MachineConfig {
-        var m = MachineConfig(kernelPath: config.kernelPath, cmdline: SandboxConfig.kernelCommandLine(extra: config.extraKernelArguments))
+        var m: MachineConfig
+        if let initramfs = config.agentInitramfs {
+            let dns = config.net == nil || config.nameservers.isEmpty ? [] : ["SWIFTLET_NAMESERVER=" + config.nameservers.joined(separator: ",")]
+            m = MachineConfig(kernelPath: config.kernelPath, initrdPath: initramfs,
+                              cmdline: SandboxConfig.imageCommandLine(extra: dns + config.extraKernelArguments))
+        } else {
+            m = MachineConfig(kernelPath: config.kernelPath, cmdline: SandboxConfig.kernelCommandLine(extra: config.extraKernelArguments))
+        }
         m.drives = config.drives
         m.vsock = VsockConfig(guestCID: config.guestCID, udsPath: uds)
         m.memoryMiB = config.memoryMiB

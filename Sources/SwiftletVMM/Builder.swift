@@ -207,7 +207,8 @@ struct DeviceBackends {
                 case .auto: tap = try TapDevice.create()
                 }
                 do { net = try NetDevice(tap: tap, mac: n.mac ?? MACAddress.generate()) } catch { throw .system(error) }
-                if let plan = tap.plan { netArguments.append(plan.kernelArgument) }
+                // The address again for swiftlet-init, which writes an image's /etc/hosts with it (`ip=` is the kernel's own).
+                if let plan = tap.plan { netArguments += [plan.kernelArgument, "SWIFTLET_GUEST_IP=\(plan.guestString)"] }
             } catch {
                 throw .net(error)
             }

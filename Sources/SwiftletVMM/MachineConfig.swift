@@ -221,8 +221,8 @@ public enum BootDefaults {
     }
 
     /// The command line for booting from an initramfs.
-    public static func initramfs(extra: [String] = []) -> String {
-        KernelCommandLine.joining(base + ["rdinit=/sbin/init"] + extra)
+    public static func initramfs(initPath: String = "/sbin/init", extra: [String] = []) -> String {
+        KernelCommandLine.joining(base + ["rdinit=" + initPath] + extra)
     }
 }
 

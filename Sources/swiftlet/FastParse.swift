@@ -168,6 +168,8 @@ extension RunOptions: FastParsable {
     static let fastOptions: [FastOption<RunOptions>] = [
         .optional("kernel") { $0.kernel = $1 },
         .optional("rootfs") { $0.rootfs = $1 },
+        .optional("image") { $0.image = $1 },
+        .optional("user") { $0.user = $1 },
         .list("drive") { $0.drives.append($1) },
         .optional("mem") { $0.mem = $1 },
         .optional("cpus") { $0.cpus = $1 },

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CSwiftlet
 import Glibc
+import SwiftletImage
 import SwiftletSandbox
 import SwiftletSeccomp
 import SwiftletSys
@@ -22,6 +23,12 @@ struct Run: ParsableCommand {
 
     @Option(help: "Base root filesystem image (never modified). Default: the image built by `make rootfs`.")
     var rootfs: String?
+
+    @Option(help: ArgumentHelp("Run in this image instead: an OCI layout (oci:DIR[:TAG]), a docker save archive, a rootfs tarball, a directory or an ext4 image. It is converted to ext4 once (cached) and gets Swiftlet's agent from an initramfs; its Env, WorkingDir, User, Entrypoint and Cmd are the defaults.", valueName: "REF"))
+    var image: String?
+
+    @Option(help: ArgumentHelp("With --image: run as this user of the image (name or uid, optionally :group).", valueName: "USER[:GROUP]"))
+    var user: String?
 
     @Option(name: .customLong("drive"), help: ArgumentHelp("A further virtio-blk drive (/dev/vdb, ...); repeatable.", valueName: "path[,ro|,ephemeral][,id=NAME]"))
     var drives: [String] = []
@@ -72,7 +79,7 @@ struct Run: ParsableCommand {
 
     /// What ArgumentParser parsed, as the fast path gives it.
     var options: RunOptions {
-        RunOptions(kernel: guest.kernel, rootfs: rootfs, drives: drives, mem: guest.mem, cpus: guest.cpus, snapshot: snapshot, cold: cold,
+        RunOptions(kernel: guest.kernel, rootfs: rootfs, image: image, user: user, drives: drives, mem: guest.mem, cpus: guest.cpus, snapshot: snapshot, cold: cold,
                    timeout: timeout, bootTimeout: bootTimeout, environment: environment, workdir: workdir, vsockUds: vsockUds,
                    append: guest.append, net: net, console: console, timings: timings, kvmDevice: kvmDevice, startFd: startFd,
                    reportFd: reportFd, seccomp: guest.seccomp, jail: jail.options, command: command)
@@ -91,6 +98,8 @@ struct RunOptions {
 
     var kernel: String?
     var rootfs: String?
+    var image: String?
+    var user: String?
     var drives: [String] = []
     var mem: Int?
     var cpus: Int?
@@ -116,7 +125,9 @@ struct RunOptions {
     static let defaults = RunOptions()
 
     func validate() throws {
-        guard !command.isEmpty else { throw ValidationError("no command given (usage: swiftlet run [options] -- CMD [ARGS...])") }
+        guard !command.isEmpty || image != nil else { throw ValidationError("no command given (usage: swiftlet run [options] -- CMD [ARGS...])") }
+        if image != nil && rootfs != nil { throw ValidationError("--image and --rootfs exclude each other") }
+        if user != nil && image == nil { throw ValidationError("--user needs --image (the user is looked up in the image's /etc/passwd)") }
         try OptionLimits.seconds(timeout, "--timeout")
         try OptionLimits.seconds(bootTimeout, "--boot-timeout")
         try OptionLimits.guest(memoryMiB: mem, vcpus: cpus)
@@ -157,19 +168,23 @@ struct RunOptions {
         Seccomp.enable(mode: mode)
         let kernelPath = kernel ?? restored?.manifest.kernelPath ?? Paths.defaultKernel
         try requireReadable(kernelPath, what: "kernel", hint: kernel == nil ? " (run `make kernel` first)" : "")
-        let rootfsPath = rootfs ?? restored?.manifest.drives.first?.config.path ?? Paths.defaultRootfs
+        let prepared = try image.map(Images.prepare)
+        let rootfsPath = prepared?.rootfsPath ?? rootfs ?? restored?.manifest.drives.first?.config.path ?? Paths.defaultRootfs
         try requireReadable(rootfsPath, what: "rootfs", hint: rootfs == nil ? " (run `make rootfs` first)" : "")
         if restored == nil && !cold && net == nil && drives.isEmpty {
-            let shape = SnapshotCache.Shape(kernel: kernelPath, rootfs: rootfsPath, memoryMiB: mem ?? RunOptions.defaultMemoryMiB,
+            var shape = SnapshotCache.Shape(kernel: kernelPath, rootfs: rootfsPath, memoryMiB: mem ?? RunOptions.defaultMemoryMiB,
                                             vcpus: cpus ?? RunOptions.defaultVcpus, append: append, bootTimeout: bootTimeout, seccomp: seccomp)
+            if let image, let prepared { shape.image = (reference: image, digest: prepared.digest, initramfs: Images.agentInitramfs) }
             restored = try SnapshotCache.snapshot(for: shape)
         }
 
         var seed = [UInt8](repeating: 0, count: 64)
         _ = seed.withUnsafeMutableBytes { swl_getrandom($0.baseAddress, $0.count) }
-        let job = AgentJob(argv: command, environment: environment, workingDirectory: workdir ?? "",
+        var job = AgentJob(argv: command, environment: environment, workingDirectory: workdir ?? "",
                            stdinAttached: isatty(0) == 0, seed: seed)
+        if let prepared { job = try Images.job(job, image: prepared, user: user) }
         var config = SandboxConfig(kernelPath: kernelPath, rootfsPath: rootfsPath, job: job)
+        if let prepared { try Images.configure(&config, for: prepared) }
         config.memoryMiB = mem ?? restored?.manifest.memoryMiB ?? RunOptions.defaultMemoryMiB
         config.vcpuCount = cpus ?? restored?.manifest.vcpuCount ?? RunOptions.defaultVcpus
         config.snapshot = restored

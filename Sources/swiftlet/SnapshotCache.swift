@@ -24,6 +24,9 @@ enum SnapshotCache {
         var append: String?
         var bootTimeout: Double
         var seccomp: String
+        /// `--image`: the reference (for the child that creates the
+        /// snapshot), the image's digest and the agent's initramfs.
+        var image: (reference: String, digest: String, initramfs: String)?
     }
 
     /// The cache key: the files' inode identities (a rebuilt image is a new
@@ -31,12 +34,13 @@ enum SnapshotCache {
     /// and the Swiftlet and snapshot format versions.
     static func key(_ shape: Shape) throws(RunFailure) -> String {
         var text = "swiftlet=\(SwiftletVersion.string) format=\(Snapshot.formatVersion)"
-        for path in [shape.kernel, shape.rootfs] {
+        for path in [shape.kernel, shape.rootfs] + (shape.image.map { [$0.initramfs] } ?? []) {
             var st = stat()
             guard stat(path, &st) == 0 else { throw RunFailure(message: "\(path): \(String(cString: strerror(errno)))") }
             text += " \(st.st_dev):\(st.st_ino):\(st.st_size):\(st.st_ctim.tv_sec).\(st.st_ctim.tv_nsec)"
         }
         text += " mem=\(shape.memoryMiB) cpus=\(shape.vcpus) append=\(shape.append ?? "")"
+        if let image = shape.image { text += " image=\(image.digest)" }
         return String(SHA256.hex(SHA256.hash(Array(text.utf8))).prefix(24))
     }
 
@@ -83,7 +87,9 @@ enum SnapshotCache {
     /// Runs `swiftlet snapshot create` as a child, its stderr collected so
     /// that a failure is reported as one line.
     static func create(_ shape: Shape, at dir: String) throws(RunFailure) {
-        var args = ["swiftlet", "snapshot", "create", "--output", dir, "--kernel", shape.kernel, "--rootfs", shape.rootfs,
+        var args = ["swiftlet", "snapshot", "create", "--output", dir, "--kernel", shape.kernel]
+        args += shape.image.map { ["--image", $0.reference] } ?? ["--rootfs", shape.rootfs]
+        args += [
                     "--mem", String(shape.memoryMiB), "--cpus", String(shape.vcpus),
                     "--boot-timeout", String(shape.bootTimeout), "--seccomp", shape.seccomp]
         if let a = shape.append { args += ["--append", a] }

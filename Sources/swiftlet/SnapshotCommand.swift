@@ -1,6 +1,7 @@
 import ArgumentParser
 import CSwiftlet
 import Glibc
+import SwiftletImage
 import SwiftletSandbox
 import SwiftletSeccomp
 import SwiftletSys
@@ -23,6 +24,9 @@ struct SnapshotGuestOptions: ParsableArguments {
     @Option(help: "Base root filesystem image (attached ephemeral). Default: the image built by `make rootfs`.")
     var rootfs: String?
 
+    @Option(help: ArgumentHelp("Snapshot this image instead, booted through Swiftlet's agent initramfs (see `run --image`).", valueName: "REF"))
+    var image: String?
+
     @Option(help: "Give up when the guest's agent has not reported idle after this many seconds.")
     var bootTimeout: Double = 600
 
@@ -35,15 +39,17 @@ struct SnapshotGuestOptions: ParsableArguments {
     func validate() throws {
         try OptionLimits.seconds(bootTimeout, "--boot-timeout")
         try OptionLimits.guest(memoryMiB: mem, vcpus: cpus)
+        if image != nil && rootfs != nil { throw ValidationError("--image and --rootfs exclude each other") }
     }
 
-    /// The kernel and rootfs paths, checked readable.
-    func images() throws -> (kernel: String, rootfs: String) {
+    /// The kernel and rootfs paths, checked readable, and the image converted.
+    func images() throws -> (kernel: String, rootfs: String, image: PreparedImage?) {
         let kernelPath = kernel ?? Paths.defaultKernel
         try requireReadable(kernelPath, what: "kernel", hint: kernel == nil ? " (run `make kernel` first)" : "")
-        let rootfsPath = rootfs ?? Paths.defaultRootfs
+        let prepared = try image.map(Images.prepare)
+        let rootfsPath = prepared?.rootfsPath ?? rootfs ?? Paths.defaultRootfs
         try requireReadable(rootfsPath, what: "rootfs", hint: rootfs == nil ? " (run `make rootfs` first)" : "")
-        return (kernelPath, rootfsPath)
+        return (kernelPath, rootfsPath, prepared)
     }
 }
 
@@ -86,8 +92,9 @@ struct SnapshotCreate: ParsableCommand {
             if String(getppid()) != parent { throw ExitCode(ExitStatus.runFailure) }
         }
         Seccomp.enable(mode: try seccompMode(guest.seccomp))
-        let (kernelPath, rootfsPath) = try guest.images()
+        let (kernelPath, rootfsPath, image) = try guest.images()
         var config = SandboxConfig(kernelPath: kernelPath, rootfsPath: rootfsPath, job: AgentJob(argv: ["true"]))
+        if let image { try Images.configure(&config, for: image) }
         config.memoryMiB = guest.mem
         config.vcpuCount = guest.cpus
         config.bootTimeoutSeconds = guest.bootTimeout
@@ -119,10 +126,11 @@ struct SnapshotCached: ParsableCommand {
     @OptionGroup var guest: SnapshotGuestOptions
 
     func run() throws {
-        let (kernelPath, rootfsPath) = try guest.images()
+        let (kernelPath, rootfsPath, image) = try guest.images()
         _ = try seccompMode(guest.seccomp)
-        let shape = SnapshotCache.Shape(kernel: kernelPath, rootfs: rootfsPath, memoryMiB: guest.mem, vcpus: guest.cpus, append: guest.append,
+        var shape = SnapshotCache.Shape(kernel: kernelPath, rootfs: rootfsPath, memoryMiB: guest.mem, vcpus: guest.cpus, append: guest.append,
                                         bootTimeout: guest.bootTimeout, seccomp: guest.seccomp)
+        if let reference = guest.image, let image { shape.image = (reference: reference, digest: image.digest, initramfs: Images.agentInitramfs) }
         print(try SnapshotCache.snapshot(for: shape).directory)
     }
 }

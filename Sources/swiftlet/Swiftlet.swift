@@ -9,7 +9,7 @@ struct Swiftlet: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swiftlet",
         abstract: "A microVM launcher for fast-booting Linux guests on KVM.",
-        subcommands: [Boot.self, Run.self, SnapshotCommand.self, ServeCommand.self, FnCommand.self, InvokeCommand.self, JobClientCommand.self]
+        subcommands: [Boot.self, Run.self, SnapshotCommand.self, ImageCommand.self, ServeCommand.self, FnCommand.self, InvokeCommand.self, JobClientCommand.self]
     )
 
     /// Parses and runs, printing errors as one line: `swiftlet: error: ...`.

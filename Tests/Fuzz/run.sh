@@ -4,7 +4,7 @@
 # the fuzzer finds a crash; the input is left in the build directory
 # (FUZZ_BUILD, default .build-fuzz) as crash-*.
 # FUZZ_TARGET picks the harness: virtqueue (default), vsock, net, snapshot,
-# agent, or all (each in turn, FUZZ_SECONDS each).
+# agent, tar, json, or all (each in turn, FUZZ_SECONDS each).
 #   FUZZ_SECONDS=600 Tests/Fuzz/run.sh
 #   FUZZ_TARGET=net Tests/Fuzz/run.sh
 #   FUZZ_TARGET=all FUZZ_SECONDS=30 Tests/Fuzz/run.sh
@@ -18,7 +18,7 @@ out="${FUZZ_BUILD:-$root/.build-fuzz}"
 seconds="${FUZZ_SECONDS:-60}"
 target="${FUZZ_TARGET:-virtqueue}"
 script="$root/Tests/Fuzz/run.sh"
-all=(virtqueue vsock net snapshot agent)
+all=(virtqueue vsock net snapshot agent tar json)
 
 # harness binary seeds max_len, for target $1.
 describe() {
@@ -28,6 +28,8 @@ describe() {
         net) harness=NetFuzz binary=net-fuzz seeds=corpus-net max_len=16384 ;;
         snapshot) harness=SnapshotFuzz binary=snapshot-fuzz seeds=corpus-snapshot max_len=65536 ;;
         agent) harness=AgentFuzz binary=agent-fuzz seeds=corpus-agent max_len=65536 ;;
+        tar) harness=TarFuzz binary=tar-fuzz seeds=corpus-tar max_len=65536 ;;
+        json) harness=JSONFuzz binary=json-fuzz seeds=corpus-json max_len=65536 ;;
         *) echo "FUZZ_TARGET must be one of: ${all[*]} all" >&2; exit 2 ;;
     esac
 }
@@ -98,6 +100,16 @@ build() { # target
     esac
     c_module CSwiftlet
     swift_module SwiftletSys ""
+    case "$1" in
+        tar|json)
+            # The image readers: SwiftletImage and what it imports (SHA-256 from SwiftletX86).
+            c_module CDecompress
+            swift_module SwiftletMemory "SwiftletSys"
+            swift_module SwiftletX86 "SwiftletSys SwiftletMemory"
+            swift_module SwiftletImage "SwiftletSys SwiftletX86"
+            swift_harness SwiftletSys.o SwiftletMemory.o SwiftletX86.o SwiftletImage.o CSwiftlet.o CDecompress.o -lz -llz4 -lzstd
+            return ;;
+    esac
     swift_module SwiftletPersist ""
     swift_module SwiftletMemory "SwiftletSys"
     swift_module SwiftletDevices "SwiftletSys SwiftletPersist"

@@ -120,6 +120,46 @@ struct NonRootTests {
         }
     }
 
+    @Test("an image converts without root: owners, a setuid bit, a device node, a hard link and an xattr come out as the tarball says")
+    func imageWithoutRoot() throws {
+        let tarball = user.home + "/../pub/image.tar.gz"
+        // The tarball is made by root (the only way to get owners and a device node from a tree),
+        // with Python's tarfile writing the metadata directly.
+        let script = """
+        import tarfile, io
+        with tarfile.open('\(tarball)', 'w:gz', format=tarfile.PAX_FORMAT) as t:
+            def add(name, kind=tarfile.REGTYPE, data=b'', **kw):
+                ti = tarfile.TarInfo(name); ti.type = kind; ti.size = len(data)
+                for k, v in kw.items(): setattr(ti, k, v)
+                t.addfile(ti, io.BytesIO(data) if data else None)
+            add('./etc', tarfile.DIRTYPE, mode=0o755)
+            add('./etc/owned', data=b'x', uid=1234, gid=5678, mode=0o4750, pax_headers={'SCHILY.xattr.user.k': 'v'})
+            add('./etc/hard', tarfile.LNKTYPE, linkname='./etc/owned')
+            add('./dev', tarfile.DIRTYPE, mode=0o755)
+            add('./dev/null', tarfile.CHRTYPE, devmajor=1, devminor=3, mode=0o666)
+        """
+        let generator = try CLI.writeFile(Array(script.utf8))
+        defer { unlink(generator) }
+        try #require(try NetNamespace.sh("python3 '\(generator)' && chmod 644 '\(tarball)'") == 0)
+        let r = try user.run(["image", "prepare", tarball])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        let image = r.stdout.split(separator: "\n").first.map(String.init) ?? ""
+        #expect(image.hasPrefix(user.home + "/.cache/swiftlet/images/"), "the user's own cache: \(image)")
+        let owned = CLI.readText(try debugfs(image, "stat /etc/owned"))
+        #expect(owned.contains("Mode:  04750") && owned.contains("User:  1234   Group:  5678"), "\(owned)")
+        #expect(owned.contains("Links: 2"), "the hard link is one inode: \(owned)")
+        let dev = CLI.readText(try debugfs(image, "stat /dev/null"))
+        #expect(dev.contains("Type: character special") && dev.contains("Device major/minor number: 01:03"), "\(dev)")
+        #expect(CLI.readText(try debugfs(image, "ea_list /etc/owned")).contains("user.k (1) = \"v\""))
+    }
+
+    /// debugfs's answer to one request about `image`, in a file.
+    private func debugfs(_ image: String, _ request: String) throws -> String {
+        let out = try CLI.tempFile("debugfs")
+        _ = try NetNamespace.sh("debugfs -R '\(request)' '\(image)' > '\(out)' 2>/dev/null")
+        return out
+    }
+
     @Test("what needs privileges says so in one line: --net auto, a TAP of another user, a user without /dev/kvm")
     func missingPermissions() throws {
         let ns = try NetNamespace()

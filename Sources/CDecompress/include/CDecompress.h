@@ -48,4 +48,46 @@ long swl_testing_lz4_legacy(const uint8_t *in, size_t in_len, uint8_t *out, size
 /// One zstd frame.
 long swl_testing_zstd(const uint8_t *in, size_t in_len, uint8_t *out, size_t out_cap);
 
+// ---- streaming decompressors -------------------------------------------------
+// For image layers, whose decompressed size is not known up front: the caller
+// feeds input and drains output in pieces, with memory bounded by the library
+// state (zlib: a 32 KiB window; zstd: at most a 128 MiB window, the library's
+// default limit; frames that need more are refused with SWL_DC_TOO_LARGE).
+
+/// A gzip stream (inflate with windowBits 16 + 15).
+#define SWL_DS_GZIP 1
+/// A zstd stream (ZSTD_decompressStream).
+#define SWL_DS_ZSTD 2
+
+/// swl_dstream_step made progress or needs more input or output room.
+#define SWL_DS_MORE 0
+/// swl_dstream_step finished a gzip member or a zstd frame, with all of its
+/// output written.
+#define SWL_DS_END 1
+
+/// An opaque streaming decompressor.
+typedef struct swl_dstream swl_dstream;
+
+/// A decompressor of `kind` (SWL_DS_GZIP or SWL_DS_ZSTD), or NULL when the
+/// kind is unknown or memory runs out.
+swl_dstream *swl_dstream_new(int kind);
+
+/// Decompresses from [in, in+in_len) into [out, out+out_cap). Sets *in_used to
+/// the input bytes consumed and *out_made to the output bytes written (both
+/// within the buffers, even on error). Returns SWL_DS_MORE, SWL_DS_END, or a
+/// negative SWL_DC_* code (SWL_DC_CORRUPT, SWL_DC_NOMEM, SWL_DC_TOO_LARGE).
+/// With SWL_DS_MORE and nothing consumed or made, the decompressor needs more
+/// input than it was given. After SWL_DS_END a gzip stream must be reset
+/// (swl_dstream_reset) before the next member; a zstd stream starts the next
+/// frame by itself. After an error only swl_dstream_free is allowed.
+int swl_dstream_step(swl_dstream *s, const uint8_t *in, size_t in_len, size_t *in_used,
+                     uint8_t *out, size_t out_cap, size_t *out_made);
+
+/// Prepares for the next gzip member or zstd frame. Returns 0, or a negative
+/// SWL_DC_* code.
+int swl_dstream_reset(swl_dstream *s);
+
+/// Frees the decompressor (NULL is allowed).
+void swl_dstream_free(swl_dstream *s);
+
 #endif

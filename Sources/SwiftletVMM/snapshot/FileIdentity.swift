@@ -27,20 +27,9 @@ public struct FileIdentity: Sendable, Equatable {
     /// Hashes the open file `fd` (named `path` in errors), read with pread.
     static func of(fd: Int32, path: String) throws(SnapshotError) -> FileIdentity {
         let st = try stat(fd, path)
-        var hash = SHA256()
-        let chunk = 1 << 20
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 16)
-        defer { buffer.deallocate() }
-        var offset: Int64 = 0
-        while true {
-            let n: Int
-            do { n = try readFully(fd, into: buffer, offset: offset) } catch { throw .system(error) }
-            if n == 0 { break }
-            hash.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-            offset += Int64(n)
-            if n < chunk { break }
-        }
-        return FileIdentity(sha256: hash.finalize(), size: UInt64(offset), device: UInt64(st.st_dev), inode: UInt64(st.st_ino),
+        let (digest, size): ([UInt8], UInt64)
+        do { (digest, size) = try SHA256.hash(fileDescriptor: fd) } catch { throw .system(error) }
+        return FileIdentity(sha256: digest, size: size, device: UInt64(st.st_dev), inode: UInt64(st.st_ino),
                             ctimeNanos: nanos(st.st_ctim))
     }
 

@@ -156,8 +156,9 @@ public final class SnapshotWriter {
     /// Creates `directory` (which must not exist) and its files, and hashes
     /// the kernel and every read-only or ephemeral drive of `config`.
     public init(directory: String, config: MachineConfig) throws(SnapshotError) {
-        guard case let .linux(kernelPath, initrd, _) = config.payload, initrd == nil else {
-            throw .unsupported("only a Linux kernel booted from a drive can be snapshotted (no initramfs)")
+        // An initramfs needs nothing of its own: once booted, what the guest unpacked of it is in guest memory.
+        guard case let .linux(kernelPath, _, _) = config.payload else {
+            throw .unsupported("only a Linux kernel can be snapshotted")
         }
         guard config.net == nil else { throw .unsupported("a machine with a network device cannot be snapshotted") }
         kernel = try FileIdentity.of(kernelPath)

@@ -1,0 +1,116 @@
+import Glibc
+import SwiftletSys
+import SwiftletX86
+
+/// A root filesystem that is a directory on the host. mkfs.ext4 copies it
+/// as it is: owners, modes, device nodes, hard links and xattrs (so reading
+/// another user's files needs the rights to). Nothing in it is followed.
+enum HostDirectory {
+    /// A digest of the tree's metadata: every entry's path, type, mode,
+    /// owner, size, inode and modification and change times, and each link's
+    /// target. A changed file changes its change time, so its digest; the
+    /// data itself is not read on every run.
+    static func digest(_ path: String) throws(ImageError) -> String {
+        var sha = SHA256()
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw .badReference(path, reason: String(cString: strerror(errno))) }
+        let root = OwnedFD(taking: fd)
+        var count = 0
+        try walk(root.raw, "", depth: 0, count: &count) { rel, st, target in
+            let line = "\(rel)\0\(st.st_mode) \(st.st_uid) \(st.st_gid) \(st.st_size) \(st.st_ino) \(st.st_rdev) "
+                + "\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec) \(st.st_ctim.tv_sec).\(st.st_ctim.tv_nsec)\0\(target)\n"
+            sha.update(Array(line.utf8))
+        }
+        return SHA256.hex(sha.finalize())
+    }
+
+    /// The ext4 image of the directory, sized for its contents plus room.
+    static func writeExt4(_ path: String, to output: String, key: String) throws(ImageError) {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw .badReference(path, reason: String(cString: strerror(errno))) }
+        let root = OwnedFD(taking: fd)
+        var bytes: UInt64 = 0
+        var count = 0
+        try walk(root.raw, "", depth: 0, count: &count) { _, st, _ in
+            bytes &+= (UInt64(max(st.st_size, 0)) + 4095) & ~4095 + 256
+        }
+        let sizeMiB = (bytes + bytes / 4 + Ext4Writer.headroomBytes + (1 << 20) - 1) >> 20
+        let mkfs = try HostTool.find("mkfs.ext4")
+        _ = try HostTool.run(Ext4Writer.mkfsArguments(mkfs, key: key, inodes: count + count / 2 + 4096, source: path, output: output,
+                                                      sizeMiB: sizeMiB, rootOwnedByRoot: false),
+                             environment: Ext4Writer.fixedClock)
+    }
+
+    /// A regular file of the tree, reached without following links; nil otherwise.
+    static func readSmallFile(_ path: String, _ rel: String) -> [UInt8]? {
+        guard let (dir, name) = openParent(path, rel) else { return nil }
+        defer { close(dir) }
+        return try? Blob.readDocument(at: dir, name, what: rel)
+    }
+
+    /// Whether the tree has `rel`, reached without following links.
+    static func contains(_ path: String, _ rel: String) -> Bool {
+        guard let (dir, name) = openParent(path, rel) else { return false }
+        defer { close(dir) }
+        var st = stat()
+        return fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0
+    }
+
+    /// The directory holding `rel` (opened component by component, `O_NOFOLLOW`) and its last name.
+    private static func openParent(_ path: String, _ rel: String) -> (Int32, String)? {
+        let parts = rel.split(separator: "/").map(String.init)
+        guard let name = parts.last, !parts.contains(".."), !parts.contains(".") else { return nil }
+        var dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        for part in parts.dropLast() where dir >= 0 {
+            let next = openat(dir, part, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            close(dir)
+            dir = next
+        }
+        return dir >= 0 ? (dir, name) : nil
+    }
+
+    /// Visits every entry below `dir` (sorted, so the digest is stable), never following a link.
+    private static func walk(_ dir: Int32, _ prefix: String, depth: Int, count: inout Int,
+                             _ visit: (String, stat, String) -> Void) throws(ImageError) {
+        guard depth < 256 else { throw .invalid(what: prefix, reason: "directories nested over 256 deep") }
+        guard let names = directoryNames(dir) else { throw .system(.last("opendir(\(prefix.isEmpty ? "." : prefix))")) }
+        for name in names.sorted() {
+            let rel = prefix.isEmpty ? name : prefix + "/" + name
+            var st = stat()
+            guard fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { throw .system(.last("fstatat(\(rel))")) }
+            count += 1
+            var target = ""
+            if st.st_mode & S_IFMT == S_IFLNK {
+                var buf = [UInt8](repeating: 0, count: 4096)
+                let n = buf.withUnsafeMutableBufferPointer { b in
+                    b.withMemoryRebound(to: CChar.self) { c in c.baseAddress.map { readlinkat(dir, name, $0, c.count) } ?? -1 }
+                }
+                if n > 0 { target = String(decoding: buf[0..<n], as: UTF8.self) }
+            }
+            visit(rel, st, target)
+            if st.st_mode & S_IFMT == S_IFDIR {
+                let child = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                guard child >= 0 else { throw .system(.last("openat(\(rel))")) }
+                let owned = OwnedFD(taking: child)
+                try walk(owned.raw, rel, depth: depth + 1, count: &count, visit)
+            }
+        }
+    }
+}
+
+/// Files read out of an ext4 image used as it is (debugfs, no mount).
+enum Ext4Files {
+    /// The image's /etc/passwd and /etc/group, as far as they can be read.
+    static func users(of image: String, scratch: String) -> UserDatabase {
+        UserDatabase(passwd: dump(image, "/etc/passwd", scratch: scratch), group: dump(image, "/etc/group", scratch: scratch))
+    }
+
+    private static func dump(_ image: String, _ path: String, scratch: String) -> [UInt8]? {
+        guard let debugfs = try? HostTool.find("debugfs") else { return nil }
+        let out = scratch + "/.dump-\(getpid())"
+        unlink(out)
+        defer { unlink(out) }
+        guard (try? HostTool.run([debugfs, "-R", "dump \(Ext4Writer.quote(path)) \(Ext4Writer.quote(out))", image])) != nil else { return nil }
+        return try? Blob.readDocument(at: AT_FDCWD, out, what: path)
+    }
+}
