@@ -7,7 +7,7 @@ SHELL := /bin/bash
 export SWIFTLET_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/swiftlet
 
 DEBIAN_PACKAGES := build-essential zlib1g-dev liblz4-dev libzstd-dev libseccomp-dev \
-	e2fsprogs cpio busybox-static qemu-system-x86 acl iproute2 postgresql valgrind
+	e2fsprogs cpio busybox-static qemu-system-x86 acl iproute2 postgresql valgrind umoci mmdebstrap
 # The VMM binary is a static executable (no dynamic loader: no shared-library relocations or
 # symbol look-ups at exec, no libc/libstdc++ mappings), linked by lld with the functions a VMM
 # executes laid out together (Sources/swiftlet/link-order.txt, from benchmarks/startup/link-order.sh):
@@ -68,10 +68,13 @@ demo-boot: deps images release
 ## minutes, and the stores' deadlines run out on a database that is fine.
 POSTGRES_SUITES := StoreTests|DeadlineTests|PostgresURLTests
 test: export SWIFTLET_SNAPSHOT_CACHE := $(CURDIR)/.build/test-snapshots
+# The --image tests' images (Tests/images/README.md), cached like the kernel; build.sh links `current`.
+test: export SWIFTLET_TEST_IMAGES := $(SWIFTLET_CACHE)/test-images/current
 test: deps images release
 	swift build --build-tests
 	rm -rf "$$SWIFTLET_SNAPSHOT_CACHE"
 	.build/debug/swiftlet snapshot cached
+	Tests/images/build.sh >/dev/null
 	swift test --skip-build --skip '$(POSTGRES_SUITES)'
 	swift test --skip-build --filter '$(POSTGRES_SUITES)'
 	SWIFTLET_TEST_JAIL=1 swift test --skip-build --filter RunTests
