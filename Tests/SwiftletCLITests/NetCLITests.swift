@@ -209,6 +209,27 @@ struct NetGuestTests {
         #expect(ns.taps.isEmpty, "TAP removed after a clean exit")
     }
 
+    @Test("--image with --net: the image gets /etc/hosts with the guest's address and /etc/resolv.conf with the host's name servers",
+          .enabled(if: TestImages.enabled, TestImages.skipMessage))
+    func imageNetFiles() throws {
+        let ns = try NetNamespace()
+        let image = try TestImages.path("rootfs.tar.gz")
+        let r = try ns.swiftlet(["run", "--image", image, "--net", "auto", "--", "sh", "-c", "cat /etc/hosts; echo ---; cat /etc/resolv.conf 2>/dev/null; true"],
+                                prefix: ["env", "SWIFTLET_IMAGE_CACHE=\(SharedImageCache.path)"], seconds: 900)
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        let cut = try #require(lines.firstIndex(of: "---"), "stdout: \(r.stdout)")
+        #expect(lines[..<cut].contains("127.0.0.1 localhost") && lines[..<cut].contains("172.30.0.2 swiftlet"), "\(r.stdout)")
+        // The host's own non-loopback servers, as the guest reaches the host's resolver through the TAP's routing.
+        let hostServers = CLI.readText("/etc/resolv.conf").split(separator: "\n").compactMap { line -> String? in
+            let w = line.split(separator: " ")
+            return w.count >= 2 && w[0] == "nameserver" && !w[1].hasPrefix("127.") && w[1] != "::1" ? "nameserver \(w[1])" : nil
+        }
+        // The test image has no resolv.conf of its own: without host servers there is none.
+        #expect(Array(lines[(cut + 1)...]) == hostServers, "\(r.stdout)")
+        #expect(ns.taps.isEmpty)
+    }
+
     @Test("two VMs on separate TAPs reach their hosts but not each other")
     func twoVMsAreIsolated() throws {
         try #require(access(Images.bzImage, R_OK) == 0 && access(Images.rootfs, R_OK) == 0, "run `make images` first")

@@ -37,6 +37,18 @@ struct AgentProtocolTests {
         #expect(Array(payload[18...]) == Array("/tmp\0echo\0hi\0A=1\0".utf8))
     }
 
+    @Test("JOB with credentials: flag bit 2, then uid, gid, the group count, zero and the groups, after the clock, before the seed")
+    func jobCredentials() throws {
+        let job = AgentJob(argv: ["id"], seed: [7], user: .init(uid: 1000, gid: 100, groups: [50, 60]))
+        let payload = Array(AgentProtocol.jobFrame(job, wallClockNanos: 5)[8...])
+        #expect(Array(payload[0..<16]) == le32(2 | 4) + le32(1) + le32(0) + le32(1))
+        #expect(Array(payload[16..<24]) == le64(5))
+        #expect(Array(payload[24..<48]) == le32(1000) + le32(100) + le32(2) + le32(0) + le32(50) + le32(60))
+        #expect(Array(payload[48...]) == [7] + Array("\0id\0".utf8))
+        let tooMany = AgentJob(argv: ["id"], user: .init(uid: 1, gid: 1, groups: Array(0..<65)))
+        #expect(throws: SandboxError.self) { try tooMany.validate() }
+    }
+
     @Test("messages decode whole and split at every byte boundary", arguments: [1, 3, 7, 1000])
     func decodeSplit(split: Int) throws {
         var stream: [UInt8] = []
