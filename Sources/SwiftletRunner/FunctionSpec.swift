@@ -5,10 +5,22 @@ import Foundation
 /// field but `command` has a default.
 public struct FunctionSpec: Codable, Equatable, Sendable {
     public var command: [String]
-    /// "default" (the rootfs `make rootfs` built) or an absolute path to an ext4 image.
+    /// "default" (the rootfs `make rootfs` built); an absolute path to an
+    /// ext4 image (booted as it is, with its own init and agent), or to any
+    /// other image `swiftlet run --image` takes (a directory, a tarball, a
+    /// `docker save` archive, an OCI layout); or such a reference with its
+    /// format named: `oci:DIR[:TAG]`, `docker-archive:FILE`, `tar:FILE`,
+    /// `dir:DIR`, `ext4:FILE`, the path absolute. Every image but "default"
+    /// and a plain ext4 path runs as `swiftlet run --image` runs it (through
+    /// Swiftlet's agent initramfs; its Env, WorkingDir and User the jobs'
+    /// defaults, `env`, `workdir` and `user` overriding them); all but
+    /// `ext4:` are converted to ext4 at deploy (`swiftlet image prepare`, cached).
     public var image: String
     public var env: [String: String]
     public var workdir: String?
+    /// With an image run through `--image`: the user the handler runs as, a
+    /// name or uid of the image's (optionally `:group`): `swiftlet run --user`.
+    public var user: String?
     public var memoryMiB: Int
     public var vcpus: Int
     public var timeoutSeconds: Double
@@ -18,17 +30,58 @@ public struct FunctionSpec: Codable, Equatable, Sendable {
     public var warm: Int
     /// Extra attempts for a queued job after an infrastructure failure or a restart.
     public var retries: Int
+    /// Set by `deploy`, never by a request: the image (a path without a
+    /// format prefix) is not an ext4 image, so it was converted and its jobs
+    /// run with `--image`. Kept in the version's stored spec, so that every
+    /// job and every host of a fleet treat the image as the deploy found it.
+    /// nil (not encoded) otherwise, so that other specs' stored text is as before.
+    public var imageConverted: Bool?
 
     public static let defaultImage = "default"
-    static let fields: Set<String> = ["command", "image", "env", "workdir", "memoryMiB", "vcpus", "timeoutSeconds",
+    static let fields: Set<String> = ["command", "image", "env", "workdir", "user", "memoryMiB", "vcpus", "timeoutSeconds",
                                       "concurrency", "warm", "retries"]
+    /// The prefixes that name an image's format (`swiftlet run --image`).
+    public static let imagePrefixes = ["oci:", "docker-archive:", "tar:", "dir:", "ext4:"]
 
     public init(command: [String], image: String = FunctionSpec.defaultImage, env: [String: String] = [:], workdir: String? = nil,
-                memoryMiB: Int = 128, vcpus: Int = 1, timeoutSeconds: Double = 60, concurrency: Int = 4, warm: Int = 0,
+                user: String? = nil, memoryMiB: Int = 128, vcpus: Int = 1, timeoutSeconds: Double = 60, concurrency: Int = 4, warm: Int = 0,
                 retries: Int = 2) {
-        (self.command, self.image, self.env, self.workdir) = (command, image, env, workdir)
+        (self.command, self.image, self.env, self.workdir, self.user) = (command, image, env, workdir, user)
         (self.memoryMiB, self.vcpus, self.timeoutSeconds) = (memoryMiB, vcpus, timeoutSeconds)
         (self.concurrency, self.warm, self.retries) = (concurrency, warm, retries)
+    }
+
+    /// What `image` names, from its text alone.
+    public enum ImageKind: Equatable, Sendable {
+        /// "default": the built rootfs, booted as it is.
+        case builtIn
+        /// `ext4:FILE`: an ext4 image used in place (not converted), run
+        /// through `--image` like the others.
+        case ext4(path: String)
+        /// `oci:`, `docker-archive:`, `tar:`, `dir:`: converted at deploy, run through `--image`.
+        case reference
+        /// An absolute path: ext4 (booted as it is) or anything else
+        /// (converted, run through `--image`), which only the file says
+        /// (`imageConverted`, once deployed).
+        case path(String)
+    }
+
+    public var imageKind: ImageKind {
+        if image == Self.defaultImage { return .builtIn }
+        if image.hasPrefix("ext4:") { return .ext4(path: String(image.dropFirst(5))) }
+        if Self.imagePrefixes.contains(where: { image.hasPrefix($0) }) { return .reference }
+        return .path(image)
+    }
+
+    /// What `swiftlet snapshot create|run --image` take for this function's
+    /// jobs: the image as given; nil when they boot an ext4 root drive as it
+    /// is (`--rootfs`: the default rootfs, a plain path to an ext4 image).
+    public var imageReference: String? {
+        switch imageKind {
+        case .reference, .ext4: return image
+        case .path: return imageConverted == true ? image : nil
+        case .builtIn: return nil
+        }
     }
 
     /// Decodes a request body strictly: a JSON object with only the known
@@ -63,7 +116,7 @@ public struct FunctionSpec: Codable, Equatable, Sendable {
             guard v.isFinite, v == v.rounded(), abs(v) < 1e9 else { throw .badRequest("'\(name)' must be an integer") }
             return Int(v)
         }
-        var spec = FunctionSpec(command: command, env: wire.env ?? [:], workdir: wire.workdir)
+        var spec = FunctionSpec(command: command, env: wire.env ?? [:], workdir: wire.workdir, user: wire.user)
         if let v = wire.image { spec.image = v }
         if let v = try integer(wire.memoryMiB, "memoryMiB") { spec.memoryMiB = v }
         if let v = try integer(wire.vcpus, "vcpus") { spec.vcpus = v }
@@ -82,6 +135,7 @@ public struct FunctionSpec: Codable, Equatable, Sendable {
         var image: String?
         var env: [String: String]?
         var workdir: String?
+        var user: String?
         var memoryMiB: Double?
         var vcpus: Double?
         var timeoutSeconds: Double?
@@ -101,8 +155,8 @@ public struct FunctionSpec: Codable, Equatable, Sendable {
             throw .badRequest("'command' elements must be non-empty and hold no NUL")
         }
         guard command.reduce(0, { $0 + $1.utf8.count }) <= 65536 else { throw .badRequest("'command' is over 64 KiB") }
-        guard image == Self.defaultImage || image.hasPrefix("/") else {
-            throw .badRequest("'image' must be \"default\" or an absolute path to an ext4 image")
+        guard Self.isValidImage(image) else {
+            throw .badRequest("'image' must be \"default\", an absolute path, or oci:, docker-archive:, tar:, dir: or ext4: followed by an absolute path")
         }
         guard env.count <= 128 else { throw .badRequest("'env' has more than 128 entries") }
         for (k, v) in env {
@@ -110,6 +164,13 @@ public struct FunctionSpec: Codable, Equatable, Sendable {
             guard !v.utf8.contains(0), v.utf8.count <= 32768 else { throw .badRequest("'env.\(k)' holds a NUL or is over 32 KiB") }
         }
         if let w = workdir { guard w.hasPrefix("/"), !w.utf8.contains(0) else { throw .badRequest("'workdir' must be an absolute path") } }
+        if let u = user {
+            guard Self.isValidUser(u) else { throw .badRequest("'user' must be a user of the image: a name or uid, optionally :group") }
+            // A plain path's deploy checks that it is not an ext4 image booted as it is.
+            guard imageKind != .builtIn else {
+                throw .badRequest("'user' needs an image other than \"default\" (it is looked up in the image's /etc/passwd)")
+            }
+        }
         guard (32...16384).contains(memoryMiB) else { throw .badRequest("'memoryMiB' must be 32 to 16384") }
         guard (1...32).contains(vcpus) else { throw .badRequest("'vcpus' must be 1 to 32") }
         guard timeoutSeconds.isFinite, timeoutSeconds > 0, timeoutSeconds <= 3600 else {
@@ -118,6 +179,24 @@ public struct FunctionSpec: Codable, Equatable, Sendable {
         guard (1...1024).contains(concurrency) else { throw .badRequest("'concurrency' must be 1 to 1024") }
         guard (0...64).contains(warm) else { throw .badRequest("'warm' must be 0 to 64") }
         guard (0...10).contains(retries) else { throw .badRequest("'retries' must be 0 to 10") }
+    }
+
+    /// "default", an absolute path, or a format prefix and an absolute path
+    /// (`oci:/dir:tag` included): what `swiftlet run --image` would take
+    /// whatever the current directory.
+    static func isValidImage(_ s: String) -> Bool {
+        if s == defaultImage { return true }
+        guard !s.utf8.contains(0), s.unicodeScalars.count <= 4096 else { return false }
+        let path = imagePrefixes.first(where: { s.hasPrefix($0) }).map { s.dropFirst($0.count) } ?? Substring(s)
+        return path.hasPrefix("/")
+    }
+
+    /// `name`, `uid`, `name:group` or `uid:gid`: no NUL or line break, at
+    /// most one ':', at most 256 characters (code points, as JSON Schema counts).
+    static func isValidUser(_ s: String) -> Bool {
+        let parts = s.split(separator: ":", omittingEmptySubsequences: false)
+        return (1...2).contains(parts.count) && parts.allSatisfy { !$0.isEmpty } && s.unicodeScalars.count <= 256
+            && !s.utf8.contains(where: { $0 == 0 || $0 == UInt8(ascii: "\n") })
     }
 
     static func isEnvironmentName(_ s: String) -> Bool {
@@ -144,7 +223,9 @@ public struct FunctionRecord: Codable, Equatable, Sendable {
     public var spec: FunctionSpec
     /// SHA-256 of the root image when the version was made (snapshots check it again).
     public var imageSha256: String
-    /// The image path resolved ("default" becomes the built rootfs).
+    /// The image path resolved ("default" becomes the built rootfs; a
+    /// converted image, the ext4 image `swiftlet image prepare` made on the
+    /// host that deployed it).
     public var imagePath: String
     public var createdAt: Date
     public var updatedAt: Date

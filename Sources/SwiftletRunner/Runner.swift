@@ -135,6 +135,8 @@ public actor Runner {
     /// SHA-256 of the images verified here (what this host may claim).
     var verifiedImages: [String] = []
     var imageDigests: [String: ImageDigest] = [:]
+    /// Image references' ext4 on this host (see `refreshImages`).
+    var preparedImages: [String: PreparedImageState] = [:]
     var heartbeatFailures = 0
     var ticks = 0
     /// Attempts' ends the store could not take (an outage): retried on
@@ -172,18 +174,94 @@ public actor Runner {
     public func deploy(name: String, spec: FunctionSpec) async throws(RunnerError) -> (FunctionRecord, created: Bool) {
         guard FunctionSpec.isValidName(name) else { throw .badRequest("function name '\(name)' must be 1 to 64 letters, digits, '-' or '_'") }
         try spec.validate()
-        let imagePath = spec.image == FunctionSpec.defaultImage ? config.defaultRootfs : spec.image
+        var spec = spec
+        let imagePath = try await resolveImage(&spec)
         let resolved = URL(fileURLWithPath: imagePath).resolvingSymlinksInPath().path
         guard access(resolved, R_OK) == 0 else {
             throw .badRequest("image \(spec.image == FunctionSpec.defaultImage ? "default (\(imagePath))" : imagePath) does not exist or is not readable")
         }
-        let sha = try Snapshots.sha256(ofFile: resolved)
+        // Hashing a large image takes seconds: not on the actor.
+        let sha = try await ChildProcess.offPool { () throws(RunnerError) in try Snapshots.sha256(ofFile: resolved) }
         let result = try await store.deploy(name: name, spec: spec, imagePath: resolved, imageSha256: sha, now: Date().timeIntervalSince1970)
         logger.info("function deployed", metadata: ["function": "\(name)", "version": "\(result.0.version)"])
-        if let fleet { await refreshImages(fleet) }
+        if let fleet {
+            if let reference = spec.imageReference { rememberPrepared(reference, path: resolved, sha256: sha) }
+            await refreshImages(fleet)
+        }
         await collectGarbage()
         await refillWarmPools()
         return result
+    }
+
+    /// The ext4 image a spec's `image` boots. An image other than ext4 is
+    /// converted first (`swiftlet image prepare`, cached by swiftlet) and
+    /// the ext4 it made is the one; a path found not to be ext4 is marked
+    /// `imageConverted` in the spec.
+    func resolveImage(_ spec: inout FunctionSpec) async throws(RunnerError) -> String {
+        spec.imageConverted = nil
+        switch spec.imageKind {
+        case .builtIn:
+            return config.defaultRootfs
+        case let .ext4(path):
+            switch Self.probeImage(path) {
+            case .missing: throw .badRequest("image \(path) does not exist or is not readable")
+            case .other: throw .badRequest("image \(spec.image): not an ext4 image (no ext4 superblock)")
+            case .ext4: return path
+            }
+        case .reference:
+            return try await prepareImage(spec.image)
+        case let .path(path):
+            switch Self.probeImage(path) {
+            case .missing:
+                throw .badRequest("image \(path) does not exist or is not readable")
+            case .ext4:
+                if spec.user != nil {
+                    throw .badRequest("'user' needs an image run through Swiftlet's agent initramfs: \(path) is an ext4 image, booted as it is " +
+                                      "(its own init runs the handler as root); give it as ext4:\(path)")
+                }
+                return path
+            case .other:
+                spec.imageConverted = true
+                return try await prepareImage(path)
+            }
+        }
+    }
+
+    enum ImageProbe { case missing, ext4, other }
+
+    /// What is at an image path: an ext4 image (the superblock's magic
+    /// 0xEF53 at byte 1080), something else (a directory, a tarball, ...),
+    /// or nothing readable.
+    static func probeImage(_ path: String) -> ImageProbe {
+        var st = stat()
+        guard stat(path, &st) == 0, access(path, R_OK) == 0 else { return .missing }
+        guard st.st_mode & S_IFMT == S_IFREG else { return .other }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return .missing }
+        defer { close(fd) }
+        var magic: [UInt8] = [0, 0]
+        let n = magic.withUnsafeMutableBytes { b in retryingEINTR { pread(fd, b.baseAddress, 2, 1080) } }
+        return n == 2 && magic == [0x53, 0xEF] ? .ext4 : .other
+    }
+
+    /// `swiftlet image prepare REF`: the path of the image's ext4, converted
+    /// now or found in swiftlet's image cache. It runs as a child on a
+    /// thread of its own (a big image takes a minute): the actor goes on
+    /// serving meanwhile. A conversion that fails is the request's fault
+    /// (a 400 with swiftlet's one line).
+    func prepareImage(_ reference: String, log: Bool = true) async throws(RunnerError) -> String {
+        let started = Clock.monotonicNanos()
+        let child = try await ChildProcess.run(path: config.swiftlet, argv: ["swiftlet", "image", "prepare", reference], spawner: backgroundSpawner)
+        guard child.succeeded else { throw .badRequest(child.errorLine) }
+        let lines = String(decoding: child.stdout, as: UTF8.self).split(separator: "\n")
+        guard let path = lines.last.map(String.init), path.hasPrefix("/") else {
+            throw .internalFailure("`swiftlet image prepare \(reference)` printed no path")
+        }
+        if log {
+            logger.info("image prepared", metadata: ["image": "\(reference)", "ext4": "\(path)",
+                                                     "ms": "\(Double(Clock.monotonicNanos() - started) / 1e6)"])
+        }
+        return path
     }
 
     public func removeFunction(_ name: String) async throws(RunnerError) {

@@ -26,6 +26,17 @@ struct ImageDigest: Sendable {
     var sha256: String
 }
 
+/// An image reference's ext4 on this host: what its last
+/// `swiftlet image prepare` gave, or why that failed, and when.
+struct PreparedImageState: Sendable {
+    var path: String?
+    var error: String?
+    var checkedAt: UInt64 = 0
+    var preparing = false
+    /// The deployed digest last warned about as not matching (one warning each).
+    var warnedAbout: String?
+}
+
 /// Fleet mode: the runner as one host of many sharing a PostgreSQL store.
 ///
 /// - Work is claimed from the shared queue (`FleetStore.claim`) when this
@@ -190,10 +201,25 @@ extension Runner {
 
     /// Which current functions' images this host holds, checked by
     /// SHA-256 (each file hashed again only when its size or mtime changes).
+    /// An image reference is prepared here too (`swiftlet image prepare`:
+    /// converted, or an `ext4:` file found; in the background, see
+    /// `preparedDigest`), and its ext4 must hash to what the deploying host's did.
     func refreshImages(_ fleet: any FleetStore) async {
         guard let functions = try? await store.functions() else { return }
         var verified = Set<String>()
         for f in functions {
+            if let reference = f.spec.imageReference {
+                guard let sha = preparedDigest(reference, fleet) else { continue }
+                if sha == f.imageSha256 {
+                    verified.insert(sha)
+                } else if preparedImages[reference]?.warnedAbout != f.imageSha256 {
+                    preparedImages[reference]?.warnedAbout = f.imageSha256
+                    logger.warning("the image prepared here is not the one deployed: this host does not run its jobs",
+                                   metadata: ["function": "\(f.name)", "image": "\(reference)", "sha256": "\(sha)",
+                                              "deployed_sha256": "\(f.imageSha256)"])
+                }
+                continue
+            }
             var st = stat()
             guard stat(f.imagePath, &st) == 0 else { continue }
             let size = Int(st.st_size), mtime = Int(st.st_mtim.tv_sec)
@@ -206,6 +232,88 @@ extension Runner {
             if sha == f.imageSha256 { verified.insert(sha) }
         }
         verifiedImages = verified.sorted()
+        // References no current function names any more are forgotten.
+        let references = Set(functions.compactMap(\.spec.imageReference))
+        preparedImages = preparedImages.filter { references.contains($0.key) || $0.value.preparing }
+    }
+
+    /// How often an image reference is prepared again: its source may have
+    /// changed (a new ext4, another digest) or the cache been pruned.
+    static let imageRecheckNanos: UInt64 = 30_000_000_000
+
+    /// The SHA-256 of an image reference's ext4 on this host, as last
+    /// prepared; nil until it has been. Never waits: a conversion (the first,
+    /// one whose ext4 changed or vanished, or one due again) starts in the
+    /// background, and refreshes the images when it ends. The heartbeat
+    /// that calls this cannot wait a minute for a big image.
+    func preparedDigest(_ reference: String, _ fleet: any FleetStore) -> String? {
+        let now = Clock.monotonicNanos()
+        guard let state = preparedImages[reference] else {
+            startPreparing(reference, fleet)
+            return nil
+        }
+        var digest: String?
+        if let path = state.path, let d = imageDigests[path] {
+            var st = stat()
+            if stat(path, &st) == 0, Int(st.st_size) == d.size, Int(st.st_mtim.tv_sec) == d.mtime { digest = d.sha256 }
+        }
+        if !state.preparing && (now - state.checkedAt >= Self.imageRecheckNanos || (digest == nil && state.error == nil)) {
+            startPreparing(reference, fleet)
+        }
+        return digest
+    }
+
+    /// Records an image the deploy just prepared (and hashed) here.
+    func rememberPrepared(_ reference: String, path: String, sha256: String) {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return }
+        imageDigests[path] = ImageDigest(size: Int(st.st_size), mtime: Int(st.st_mtim.tv_sec), sha256: sha256)
+        var state = preparedImages[reference] ?? PreparedImageState()
+        (state.path, state.checkedAt, state.error) = (path, Clock.monotonicNanos(), nil)
+        preparedImages[reference] = state
+    }
+
+    private func startPreparing(_ reference: String, _ fleet: any FleetStore) {
+        var state = preparedImages[reference] ?? PreparedImageState()
+        state.preparing = true
+        preparedImages[reference] = state
+        Task {
+            let known = imageDigests
+            var result: (path: String, digest: ImageDigest)?
+            var failure: String?
+            do throws(RunnerError) {
+                let prepared = try await prepareImage(reference, log: false)
+                let path = URL(fileURLWithPath: prepared).resolvingSymlinksInPath().path
+                let digest = try await ChildProcess.offPool { () throws(RunnerError) -> ImageDigest in
+                    var st = stat()
+                    guard stat(path, &st) == 0 else { throw .badRequest("image \(path): \(String(cString: strerror(errno)))") }
+                    let (size, mtime) = (Int(st.st_size), Int(st.st_mtim.tv_sec))
+                    if let d = known[path], d.size == size, d.mtime == mtime { return d }
+                    return ImageDigest(size: size, mtime: mtime, sha256: try Snapshots.sha256(ofFile: path))
+                }
+                result = (path, digest)
+            } catch {
+                failure = error.description
+            }
+            var state = preparedImages[reference] ?? PreparedImageState()
+            state.preparing = false
+            state.checkedAt = Clock.monotonicNanos()
+            if let result {
+                if state.path != result.path {
+                    logger.info("image prepared", metadata: ["image": "\(reference)", "ext4": "\(result.path)", "sha256": "\(result.digest.sha256)"])
+                }
+                imageDigests[result.path] = result.digest
+                (state.path, state.error) = (result.path, nil)
+            } else if let failure {
+                if state.error != failure {
+                    logger.warning("preparing an image failed: this host does not run its jobs", metadata: ["image": "\(reference)", "error": "\(failure)"])
+                }
+                (state.path, state.error) = (nil, failure)
+            }
+            preparedImages[reference] = state
+            await refreshImages(fleet)
+            schedulePump()
+        }
     }
 
     /// Claims queued jobs while this host has a free slot and the memory.

@@ -21,9 +21,11 @@ public actor Snapshots {
         (self.directory, self.swiftlet, self.kernel, self.spawner, self.metrics) = (directory, swiftlet, kernel, spawner, metrics)
     }
 
-    /// The shape's directory name: image digest, memory, vCPUs.
+    /// The shape's directory name: image digest, memory, vCPUs; and for an
+    /// image run through `--image` (booted through the agent initramfs),
+    /// `-image`, apart from the same ext4 booted as it is.
     public nonisolated static func shape(_ f: FunctionRecord) -> String {
-        "\(f.imageSha256.prefix(24))-m\(f.spec.memoryMiB)-c\(f.spec.vcpus)"
+        "\(f.imageSha256.prefix(24))-m\(f.spec.memoryMiB)-c\(f.spec.vcpus)" + (f.spec.imageReference == nil ? "" : "-image")
     }
 
     /// The version's snapshot directory, created first when missing. Every
@@ -54,42 +56,16 @@ public actor Snapshots {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let temporary = final + ".tmp-\(getpid())"
         Self.removeTree(temporary)
-        var args = ["swiftlet", "snapshot", "create", "--output", temporary, "--rootfs", f.imagePath,
-                    "--mem", String(f.spec.memoryMiB), "--cpus", String(f.spec.vcpus), "--seccomp", "strict"]
+        // An image reference is booted as `run --image` boots it (its ext4
+        // through Swiftlet's agent initramfs); its jobs restore with `--image` too.
+        var args = ["swiftlet", "snapshot", "create", "--output", temporary]
+        if let reference = f.spec.imageReference { args += ["--image", reference] } else { args += ["--rootfs", f.imagePath] }
+        args += ["--mem", String(f.spec.memoryMiB), "--cpus", String(f.spec.vcpus), "--seccomp", "strict"]
         if let kernel { args += ["--kernel", kernel] }
-        var errPipe: [Int32] = [-1, -1]
-        guard swd_pipe(&errPipe) == 0 else { throw RunnerError.internalFailure("pipe2: \(String(cString: strerror(errno)))") }
-        let pid: pid_t
-        do {
-            pid = try await spawner.spawn(path: swiftlet, argv: args, environment: VMProcess.childEnvironment(), fds: [-1, -1, errPipe[1]])
-        } catch {
-            close(errPipe[0]); close(errPipe[1])
-            throw RunnerError.internalFailure("\(error)")
-        }
-        close(errPipe[1])
-        let readEnd = errPipe[0]
-        // Blocking reads and wait: off the concurrency pool.
-        let (status, text) = await withCheckedContinuation { (c: CheckedContinuation<(Int32, String), Never>) in
-            Thread.detachNewThread {
-                var out: [UInt8] = []
-                var chunk = [UInt8](repeating: 0, count: 4096)
-                while true {
-                    let n = chunk.withUnsafeMutableBytes { b in retryingEINTR { read(readEnd, b.baseAddress, b.count) } }
-                    guard n > 0 else { break }
-                    out += chunk[0..<n]
-                    if out.count > 65536 { out.removeFirst(out.count - 65536) }
-                }
-                close(readEnd)
-                var status: Int32 = 0
-                _ = retryingEINTR { waitpid(pid, &status, 0) }
-                c.resume(returning: (status, String(decoding: out, as: UTF8.self)))
-            }
-        }
-        guard status == 0 else {
+        let child = try await ChildProcess.run(path: swiftlet, argv: args, spawner: spawner, captureStdout: false)
+        guard child.succeeded else {
             Self.removeTree(temporary)
-            let last = text.split(separator: "\n").last.map(String.init) ?? "status \(status)"
-            throw RunnerError.internalFailure("creating the snapshot of \(f.name) version \(f.version): " +
-                                              (last.hasPrefix("swiftlet: error: ") ? String(last.dropFirst(17)) : last))
+            throw RunnerError.internalFailure("creating the snapshot of \(f.name) version \(f.version): \(child.errorLine)")
         }
         guard rename(temporary, final) == 0 else {
             Self.removeTree(temporary)

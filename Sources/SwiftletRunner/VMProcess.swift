@@ -4,7 +4,7 @@ import Synchronization
 import SwiftletSys
 
 /// How the runner starts a VMM: `swiftlet run --snapshot DIR` with the
-/// function's handler, strict seccomp, jailed when asked, its timings on
+/// function's handler (and `--image` for an image reference), strict seccomp, jailed when asked, its timings on
 /// descriptor 3 (stderr stays the function's log) and, for a warm VM, held
 /// after the restore until a byte arrives on descriptor 4.
 public struct VMLaunch: Sendable {
@@ -25,6 +25,12 @@ public struct VMLaunch: Sendable {
         if jail { a += ["--jail"] }
         for (k, v) in spec.env.sorted(by: { $0.key < $1.key }) { a += ["--env", "\(k)=\(v)"] }
         if let w = spec.workdir { a += ["--workdir", w] }
+        // An image reference: the run restores its snapshot and takes the
+        // image's configuration (Env, WorkingDir, User) and its users from it.
+        if let reference = spec.imageReference {
+            a += ["--image", reference]
+            if let u = spec.user { a += ["--user", u] }
+        }
         return a + ["--"] + spec.command
     }
 }

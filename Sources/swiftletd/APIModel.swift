@@ -11,7 +11,7 @@ enum APIModel {
         [
             "name": f.name, "version": f.version, "command": f.spec.command, "image": f.spec.image,
             "imageSha256": f.imageSha256, "env": f.spec.env, "workdir": f.spec.workdir ?? NSNull(),
-            "memoryMiB": f.spec.memoryMiB, "vcpus": f.spec.vcpus, "timeoutSeconds": f.spec.timeoutSeconds,
+            "user": f.spec.user ?? NSNull(), "memoryMiB": f.spec.memoryMiB, "vcpus": f.spec.vcpus, "timeoutSeconds": f.spec.timeoutSeconds,
             "concurrency": f.spec.concurrency, "warm": f.spec.warm, "retries": f.spec.retries,
             "createdAt": timestamp(f.createdAt.timeIntervalSince1970), "updatedAt": timestamp(f.updatedAt.timeIntervalSince1970),
         ]

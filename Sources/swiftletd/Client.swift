@@ -88,7 +88,8 @@ struct FnDeploy: ParsableCommand {
     @OptionGroup var client: ClientOptions
     @Argument(help: "The function's name.") var name: String
     @Option(help: "A JSON spec file (PUT /v1/functions/{name}'s body) instead of the options.") var file: String?
-    @Option(help: "Root image: an ext4 path (default: the built rootfs).") var image: String?
+    @Option(help: ArgumentHelp("Root image (default: the built rootfs): a path to an ext4 image, booted as it is, or any image `swiftlet run --image` takes, converted at deploy (an OCI layout, a docker save archive, a rootfs tarball, a directory): an absolute path, or oci:DIR[:TAG], docker-archive:FILE, tar:FILE, dir:DIR, ext4:FILE with an absolute path.", valueName: "REF")) var image: String?
+    @Option(help: ArgumentHelp("With an --image other than a plain ext4 path: the user of the image the handler runs as (name or uid, optionally :group).", valueName: "USER[:GROUP]")) var user: String?
     @Option(help: "Guest memory in MiB.") var mem: Int?
     @Option(help: "vCPUs.") var cpus: Int?
     @Option(help: "Seconds a call may run.") var timeout: Double?
@@ -115,6 +116,7 @@ struct FnDeploy: ParsableCommand {
             if let warm { spec["warm"] = warm }
             if let retries { spec["retries"] = retries }
             if let workdir { spec["workdir"] = workdir }
+            if let user { spec["user"] = user }
             var env: [String: String] = [:]
             for e in environment {
                 guard let eq = e.firstIndex(of: "="), eq != e.startIndex else { throw ValidationError("--env '\(e)' is not KEY=VALUE") }

@@ -164,6 +164,37 @@ import Testing
         #expect(try await b.hosts()[0].alive == false, "silent for longer than a lease: gone")
     }
 
+    /// A converted image is verified by each host converting it itself
+    /// (`swiftlet image prepare`, in the background): its ext4 must hash as
+    /// the deploying host's did, or the host claims none of its jobs.
+    @Test func hostsConvertAnImageThemselvesAndCompareTheDigest() async throws {
+        let (fx, hosts) = try await fleet(hosts: ["a", "b", "c"])
+        defer { withExtendedLifetime(fx) {} }
+        let fakes = [try FakeSwiftlet(), try FakeSwiftlet(), try FakeSwiftlet(preparedContent: "not the same bytes\n")]
+        let states = [TempState(), TempState(), TempState()]
+        let runners = try (0..<3).map { try fakes[$0].runner(store: hosts[$0], state: states[$0].path) }
+        let reference = "oci:/srv/layout:v1"
+        let (f, _) = try await runners[0].deploy(name: "f", spec: FunctionSpec(command: ["cat"], image: reference))
+        #expect(await runners[0].verifiedImages == [f.imageSha256])
+        #expect(fakes[0].calls == ["image prepare \(reference)"], "the deploy's conversion is the deploying host's")
+        for i in 1...2 { await runners[i].refreshImages(hosts[i]) }
+        func settled(_ r: Runner) async -> Bool {
+            guard let p = await r.preparedImages[reference] else { return false }
+            return !p.preparing && p.checkedAt > 0
+        }
+        for _ in 0..<200 {
+            if await settled(runners[1]), await settled(runners[2]) { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(await runners[1].verifiedImages == [f.imageSha256], "the same ext4: verified")
+        #expect(await runners[2].verifiedImages == [], "another ext4: not verified")
+        #expect(fakes[1].calls == ["image prepare \(reference)"] && fakes[2].calls == ["image prepare \(reference)"])
+        // A refresh within the recheck interval converts nothing again.
+        await runners[1].refreshImages(hosts[1])
+        let verified = await runners[1].verifiedImages
+        #expect(fakes[1].calls.count == 1 && verified == [f.imageSha256])
+    }
+
     @Test func anUnreachableDatabaseIsUnavailableNotAHang() async throws {
         let state = TempState()
         let started = ContinuousClock.now

@@ -47,6 +47,17 @@ func queuedJob(_ function: String, version: Int = 1, key: String? = nil, invocat
         (#"{"command":["x"],"vcpus":0}"#, "'vcpus' must be 1 to 32"),
         (#"{"command":["x"],"timeoutSeconds":0}"#, "'timeoutSeconds'"),
         (#"{"command":["x"],"image":"relative.ext4"}"#, "'image' must be"),
+        (#"{"command":["x"],"image":"docker://busybox"}"#, "'image' must be"),
+        (#"{"command":["x"],"image":"tar:rootfs.tar"}"#, "'image' must be"),
+        (#"{"command":["x"],"image":"oci:"}"#, "'image' must be"),
+        (#"{"command":["x"],"image":"/a\u0000b"}"#, "'image' must be"),
+        (#"{"command":["x"],"user":"root"}"#, "'user' needs an image other than \"default\""),
+        (#"{"command":["x"],"image":"tar:/i.tar","user":""}"#, "'user' must be"),
+        (#"{"command":["x"],"image":"tar:/i.tar","user":"a:b:c"}"#, "'user' must be"),
+        (#"{"command":["x"],"image":"tar:/i.tar","user":":g"}"#, "'user' must be"),
+        (#"{"command":["x"],"image":"tar:/i.tar","user":7}"#, "'user' has the wrong type"),
+        (#"{"command":["x"],"image":"tar:/i.tar","user":null}"#, "'user' must not be null"),
+        (#"{"command":["x"],"imageConverted":true}"#, "unknown field 'imageConverted'"),
         (#"{"command":["x"],"env":{"1A":"x"}}"#, "not a valid variable name"),
         (#"{"command":["x"],"workdir":"tmp"}"#, "'workdir' must be an absolute path"),
         (#"{"command":["x"],"warm":65}"#, "'warm' must be 0 to 64"),
@@ -59,6 +70,30 @@ func queuedJob(_ function: String, version: Int = 1, key: String? = nil, invocat
             guard case let .badRequest(m) = error as? RunnerError else { return false }
             return m.contains(message)
         }
+    }
+
+    @Test func imageReferencesAndUser() throws {
+        for image in ["oci:/srv/layout", "oci:/srv/layout:v1", "docker-archive:/srv/a.tar", "tar:/srv/r.tar.gz", "dir:/srv/root"] {
+            let s = try decode(#"{"command":["x"],"image":"\#(image)","user":"worker:staff"}"#)
+            #expect(s.image == image && s.user == "worker:staff" && s.imageKind == .reference && s.imageReference == image)
+        }
+        let ext4 = try decode(#"{"command":["x"],"image":"ext4:/srv/r.ext4","user":"root"}"#)
+        #expect(ext4.imageKind == .ext4(path: "/srv/r.ext4") && ext4.imageReference == "ext4:/srv/r.ext4")
+        // A plain path is converted only when the deploy found it is not ext4 (it may name a user until then).
+        var plain = try decode(#"{"command":["x"],"image":"/srv/r.tar","user":"1000"}"#)
+        #expect(plain.imageKind == .path("/srv/r.tar") && plain.imageReference == nil)
+        plain.imageConverted = true
+        #expect(plain.imageReference == "/srv/r.tar")
+        #expect(try decode(#"{"command":["x"]}"#).imageReference == nil)
+    }
+
+    /// Specs without the new fields are stored as before (no new version after an upgrade).
+    @Test func storedTextOfASpecWithoutTheImageFields() throws {
+        let text = try StoredSpec.encode(FunctionSpec(command: ["cat"], workdir: "/w"))
+        #expect(!text.contains("user") && !text.contains("imageConverted"))
+        var converted = FunctionSpec(command: ["cat"], image: "/srv/r.tar", user: "worker")
+        converted.imageConverted = true
+        #expect(try StoredSpec.decode(try StoredSpec.encode(converted)) == converted)
     }
 
     @Test func names() {

@@ -73,7 +73,7 @@ def pytest_configure(config):
         pass
 
 
-MODULE_ORDER = ["test_bad_input", "test_native_api", "test_lambda_boto3", "test_lambda_cli", "test_openapi",
+MODULE_ORDER = ["test_bad_input", "test_native_api", "test_lambda_boto3", "test_lambda_cli", "test_image", "test_openapi",
                 "test_crash", "test_fleet", "test_load"]
 
 

@@ -40,4 +40,7 @@ done
 
 # The venv's bin first: the tests run its `aws` and `st`.
 export PATH="$VENV/bin:$PATH"
-exec "$VENV/bin/python" -m pytest -x -q Tests/runner "$@"
+# Tests/runner unless the arguments name test files themselves (then only those run).
+TARGET=(Tests/runner)
+for a in "$@"; do case "$a" in *.py|*.py::*) TARGET=() ;; esac; done
+exec "$VENV/bin/python" -m pytest -x -q "${TARGET[@]}" "$@"

@@ -43,6 +43,19 @@ BAD_BODIES = {
     "unknown-field-case": spec(MemoryMiB=256),
     "missing-image": spec(image=MISSING_IMAGE),
     "relative-image": spec(image="rootfs.ext4"),
+    "image-unknown-prefix": spec(image="docker://busybox:latest"),
+    "image-relative-reference": spec(image="tar:rootfs.tar"),
+    "image-empty-reference": spec(image="oci:"),
+    "image-nul": spec(image="/tmp/a\u0000b"),
+    "image-missing-reference": spec(image="tar:" + MISSING_IMAGE),
+    "image-number": spec(image=5),
+    "user-with-default-image": spec(user="root"),
+    "image-missing-ext4-reference": spec(image="ext4:" + MISSING_IMAGE),
+    "user-empty": spec(image="tar:" + MISSING_IMAGE, user=""),
+    "user-two-colons": spec(image="tar:" + MISSING_IMAGE, user="a:b:c"),
+    "user-empty-group": spec(image="tar:" + MISSING_IMAGE, user="a:"),
+    "user-number": spec(image="tar:" + MISSING_IMAGE, user=1000),
+    "user-null": spec(image="tar:" + MISSING_IMAGE, user=None),
     "memory-0": spec(memoryMiB=0),
     "memory-negative": spec(memoryMiB=-5),
     "memory-31": spec(memoryMiB=31),
@@ -84,8 +97,13 @@ def test_bad_function_spec(daemon, stable, case):
     before = daemon.get(f"/v1/functions/{stable}").json()
     r = daemon.put(f"/v1/functions/{stable}", data=BAD_BODIES[case], headers={"Content-Type": "application/json"})
     err = assert_error(r, 400)
-    if case == "missing-image":
+    if case in ("missing-image", "image-missing-reference", "image-missing-ext4-reference"):
         assert MISSING_IMAGE in err["message"], f"the message should name the path: {err}"
+    if case == "image-missing-reference":
+        # swiftlet's one line (`image prepare` failed), without its prefix.
+        assert "swiftlet: error" not in err["message"] and "\n" not in err["message"], err
+    if case.startswith("user-"):
+        assert "'user'" in err["message"], f"the message should name the field: {err}"
     assert daemon.get(f"/v1/functions/{stable}").json() == before, "a refused PUT changed the function"
     # The same body for a new name creates nothing.
     r = daemon.put("/v1/functions/never-created", data=BAD_BODIES[case], headers={"Content-Type": "application/json"})

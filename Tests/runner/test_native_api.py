@@ -9,7 +9,7 @@ import pytest
 
 from conftest import FINAL_STATES, SPEC_PATH, alive, assert_error
 
-FUNCTION_FIELDS = {"name", "version", "command", "image", "imageSha256", "env", "workdir", "memoryMiB", "vcpus",
+FUNCTION_FIELDS = {"name", "version", "command", "image", "imageSha256", "env", "workdir", "user", "memoryMiB", "vcpus",
                    "timeoutSeconds", "concurrency", "warm", "retries", "createdAt", "updatedAt"}
 JOB_FIELDS = {"id", "function", "version", "state", "invocation", "attempts", "maxAttempts", "exitStatus", "error",
               "idempotencyKey", "createdAt", "startedAt", "finishedAt", "outputBytes", "logBytes", "timings"}
@@ -73,7 +73,7 @@ def test_function_crud(daemon):
     f1 = r.json()
     assert set(f1) == FUNCTION_FIELDS, set(f1) ^ FUNCTION_FIELDS
     assert f1["name"] == name and f1["version"] == 1 and f1["command"] == ["echo", "hi"]
-    assert (f1["image"], f1["env"], f1["workdir"]) == ("default", {"GREETING": "hello"}, None)
+    assert (f1["image"], f1["env"], f1["workdir"], f1["user"]) == ("default", {"GREETING": "hello"}, None, None)
     assert (f1["memoryMiB"], f1["vcpus"], f1["timeoutSeconds"]) == (128, 1, 12.5)
     assert (f1["concurrency"], f1["warm"], f1["retries"]) == (4, 0, 2)
     assert re.fullmatch(r"[0-9a-f]{64}", f1["imageSha256"]), f1
