@@ -73,6 +73,21 @@ public struct FunctionSpec: Codable, Equatable, Sendable {
         return .path(image)
     }
 
+    /// The host path the image is read from (an OCI layout's directory
+    /// without its tag); nil for "default".
+    public var imageHostPath: String? {
+        switch imageKind {
+        case .builtIn: return nil
+        case let .ext4(path), let .path(path): return path
+        case .reference:
+            guard let colon = image.firstIndex(of: ":") else { return nil }
+            var path = String(image[image.index(after: colon)...])
+            // `oci:DIR:TAG`: the tag follows the last ':' after the last '/'.
+            if image.hasPrefix("oci:"), let c = path.lastIndex(of: ":"), !path[c...].contains("/") { path = String(path[..<c]) }
+            return path
+        }
+    }
+
     /// What `swiftlet snapshot create|run --image` take for this function's
     /// jobs: the image as given; nil when they boot an ext4 root drive as it
     /// is (`--rootfs`: the default rootfs, a plain path to an ext4 image).

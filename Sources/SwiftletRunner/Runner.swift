@@ -10,6 +10,10 @@ public struct RunnerConfig: Sendable {
     public var kernel: String?
     /// What `"image": "default"` means.
     public var defaultRootfs: String
+    /// Where a function's image may come from (`serve --image-root`): its
+    /// path, links resolved, must lie under one of these. nil: anywhere the
+    /// daemon can read, so deploying is as trusted as the host's root.
+    public var imageRoots: [String]?
     /// VM slots: running VMs plus warm ones.
     public var maxVMs: Int
     /// Guest memory of running and warm VMs never exceeds this.
@@ -174,6 +178,7 @@ public actor Runner {
     public func deploy(name: String, spec: FunctionSpec) async throws(RunnerError) -> (FunctionRecord, created: Bool) {
         guard FunctionSpec.isValidName(name) else { throw .badRequest("function name '\(name)' must be 1 to 64 letters, digits, '-' or '_'") }
         try spec.validate()
+        try checkImageRoot(spec)
         var spec = spec
         let imagePath = try await resolveImage(&spec)
         let resolved = URL(fileURLWithPath: imagePath).resolvingSymlinksInPath().path
@@ -191,6 +196,22 @@ public actor Runner {
         await collectGarbage()
         await refillWarmPools()
         return result
+    }
+
+    /// With `--image-root`, an image outside the roots is refused: a deploy
+    /// request must not make a host file or directory (`dir:/root`) a
+    /// handler's root filesystem.
+    func checkImageRoot(_ spec: FunctionSpec) throws(RunnerError) {
+        guard let roots = config.imageRoots, let path = spec.imageHostPath else { return }
+        guard let resolved = Self.realPath(path),
+              roots.compactMap(Self.realPath).contains(where: { resolved == $0 || resolved.hasPrefix($0 == "/" ? "/" : $0 + "/") })
+        else { throw .badRequest("image \(spec.image) is not under this runner's image roots (serve --image-root)") }
+    }
+
+    static func realPath(_ path: String) -> String? {
+        guard let p = realpath(path, nil) else { return nil }
+        defer { free(p) }
+        return String(cString: p)
     }
 
     /// The ext4 image a spec's `image` boots. An image other than ext4 is

@@ -72,6 +72,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "The guest kernel (default: swiftlet's).")
     var kernel: String?
 
+    @Option(name: .customLong("image-root"), help: ArgumentHelp("Accept only function images under this directory (links resolved); repeatable. Without it, any path the daemon can read.", valueName: "dir"))
+    var imageRoots: [String] = []
+
     @Option(help: "What a function's \"image\": \"default\" means (default: the rootfs `make rootfs` built).")
     var rootfs: String?
 
@@ -148,6 +151,10 @@ struct Serve: AsyncParsableCommand {
             memoryBudgetMiB: memoryBudget ?? Int(ProcessInfo.processInfo.physicalMemory / 1024 / 1024 * 3 / 4),
             jail: jail ?? (geteuid() == 0))
         config.maxQueued = maxQueued
+        for root in imageRoots where access(root, R_OK | X_OK) != 0 {
+            throw ValidationError("--image-root \(root): not a readable directory")
+        }
+        config.imageRoots = imageRoots.isEmpty ? nil : imageRoots
         config.syncWaitSeconds = syncWait
         config.retentionSeconds = retention
         config.drainTimeoutSeconds = drainTimeout

@@ -127,6 +127,30 @@ func sha256Hex(_ s: String) throws -> String {
         }
     }
 
+    @Test("--image-root: only images under the roots, links resolved; refused before anything is read or converted")
+    func imageRoots() async throws {
+        let allowed = fake.directory + "/allowed"
+        try FileManager.default.createDirectory(atPath: allowed, withIntermediateDirectories: true)
+        var config = RunnerConfig(stateDirectory: stateDir.path, swiftlet: fake.path, kernel: nil, defaultRootfs: try fake.ext4File("default.ext4"),
+                                  maxVMs: 2, memoryBudgetMiB: 1024, jail: false)
+        config.maxWarm = 0
+        config.imageRoots = [allowed]
+        let store = try SQLiteStore(directory: stateDir.path + "/roots")
+        let guarded = Runner(config: config, store: store, logger: Logger(label: "test"))
+        let inside = try fake.file("allowed/rootfs.tar", "tar")
+        try FileManager.default.createSymbolicLink(atPath: allowed + "/escape", withDestinationPath: "/root")
+        for image in ["dir:/root", "/etc/hostname", "dir:" + allowed + "/escape", "oci:" + allowed + "/../prepared:latest", "tar:" + allowed + "/../calls"] {
+            await #expect(throws: RunnerError.self, "\(image)") {
+                try await guarded.deploy(name: "f", spec: FunctionSpec(command: ["cat"], image: image))
+            }
+        }
+        #expect(fake.calls.isEmpty, "nothing outside was converted")
+        let (f, _) = try await guarded.deploy(name: "f", spec: FunctionSpec(command: ["cat"], image: "tar:" + inside))
+        #expect(f.spec.imageReference == "tar:" + inside)
+        let (d, _) = try await guarded.deploy(name: "d", spec: FunctionSpec(command: ["cat"]))
+        #expect(d.spec.imageReference == nil, "\"default\" is always allowed")
+    }
+
     @Test func aUserNeedsAConvertedImage() async throws {
         let ext4 = try fake.ext4File("plain.ext4")
         await #expect {
