@@ -13,7 +13,9 @@ public struct PreparedImage: Sendable {
     public var config: ImageConfig
     /// Programs the agent runs once before the snapshot (the image's shell and entrypoint).
     public var warmUp: [String]
-    public var users: UserDatabase
+    /// The image's accounts; read when asked (an ext4 image's through debugfs).
+    public var users: UserDatabase { loadUsers() }
+    let loadUsers: @Sendable () -> UserDatabase
 }
 
 /// The converted images, under `$SWIFTLET_IMAGE_CACHE` (else
@@ -35,7 +37,7 @@ public enum ImageCache {
         case let .ext4(path):
             // Used in place: only its identity is needed for the snapshot key.
             return PreparedImage(digest: "ext4-" + (try identityDigest(path)), rootfsPath: path, config: .plain,
-                                 warmUp: ["/bin/sh"], users: Ext4Files.users(of: path, scratch: root))
+                                 warmUp: ["/bin/sh"], loadUsers: { Ext4Files.users(of: path, scratch: root) })
         case let .ociLayout(directory, tag):
             let layout = try OCILayout(path: directory)
             let manifest = try layout.manifest(tag: tag)
@@ -54,6 +56,8 @@ public enum ImageCache {
                 try applyLayer(FileSource(fd: file.raw), to: tree, layer: path, whiteouts: false)
                 return .plain
             }
+        case let .file(path):
+            return try prepare(try fileKind(path, root: root), cacheDirectory: cacheDirectory)
         case let .directory(path):
             // mkfs.ext4 reads the directory as it is, owners, nodes and xattrs included.
             let key = "dir-" + (try HostDirectory.digest(path))
@@ -120,7 +124,7 @@ public enum ImageCache {
         let group = try? Blob.readDocument(at: d.raw, "group", what: "group")
         _ = futimens(d.raw, nil)
         return PreparedImage(digest: record.digest, rootfsPath: entry + "/rootfs.ext4", config: record.config,
-                             warmUp: record.warmUp, users: UserDatabase(passwd: passwd, group: group))
+                             warmUp: record.warmUp, loadUsers: { UserDatabase(passwd: passwd, group: group) })
     }
 
     /// Removes the entries not used for `days` days (and conversions that
@@ -154,7 +158,7 @@ public enum ImageCache {
             removed.append(name)
         }
         // File identities whose entry is gone.
-        for name in listDirectory(root + "/refs") {
+        for name in listDirectory(root + "/refs") where !name.hasSuffix(".kind") {
             let ref = root + "/refs/" + name
             guard let key = try? Blob.readDocument(at: AT_FDCWD, ref, what: ref),
                   access(root + "/" + String(decoding: key, as: UTF8.self), F_OK) != 0 else { continue }
@@ -183,6 +187,23 @@ public enum ImageCache {
             try? writeFile(ref, Array(hex.utf8))
         }
         return hex
+    }
+
+    /// A file's format, docker archive or tarball, remembered by the file's
+    /// identity: telling them apart reads the whole tar.
+    static func fileKind(_ path: String, root: String) throws(ImageError) -> ImageReference {
+        let identity = try identityDigest(path)
+        let ref = root + "/refs/" + identity + ".kind"
+        if let known = try? Blob.readDocument(at: AT_FDCWD, ref, what: ref) {
+            switch String(decoding: known, as: UTF8.self) {
+            case "docker": return .dockerArchive(path: path)
+            case "tar": return .tarball(path: path)
+            default: break
+            }
+        }
+        let docker = try ImageReference.isDockerArchive(path)
+        if (try? identityDigest(path)) == identity { try? writeFile(ref, Array((docker ? "docker" : "tar").utf8)) }
+        return docker ? .dockerArchive(path: path) : .tarball(path: path)
     }
 
     static func identityDigest(_ path: String) throws(ImageError) -> String {

@@ -12,6 +12,9 @@ public enum ImageReference: Equatable, Sendable, CustomStringConvertible {
     case tarball(path: String)
     case directory(path: String)
     case ext4(path: String)
+    /// A file that is not ext4: a docker archive or a tarball, which only
+    /// reading it tells (`ImageCache` does, once per file identity).
+    case file(path: String)
 
     public static let formats = "oci:DIR[:TAG], docker-archive:FILE, tar:FILE, dir:DIR, ext4:FILE, or a path"
 
@@ -60,10 +63,11 @@ public enum ImageReference: Equatable, Sendable, CustomStringConvertible {
         case let .tarball(p): return "tar:" + p
         case let .directory(p): return "dir:" + p
         case let .ext4(p): return "ext4:" + p
+        case let .file(p): return p
         }
     }
 
-    /// An ext4 image, a docker archive or a root filesystem tarball.
+    /// An ext4 image (one read: the magic), else a file to classify.
     private static func classifyFile(_ path: String) throws(ImageError) -> ImageReference {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw .badReference(path, reason: String(cString: strerror(errno))) }
@@ -73,12 +77,17 @@ public enum ImageReference: Equatable, Sendable, CustomStringConvertible {
         if magic.withUnsafeMutableBytes({ b in (try? readFully(file.raw, into: b, offset: 1080)) ?? 0 }) == 2, magic == [0x53, 0xEF] {
             return .ext4(path: path)
         }
-        return try isDockerArchive(file.raw) ? .dockerArchive(path: path) : .tarball(path: path)
+        return .file(path: path)
     }
 
-    /// Whether `fd` is an uncompressed tar with a top-level `manifest.json`
-    /// (the names are read; the data is skipped).
-    private static func isDockerArchive(_ fd: Int32) throws(ImageError) -> Bool {
+    /// Whether the file is an uncompressed tar with a top-level
+    /// `manifest.json` (the names are read; the data is skipped, by reading
+    /// it: a tar has no index).
+    static func isDockerArchive(_ path: String) throws(ImageError) -> Bool {
+        let raw = open(path, O_RDONLY | O_CLOEXEC)
+        guard raw >= 0 else { throw .badReference(path, reason: String(cString: strerror(errno))) }
+        let file = OwnedFD(taking: raw)
+        let fd = file.raw
         var head = [UInt8](repeating: 0, count: 4)
         let n = head.withUnsafeMutableBytes { b in (try? readFully(fd, into: b, offset: 0)) ?? 0 }
         if n == 4, head[0] == 0x1f && head[1] == 0x8b || head == [0x28, 0xb5, 0x2f, 0xfd] { return false }
@@ -104,7 +113,7 @@ public enum ImageReference: Equatable, Sendable, CustomStringConvertible {
         if path.hasPrefix("/") { return path }
         var buf = [CChar](repeating: 0, count: Int(PATH_MAX))
         guard getcwd(&buf, buf.count) != nil else { return path }
-        let cwd = buf.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        let cwd = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         return cwd == "/" ? "/" + path : cwd + "/" + path
     }
 }

@@ -49,9 +49,11 @@ enum Images {
         job.environment = image.config.environment.filter { !overridden.contains(key($0)) } + base.environment
         if job.workingDirectory.isEmpty { job.workingDirectory = image.config.workingDirectory }
         let spec = user ?? image.config.user
+        // Root: the agent's default HOME (/root); a user's comes from the image's passwd.
+        guard !spec.isEmpty else { return job }
         let resolved: UserDatabase.Resolved
         do { resolved = try image.users.resolve(spec) } catch { throw RunFailure(message: "\(error)") }
-        if !spec.isEmpty { job.user = AgentJob.Credentials(uid: resolved.uid, gid: resolved.gid, groups: resolved.groups) }
+        job.user = AgentJob.Credentials(uid: resolved.uid, gid: resolved.gid, groups: resolved.groups)
         if !job.environment.contains(where: { key($0) == "HOME" }) { job.environment.append("HOME=" + resolved.home) }
         return job
     }

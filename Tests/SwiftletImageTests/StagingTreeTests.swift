@@ -263,9 +263,14 @@ func tar(_ build: (inout TarBuilder) -> Void) -> [UInt8] {
         scratch.write("disk.img", ext4)
         #expect(try ImageReference.parse(scratch.path + "/disk.img") == .ext4(path: scratch.path + "/disk.img"))
         scratch.write("docker.tar", tar { t in t.file("manifest.json", Array("[]".utf8)) })
-        #expect(try ImageReference.parse(scratch.path + "/docker.tar") == .dockerArchive(path: scratch.path + "/docker.tar"))
+        #expect(try ImageReference.parse(scratch.path + "/docker.tar") == .file(path: scratch.path + "/docker.tar"))
+        #expect(try ImageCache.fileKind(scratch.path + "/docker.tar", root: scratch.path) == .dockerArchive(path: scratch.path + "/docker.tar"))
         scratch.write("root.tar", tar { t in t.file("bin/sh", [1]) })
-        #expect(try ImageReference.parse(scratch.path + "/root.tar") == .tarball(path: scratch.path + "/root.tar"))
+        #expect(mkdir(scratch.path + "/refs", 0o755) == 0)
+        #expect(try ImageCache.fileKind(scratch.path + "/root.tar", root: scratch.path) == .tarball(path: scratch.path + "/root.tar"))
+        // Remembered by identity: asked again, the answer comes from refs/.
+        #expect(listDirectory(scratch.path + "/refs").contains { $0.hasSuffix(".kind") })
+        #expect(try ImageCache.fileKind(scratch.path + "/root.tar", root: scratch.path) == .tarball(path: scratch.path + "/root.tar"))
         #expect(throws: ImageError.self) { _ = try ImageReference.parse(scratch.path + "/missing") }
         #expect(throws: ImageError.self) { _ = try ImageReference.parse("oci:" + scratch.path + "/disk.img") }
         #expect(throws: ImageError.self) { _ = try ImageReference.parse("") }
