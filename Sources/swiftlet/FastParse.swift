@@ -188,6 +188,7 @@ extension RunOptions: FastParsable {
         .optional("start-fd") { $0.startFd = $1 },
         .optional("report-fd") { $0.reportFd = $1 },
         .value("seccomp", { $0.seccomp }) { $0.seccomp = $1 },
+        .list("warm") { $0.warm.append($1) },
     ] + JailOptions.fastOptions.map { $0.lifted({ $0.jail }) { run, body in body(&run.jail) } }
 
     /// The command: required, so `run` without one is ArgumentParser's (and

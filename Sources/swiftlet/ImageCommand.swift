@@ -70,6 +70,16 @@ enum Images {
     }
 }
 
+/// `--warm PROGRAM`: what the agent's PARK takes (absolute paths, at most 16 in all).
+enum WarmUp {
+    static func validate(_ programs: [String]) throws {
+        guard programs.count <= 12 else { throw ValidationError("at most 12 --warm programs") }
+        for p in programs where !p.hasPrefix("/") || p.utf8.contains(0) || p.utf8.count > 4095 {
+            throw ValidationError("--warm '\(p)' is not an absolute path")
+        }
+    }
+}
+
 /// `swiftlet image`: the cache of converted images.
 struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -45,6 +45,9 @@ struct Run: ParsableCommand {
     @Option(help: "Give up when the guest's agent has not connected after this many seconds.")
     var bootTimeout: Double = RunOptions.defaults.bootTimeout
 
+    @Option(name: .customLong("warm"), help: ArgumentHelp("Run this program of the guest once (no arguments, stdin on /dev/null, killed after 10 s) before the cached snapshot is taken, so its files are in every restored VM's page cache (an interpreter, say); repeatable, part of the cache key.", valueName: "/path"))
+    var warm: [String] = []
+
     @Option(name: .customLong("env"), help: ArgumentHelp("Set an environment variable for the command; repeatable.", valueName: "KEY=VALUE"))
     var environment: [String] = []
 
@@ -82,7 +85,7 @@ struct Run: ParsableCommand {
         RunOptions(kernel: guest.kernel, rootfs: rootfs, image: image, user: user, drives: drives, mem: guest.mem, cpus: guest.cpus, snapshot: snapshot, cold: cold,
                    timeout: timeout, bootTimeout: bootTimeout, environment: environment, workdir: workdir, vsockUds: vsockUds,
                    append: guest.append, net: net, console: console, timings: timings, kvmDevice: kvmDevice, startFd: startFd,
-                   reportFd: reportFd, seccomp: guest.seccomp, jail: jail.options, command: command)
+                   reportFd: reportFd, seccomp: guest.seccomp, warm: warm, jail: jail.options, command: command)
     }
 
     func validate() throws { try options.validate() }
@@ -118,6 +121,7 @@ struct RunOptions {
     var startFd: Int32?
     var reportFd: Int32?
     var seccomp = Seccomp.defaultModeName
+    var warm: [String] = []
     var jail = JailOptions()
     var command: [String] = []
 
@@ -127,6 +131,10 @@ struct RunOptions {
     func validate() throws {
         guard !command.isEmpty || image != nil else { throw ValidationError("no command given (usage: swiftlet run [options] -- CMD [ARGS...])") }
         if image != nil && rootfs != nil { throw ValidationError("--image and --rootfs exclude each other") }
+        try WarmUp.validate(warm)
+        if !warm.isEmpty && (cold || snapshot != nil || net != nil || !drives.isEmpty) {
+            throw ValidationError("--warm applies to the cached snapshot: not with --cold, --snapshot, --net or --drive")
+        }
         if user != nil && image == nil { throw ValidationError("--user needs --image (the user is looked up in the image's /etc/passwd)") }
         try OptionLimits.seconds(timeout, "--timeout")
         try OptionLimits.seconds(bootTimeout, "--boot-timeout")
@@ -175,6 +183,7 @@ struct RunOptions {
             var shape = SnapshotCache.Shape(kernel: kernelPath, rootfs: rootfsPath, memoryMiB: mem ?? RunOptions.defaultMemoryMiB,
                                             vcpus: cpus ?? RunOptions.defaultVcpus, append: append, bootTimeout: bootTimeout, seccomp: seccomp)
             if let image, let prepared { shape.image = (reference: image, digest: prepared.digest, initramfs: Images.agentInitramfs) }
+            shape.warm = warm
             restored = try SnapshotCache.snapshot(for: shape)
         }
 

@@ -27,6 +27,8 @@ enum SnapshotCache {
         /// `--image`: the reference (for the child that creates the
         /// snapshot), the image's digest and the agent's initramfs.
         var image: (reference: String, digest: String, initramfs: String)?
+        /// `--warm`: more programs to warm before the snapshot.
+        var warm: [String] = []
     }
 
     /// The cache key: the files' inode identities (a rebuilt image is a new
@@ -41,6 +43,7 @@ enum SnapshotCache {
         }
         text += " mem=\(shape.memoryMiB) cpus=\(shape.vcpus) append=\(shape.append ?? "")"
         if let image = shape.image { text += " image=\(image.digest)" }
+        if !shape.warm.isEmpty { text += " warm=" + shape.warm.joined(separator: "\u{0}") }
         return String(SHA256.hex(SHA256.hash(Array(text.utf8))).prefix(24))
     }
 
@@ -93,6 +96,7 @@ enum SnapshotCache {
                     "--mem", String(shape.memoryMiB), "--cpus", String(shape.vcpus),
                     "--boot-timeout", String(shape.bootTimeout), "--seccomp", shape.seccomp]
         if let a = shape.append { args += ["--append", a] }
+        for program in shape.warm { args += ["--warm", program] }
         var pipeFDs: [Int32] = [-1, -1]
         guard swl_pipe2(&pipeFDs, O_CLOEXEC) == 0 else { throw RunFailure(message: "pipe2: \(String(cString: strerror(errno)))") }
         var actions = posix_spawn_file_actions_t()

@@ -30,6 +30,9 @@ struct SnapshotGuestOptions: ParsableArguments {
     @Option(help: "Give up when the guest's agent has not reported idle after this many seconds.")
     var bootTimeout: Double = 600
 
+    @Option(name: .customLong("warm"), help: ArgumentHelp("Also run this program of the guest once before the snapshot (see `run --warm`); repeatable.", valueName: "/path"))
+    var warm: [String] = []
+
     var kernel: String? { guest.kernel }
     var mem: Int { guest.mem ?? RunOptions.defaultMemoryMiB }
     var cpus: Int { guest.cpus ?? RunOptions.defaultVcpus }
@@ -40,6 +43,7 @@ struct SnapshotGuestOptions: ParsableArguments {
         try OptionLimits.seconds(bootTimeout, "--boot-timeout")
         try OptionLimits.guest(memoryMiB: mem, vcpus: cpus)
         if image != nil && rootfs != nil { throw ValidationError("--image and --rootfs exclude each other") }
+        try WarmUp.validate(warm)
     }
 
     /// The kernel and rootfs paths, checked readable, and the image converted.
@@ -95,6 +99,7 @@ struct SnapshotCreate: ParsableCommand {
         let (kernelPath, rootfsPath, image) = try guest.images()
         var config = SandboxConfig(kernelPath: kernelPath, rootfsPath: rootfsPath, job: AgentJob(argv: ["true"]))
         if let image { try Images.configure(&config, for: image) }
+        config.warmUpPrograms += guest.warm
         config.memoryMiB = guest.mem
         config.vcpuCount = guest.cpus
         config.bootTimeoutSeconds = guest.bootTimeout
@@ -131,6 +136,7 @@ struct SnapshotCached: ParsableCommand {
         var shape = SnapshotCache.Shape(kernel: kernelPath, rootfs: rootfsPath, memoryMiB: guest.mem, vcpus: guest.cpus, append: guest.append,
                                         bootTimeout: guest.bootTimeout, seccomp: guest.seccomp)
         if let reference = guest.image, let image { shape.image = (reference: reference, digest: image.digest, initramfs: Images.agentInitramfs) }
+        shape.warm = guest.warm
         print(try SnapshotCache.snapshot(for: shape).directory)
     }
 }

@@ -45,6 +45,22 @@ struct BadInputTests {
         #expect(access("/tmp/swiftlet-test-never", F_OK) != 0, "nothing created")
     }
 
+    @Test("--image, --user and --warm misuse: one line, before anything starts (run: 125, snapshot create: 1)", arguments: [
+        (["run", "--warm", "python3", "--", "true"], "not an absolute path", Int32(125)),
+        (["run", "--warm", "/bin/sh", "--cold", "--", "true"], "--warm applies to the cached snapshot", 125),
+        (["run", "--user", "nobody", "--", "true"], "--user needs --image", 125),
+        (["run", "--image", "/nonexistent/x.tar", "--rootfs", "/nonexistent/r", "--", "true"], "exclude each other", 125),
+        (["run", "--image", "/nonexistent/x.tar", "--", "true"], "/nonexistent/x.tar", 125),
+        (["run", "--image", "oci:/nonexistent", "--", "true"], "/nonexistent", 125),
+        (["snapshot", "create", "--output", "/nonexistent/s", "--warm", "sh"], "not an absolute path", 1),
+        (["image", "prepare", "/nonexistent/x.tar"], "/nonexistent/x.tar", 1),
+    ])
+    func imageOptions(args: [String], text: String, status: Int32) throws {
+        let r = try CLI.run(args, timeout: 60)
+        #expect(r.status == status, "exit status for \(args): stderr: \(r.stderr)")
+        #expect(r.stderrLines.count == 1 && r.stderr.hasPrefix("swiftlet: error: ") && r.stderr.contains(text), "stderr: \(r.stderr)")
+    }
+
     @Test func missingKernel() throws {
         try expectOneLineError(["boot", "--kernel", "/nonexistent/bzImage"], containing: "not found")
     }
