@@ -145,19 +145,20 @@ struct NonRootTests {
         #expect(r.status == 0, "stderr: \(r.stderr)")
         let image = r.stdout.split(separator: "\n").first.map(String.init) ?? ""
         #expect(image.hasPrefix(user.home + "/.cache/swiftlet/images/"), "the user's own cache: \(image)")
-        let owned = CLI.readText(try debugfs(image, "stat /etc/owned"))
+        let owned = try debugfs(image, "stat /etc/owned")
         #expect(owned.contains("Mode:  04750") && owned.contains("User:  1234   Group:  5678"), "\(owned)")
         #expect(owned.contains("Links: 2"), "the hard link is one inode: \(owned)")
-        let dev = CLI.readText(try debugfs(image, "stat /dev/null"))
+        let dev = try debugfs(image, "stat /dev/null")
         #expect(dev.contains("Type: character special") && dev.contains("Device major/minor number: 01:03"), "\(dev)")
-        #expect(CLI.readText(try debugfs(image, "ea_list /etc/owned")).contains("user.k (1) = \"v\""))
+        #expect(try debugfs(image, "ea_list /etc/owned").contains("user.k (1) = \"v\""))
     }
 
-    /// debugfs's answer to one request about `image`, in a file.
+    /// debugfs's answer to one request about `image`.
     private func debugfs(_ image: String, _ request: String) throws -> String {
         let out = try CLI.tempFile("debugfs")
+        defer { unlink(out) }
         _ = try NetNamespace.sh("debugfs -R '\(request)' '\(image)' > '\(out)' 2>/dev/null")
-        return out
+        return CLI.readText(out)
     }
 
     @Test("what needs privileges says so in one line: --net auto, a TAP of another user, a user without /dev/kvm")
