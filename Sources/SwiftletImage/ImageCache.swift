@@ -60,9 +60,10 @@ public enum ImageCache {
             return try prepare(try fileKind(path, root: root), cacheDirectory: cacheDirectory)
         case let .directory(path):
             // mkfs.ext4 reads the directory as it is, owners, nodes and xattrs included.
-            let key = "dir-" + (try HostDirectory.digest(path))
+            let scan = try HostDirectory.scan(path)
+            let key = "dir-" + scan.digest
             return try cached(key: key, root: root) { _, rootfs throws(ImageError) in
-                try HostDirectory.writeExt4(path, to: rootfs, key: key)
+                try Ext4Writer.format(path, to: rootfs, key: key, usedBytes: scan.bytes, entries: scan.entries, rootOwnedByRoot: false)
                 return Converted(config: .plain, passwd: HostDirectory.readSmallFile(path, "etc/passwd"),
                                  group: HostDirectory.readSmallFile(path, "etc/group"), exists: { HostDirectory.contains(path, $0) })
             }

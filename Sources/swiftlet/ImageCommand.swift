@@ -27,13 +27,19 @@ enum Images {
     }
 
     /// What an image changes in a sandbox: its ext4 as the root drive, the
-    /// agent's initramfs to boot, and its shell and entrypoint to warm up.
+    /// agent's initramfs to boot, and its shell and entrypoint to warm up;
+    /// with a network device (set before), the host's name servers.
     static func configure(_ config: inout SandboxConfig, for image: PreparedImage) throws {
         try requireReadable(agentInitramfs, what: "agent initramfs", hint: " (run `make rootfs` first)")
         config.rootfsPath = image.rootfsPath
         config.agentInitramfs = agentInitramfs
         config.warmUpPrograms = image.warmUp
-        config.nameservers = hostNameservers()
+        if config.net != nil { config.nameservers = hostNameservers() }
+    }
+
+    /// What the cached snapshot's key and its creation take of an image.
+    static func snapshotImage(_ reference: String, _ image: PreparedImage) -> (reference: String, digest: String, initramfs: String) {
+        (reference: reference, digest: image.digest, initramfs: agentInitramfs)
     }
 
     /// The job as the image's configuration makes it: Entrypoint and Cmd

@@ -182,7 +182,7 @@ struct RunOptions {
         if restored == nil && !cold && net == nil && drives.isEmpty {
             var shape = SnapshotCache.Shape(kernel: kernelPath, rootfs: rootfsPath, memoryMiB: mem ?? RunOptions.defaultMemoryMiB,
                                             vcpus: cpus ?? RunOptions.defaultVcpus, append: append, bootTimeout: bootTimeout, seccomp: seccomp)
-            if let image, let prepared { shape.image = (reference: image, digest: prepared.digest, initramfs: Images.agentInitramfs) }
+            if let image, let prepared { shape.image = Images.snapshotImage(image, prepared) }
             shape.warm = warm
             restored = try SnapshotCache.snapshot(for: shape)
         }
@@ -193,7 +193,6 @@ struct RunOptions {
                            stdinAttached: isatty(0) == 0, seed: seed)
         if let prepared { job = try Images.job(job, image: prepared, user: user) }
         var config = SandboxConfig(kernelPath: kernelPath, rootfsPath: rootfsPath, job: job)
-        if let prepared { try Images.configure(&config, for: prepared) }
         config.memoryMiB = mem ?? restored?.manifest.memoryMiB ?? RunOptions.defaultMemoryMiB
         config.vcpuCount = cpus ?? restored?.manifest.vcpuCount ?? RunOptions.defaultVcpus
         config.snapshot = restored
@@ -218,6 +217,7 @@ struct RunOptions {
         config.handleSignals = true
         config.kvmPath = kvmDevice
         config.net = try net.map(parseNet)
+        if let prepared { try Images.configure(&config, for: prepared) }
 
         let consoleFile = try openConsoleFile(console)
         defer { if consoleFile >= 0 { close(consoleFile) } }

@@ -92,39 +92,18 @@ enum SnapshotCache {
     static func create(_ shape: Shape, at dir: String) throws(RunFailure) {
         var args = ["swiftlet", "snapshot", "create", "--output", dir, "--kernel", shape.kernel]
         args += shape.image.map { ["--image", $0.reference] } ?? ["--rootfs", shape.rootfs]
-        args += [
-                    "--mem", String(shape.memoryMiB), "--cpus", String(shape.vcpus),
-                    "--boot-timeout", String(shape.bootTimeout), "--seccomp", shape.seccomp]
+        args += ["--mem", String(shape.memoryMiB), "--cpus", String(shape.vcpus),
+                 "--boot-timeout", String(shape.bootTimeout), "--seccomp", shape.seccomp]
         if let a = shape.append { args += ["--append", a] }
         for program in shape.warm { args += ["--warm", program] }
-        var pipeFDs: [Int32] = [-1, -1]
-        guard swl_pipe2(&pipeFDs, O_CLOEXEC) == 0 else { throw RunFailure(message: "pipe2: \(String(cString: strerror(errno)))") }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 2)
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        setenv("SWIFTLET_SNAPSHOT_PARENT", String(getpid()), 1)
-        defer { unsetenv("SWIFTLET_SNAPSHOT_PARENT") }
-        var cArgs = args.map { strdup($0) } + [nil]
-        defer { for p in cArgs { free(p) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, "/proc/self/exe", &actions, nil, &cArgs, environ)
-        close(pipeFDs[1])
-        defer { close(pipeFDs[0]) }
-        guard rc == 0 else { throw RunFailure(message: "spawning swiftlet snapshot create: \(String(cString: strerror(rc)))") }
-        var output: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { b in retryingEINTR { read(pipeFDs[0], b.baseAddress, b.count) } }
-            guard n > 0 else { break }
-            output += chunk[0..<n]
+        let result: Subprocess.Result
+        do {
+            result = try Subprocess.run(path: "/proc/self/exe", argv: args, environment: ["SWIFTLET_SNAPSHOT_PARENT=\(getpid())"])
+        } catch {
+            throw RunFailure(message: "spawning swiftlet snapshot create: \(String(cString: strerror(error.errno)))")
         }
-        var status: Int32 = 0
-        _ = retryingEINTR { waitpid(pid, &status, 0) }
-        guard status == 0 else {
-            let text = String(decoding: output, as: UTF8.self)
-            let last = text.split(separator: "\n").last.map(String.init) ?? "exit status \(status)"
+        guard result.status == 0 else {
+            let last = result.lastLine
             let reason = last.hasPrefix("swiftlet: error: ") ? String(last.dropFirst(17)) : last
             throw RunFailure(message: "creating the cached snapshot: \(reason)")
         }

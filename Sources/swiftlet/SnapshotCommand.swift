@@ -135,7 +135,7 @@ struct SnapshotCached: ParsableCommand {
         _ = try seccompMode(guest.seccomp)
         var shape = SnapshotCache.Shape(kernel: kernelPath, rootfs: rootfsPath, memoryMiB: guest.mem, vcpus: guest.cpus, append: guest.append,
                                         bootTimeout: guest.bootTimeout, seccomp: guest.seccomp)
-        if let reference = guest.image, let image { shape.image = (reference: reference, digest: image.digest, initramfs: Images.agentInitramfs) }
+        if let reference = guest.image, let image { shape.image = Images.snapshotImage(reference, image) }
         shape.warm = guest.warm
         print(try SnapshotCache.snapshot(for: shape).directory)
     }

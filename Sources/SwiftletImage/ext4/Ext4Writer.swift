@@ -19,13 +19,7 @@ enum Ext4Writer {
     static let headroomBytes: UInt64 = 256 << 20
 
     static func write(_ tree: StagingTree, to output: String, workDirectory: String, key: String) throws(ImageError) {
-        let used = tree.estimatedBytes
-        let sizeMiB = (used + used / 4 + headroomBytes + (1 << 20) - 1) >> 20
-        let inodes = tree.entries.count + tree.entries.count / 2 + 4096
-        let mkfs = try HostTool.find("mkfs.ext4")
-        // No journal: the drive is always ephemeral, so nothing is ever replayed; a journal only costs space and a mount.
-        _ = try HostTool.run(mkfsArguments(mkfs, key: key, inodes: inodes, source: tree.path, output: output, sizeMiB: sizeMiB),
-                             environment: fixedClock)
+        try format(tree.path, to: output, key: key, usedBytes: tree.estimatedBytes, entries: tree.entries.count)
         let script = workDirectory + "/debugfs.script"
         let commands = try debugfsScript(tree, workDirectory: workDirectory)
         try writeFile(script, Array(commands.utf8))
@@ -41,17 +35,23 @@ enum Ext4Writer {
     /// (Not 0, which e2fsprogs reads as "unset"; 2000-01-01.)
     static let fixedClock = ["E2FSPROGS_FAKE_TIME=946684800"]
 
-    /// mkfs.ext4 copying `source`: no journal (the drive is always
-    /// ephemeral, so nothing is ever replayed), no reserved blocks, and the
-    /// UUID and hash seed taken from the key.
+    /// `mkfs.ext4 -d source`, sized for `usedBytes` and `entries` plus room:
+    /// no journal (the drive is always ephemeral, so nothing is ever
+    /// replayed; a journal only costs space and a mount), no reserved
+    /// blocks, and the UUID and hash seed taken from the key.
     /// `rootOwnedByRoot`: the root directory root's (a staged tree's is the
-    /// staging user's), else the source's own.
-    static func mkfsArguments(_ mkfs: String, key: String, inodes: Int, source: String, output: String, sizeMiB: UInt64,
-                              rootOwnedByRoot: Bool = true) -> [String] {
+    /// staging user's), else the source's own (a host directory's).
+    static func format(_ source: String, to output: String, key: String, usedBytes: UInt64, entries: Int,
+                       rootOwnedByRoot: Bool = true) throws(ImageError) {
+        let sizeMiB = (usedBytes + usedBytes / 4 + headroomBytes + (1 << 20) - 1) >> 20
+        let inodes = entries + entries / 2 + 4096
         let h = Array(SHA256.hex(SHA256.hash(Array(("swiftlet-image " + key).utf8))).prefix(32))
         let uuid = [h[0..<8], h[8..<12], h[12..<16], h[16..<20], h[20..<32]].map { String($0) }.joined(separator: "-")
-        return [mkfs, "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-m", "0", "-b", "4096", "-N", String(inodes),
-                "-U", uuid, "-E", (rootOwnedByRoot ? "root_owner=0:0," : "") + "hash_seed=" + uuid, "-L", "swiftlet-image", "-d", source, output, "\(sizeMiB)M"]
+        let mkfs = try HostTool.find("mkfs.ext4")
+        _ = try HostTool.run([mkfs, "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-m", "0", "-b", "4096", "-N", String(inodes),
+                              "-U", uuid, "-E", (rootOwnedByRoot ? "root_owner=0:0," : "") + "hash_seed=" + uuid,
+                              "-L", "swiftlet-image", "-d", source, output, "\(sizeMiB)M"],
+                             environment: fixedClock)
     }
 
     /// The commands that give each entry its owner, mode, node type, times and xattrs.

@@ -1,4 +1,3 @@
-import CSwiftlet
 import Glibc
 import SwiftletSys
 
@@ -18,49 +17,11 @@ enum HostTool {
     /// is an error carrying stderr's last line.
     static func run(_ argv: [String], environment extra: [String] = []) throws(ImageError) -> String {
         let name = String(argv[0].split(separator: "/").last ?? "")
-        var fds: [Int32] = [-1, -1]
-        guard swl_pipe2(&fds, O_CLOEXEC) == 0 else { throw .system(.last("pipe2")) }
-        let readEnd = OwnedFD(taking: fds[0])
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
-        var cArgs = argv.map { strdup($0) } + [nil]
-        defer { for p in cArgs { free(p) } }
-        var inherited: [String] = []
-        var e = environ
-        while let entry = e.pointee {
-            inherited.append(String(cString: entry))
-            e += 1
+        let result: Subprocess.Result
+        do { result = try Subprocess.run(path: argv[0], argv: argv, environment: extra) } catch {
+            throw .tool(name, reason: String(cString: strerror(error.errno)))
         }
-        var cEnv = (inherited + extra).map { strdup($0) } + [nil]
-        defer { for p in cEnv { free(p) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, argv[0], &actions, nil, &cArgs, &cEnv)
-        close(fds[1]) // the child's copy is the only writer now: EOF when it exits
-        guard rc == 0 else { throw .tool(name, reason: String(cString: strerror(rc))) }
-        return try collect(readEnd: readEnd.raw, pid: pid, name: name)
-    }
-
-    private static func collect(readEnd: Int32, pid: pid_t, name: String) throws(ImageError) -> String {
-        var output: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { b in retryingEINTR { read(readEnd, b.baseAddress, b.count) } }
-            guard n > 0 else { break }
-            // Bounded: only the end matters for the error line.
-            output += chunk[0..<n]
-            if output.count > 1 << 20 { output.removeFirst(output.count - (1 << 19)) }
-        }
-        var status: Int32 = 0
-        _ = retryingEINTR { waitpid(pid, &status, 0) }
-        let text = String(decoding: output, as: UTF8.self)
-        guard status == 0 else {
-            let last = text.split(separator: "\n").last.map(String.init) ?? "exit status \(status)"
-            throw .tool(name, reason: last)
-        }
-        return text
+        guard result.status == 0 else { throw .tool(name, reason: result.lastLine) }
+        return result.stderr
     }
 }

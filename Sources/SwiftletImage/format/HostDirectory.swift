@@ -6,39 +6,31 @@ import SwiftletX86
 /// as it is: owners, modes, device nodes, hard links and xattrs (so reading
 /// another user's files needs the rights to). Nothing in it is followed.
 enum HostDirectory {
-    /// A digest of the tree's metadata: every entry's path, type, mode,
-    /// owner, size, inode and modification and change times, and each link's
-    /// target. A changed file changes its change time, so its digest; the
-    /// data itself is not read on every run.
-    static func digest(_ path: String) throws(ImageError) -> String {
+    /// One walk of the tree: the digest of its metadata (every entry's
+    /// path, type, mode, owner, size, inode and modification and change
+    /// times, and each link's target: a changed file changes its change time,
+    /// so its digest; the data itself is not read on every run), and the
+    /// room and entries its ext4 image needs.
+    struct Scan {
+        var digest: String
+        var bytes: UInt64
+        var entries: Int
+    }
+
+    static func scan(_ path: String) throws(ImageError) -> Scan {
         var sha = SHA256()
         let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw .badReference(path, reason: String(cString: strerror(errno))) }
         let root = OwnedFD(taking: fd)
         var count = 0
+        var bytes: UInt64 = 0
         try walk(root.raw, "", depth: 0, count: &count) { rel, st, target in
             let line = "\(rel)\0\(st.st_mode) \(st.st_uid) \(st.st_gid) \(st.st_size) \(st.st_ino) \(st.st_rdev) "
                 + "\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec) \(st.st_ctim.tv_sec).\(st.st_ctim.tv_nsec)\0\(target)\n"
             sha.update(Array(line.utf8))
-        }
-        return SHA256.hex(sha.finalize())
-    }
-
-    /// The ext4 image of the directory, sized for its contents plus room.
-    static func writeExt4(_ path: String, to output: String, key: String) throws(ImageError) {
-        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw .badReference(path, reason: String(cString: strerror(errno))) }
-        let root = OwnedFD(taking: fd)
-        var bytes: UInt64 = 0
-        var count = 0
-        try walk(root.raw, "", depth: 0, count: &count) { _, st, _ in
             bytes &+= (UInt64(max(st.st_size, 0)) + 4095) & ~4095 + 256
         }
-        let sizeMiB = (bytes + bytes / 4 + Ext4Writer.headroomBytes + (1 << 20) - 1) >> 20
-        let mkfs = try HostTool.find("mkfs.ext4")
-        _ = try HostTool.run(Ext4Writer.mkfsArguments(mkfs, key: key, inodes: count + count / 2 + 4096, source: path, output: output,
-                                                      sizeMiB: sizeMiB, rootOwnedByRoot: false),
-                             environment: Ext4Writer.fixedClock)
+        return Scan(digest: SHA256.hex(sha.finalize()), bytes: bytes, entries: count)
     }
 
     /// A regular file of the tree, reached without following links; nil otherwise.
