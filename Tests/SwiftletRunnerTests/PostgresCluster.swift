@@ -7,6 +7,11 @@ import Foundation
 /// started on first use; each test gets its own database. The postmaster
 /// dies with this process (PR_SET_PDEATHSIG through setpriv), and the
 /// directory is removed at exit.
+///
+/// Everything here blocks (initdb, psql), so it runs on a thread of its
+/// own, never on the cooperative pool: a blocked pool thread (there are as
+/// many as cores, two on CI) stalls every store's queries and deadline
+/// timers, and a store then reports PostgreSQL unreachable.
 final class PostgresCluster: Sendable {
     let directory: String
     let socketDirectory: String
@@ -14,8 +19,21 @@ final class PostgresCluster: Sendable {
     let user: String
 
     /// The cluster, or why there is none: the tests fail with that reason
-    /// (never skip: PostgreSQL is part of the test set-up).
-    static let shared: Result<PostgresCluster, ClusterError> = Result { () throws(ClusterError) in try PostgresCluster() }
+    /// (never skip: PostgreSQL is part of the test set-up). Started once.
+    static func shared() async throws -> PostgresCluster { try await starting.value }
+    /// The thread that starts the postmaster never ends: PR_SET_PDEATHSIG
+    /// fires when the spawning *thread* exits, not the process.
+    private static let starting = Task { try await offPool(thenPark: true) { try PostgresCluster() } }
+
+    /// `body` on a new thread; the caller's task is suspended, not blocking.
+    static func offPool<T: Sendable>(thenPark: Bool = false, _ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { c in
+            Thread {
+                c.resume(with: Result { try body() })
+                while thenPark { pause() }
+            }.start()
+        }
+    }
 
     struct ClusterError: Error, CustomStringConvertible { var description: String }
 
@@ -89,18 +107,20 @@ final class PostgresCluster: Sendable {
     }
 
     /// A new empty database; its URL.
-    func createDatabase() throws -> String {
+    func createDatabase() async throws -> String {
         let name = "t\(UInt32.random(in: 0...UInt32.max))"
-        try Self.sh(["\(Self.binDirectory()!)/psql", "-h", socketDirectory, "-U", user, "-d", "postgres", "-Atc", "CREATE DATABASE \(name)"])
+        try await sh(["\(Self.binDirectory()!)/psql", "-h", socketDirectory, "-U", user, "-d", "postgres", "-Atc", "CREATE DATABASE \(name)"])
         return "postgres://\(user)@/\(name)?host=\(socketDirectory)"
     }
 
     /// psql on a database: `query`'s output, unaligned.
-    func psql(_ url: String, _ query: String) throws -> String {
+    func psql(_ url: String, _ query: String) async throws -> String {
         let db = String(url[url.index(after: url.range(of: "@/")!.lowerBound)...].dropFirst().prefix { $0 != "?" })
-        return try Self.sh(["\(Self.binDirectory()!)/psql", "-h", socketDirectory, "-U", user, "-d", db, "-Atc", query])
+        return try await sh(["\(Self.binDirectory()!)/psql", "-h", socketDirectory, "-U", user, "-d", db, "-Atc", query])
             .trimmingCharacters(in: .whitespacesAndNewlines)
     }
+
+    private func sh(_ argv: [String]) async throws -> String { try await Self.offPool { try Self.sh(argv) } }
 }
 
 import Synchronization

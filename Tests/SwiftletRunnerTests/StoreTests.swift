@@ -120,11 +120,11 @@ final class StoreFixture {
     let url: String?
     private var opened: [any JobStore] = []
 
-    init(_ kind: StoreKind) throws {
+    init(_ kind: StoreKind) async throws {
         self.kind = kind
         switch kind {
         case .sqlite: url = nil
-        case .postgres: url = try PostgresCluster.shared.get().createDatabase()
+        case .postgres: url = try await PostgresCluster.shared().createDatabase()
         }
     }
 
@@ -146,7 +146,7 @@ final class StoreFixture {
 @Suite struct StoreTests {
     @Test(arguments: StoreKind.allCases)
     func deployMakesAVersionOnlyWhenTheSpecChanges(kind: StoreKind) async throws {
-        let fx = try StoreFixture(kind)
+        let fx = try await StoreFixture(kind)
         let store = try await fx.open()
         let spec = FunctionSpec(command: ["cat"])
         let (a, created) = try await store.deploy(name: "f", spec: spec, imagePath: "/i", imageSha256: "aa", now: 1)
@@ -165,7 +165,7 @@ final class StoreFixture {
 
     @Test(arguments: StoreKind.allCases)
     func idempotencyKeyReturnsTheFirstJob(kind: StoreKind) async throws {
-        let fx = try StoreFixture(kind)
+        let fx = try await StoreFixture(kind)
         let store = try await fx.open()
         let (first, replayed1) = try await store.insertJob(queuedJob("f", key: "k"), payload: [1])
         let (second, replayed2) = try await store.insertJob(queuedJob("f", key: "k"), payload: [2])
@@ -180,7 +180,7 @@ final class StoreFixture {
 
     @Test(arguments: StoreKind.allCases)
     func listingFiltersAndPagesNewestFirst(kind: StoreKind) async throws {
-        let fx = try StoreFixture(kind)
+        let fx = try await StoreFixture(kind)
         let store = try await fx.open()
         var ids: [String] = []
         for i in 0..<5 { ids.append(try await store.insertJob(queuedJob(i % 2 == 0 ? "a" : "b"), payload: nil).0.id) }
@@ -199,7 +199,7 @@ final class StoreFixture {
 
     @Test(arguments: StoreKind.allCases)
     func recoveryRequeuesWhileAttemptsRemainElseFails(kind: StoreKind) async throws {
-        let fx = try StoreFixture(kind)
+        let fx = try await StoreFixture(kind)
         let store = try await fx.open()
         let retryable = try await store.insertJob(queuedJob("f", maxAttempts: 2), payload: nil).0
         let lastTry = try await store.insertJob(queuedJob("f", maxAttempts: 1), payload: nil).0
@@ -217,7 +217,7 @@ final class StoreFixture {
 
     @Test(arguments: StoreKind.allCases)
     func aSyncInvokeAdmittedAtOnceIsRecordedRunningWithItsAttempt(kind: StoreKind) async throws {
-        let fx = try StoreFixture(kind)
+        let fx = try await StoreFixture(kind)
         let store = try await fx.open()
         let j = try await store.insertRunningJob(queuedJob("f", invocation: .sync, maxAttempts: 1), now: 1001, queueMs: 0.5)
         let stored = try #require(try await store.job(j.id))
@@ -234,7 +234,7 @@ final class StoreFixture {
 
     @Test(arguments: StoreKind.allCases)
     func finishingAJobAlreadyFinalLeavesItAndReturnsIt(kind: StoreKind) async throws {
-        let fx = try StoreFixture(kind)
+        let fx = try await StoreFixture(kind)
         let store = try await fx.open()
         let j = try await store.insertJob(queuedJob("f"), payload: nil).0
         _ = try #require(try await store.cancelQueued(j.id, now: 5))
@@ -248,7 +248,7 @@ final class StoreFixture {
     /// result (the job was retried meanwhile) changes nothing.
     @Test(arguments: StoreKind.allCases)
     func aStaleAttemptsFinishChangesNothing(kind: StoreKind) async throws {
-        let fx = try StoreFixture(kind)
+        let fx = try await StoreFixture(kind)
         let store = try await fx.open()
         let j = try await store.insertJob(queuedJob("f", maxAttempts: 3), payload: nil).0
         #expect(try await store.markRunning(j.id, now: 10, queueMs: 0))
@@ -265,7 +265,7 @@ final class StoreFixture {
 
     @Test(arguments: StoreKind.allCases)
     func removingAFunctionCancelsItsQueuedJobs(kind: StoreKind) async throws {
-        let fx = try StoreFixture(kind)
+        let fx = try await StoreFixture(kind)
         let store = try await fx.open()
         var spec = FunctionSpec(command: ["cat"])
         _ = try await store.deploy(name: "b", spec: spec, imagePath: "/i", imageSha256: "aa", now: 1)
@@ -287,7 +287,7 @@ final class StoreFixture {
 
     @Test(arguments: StoreKind.allCases)
     func cancelOnlyWhileQueued(kind: StoreKind) async throws {
-        let fx = try StoreFixture(kind)
+        let fx = try await StoreFixture(kind)
         let store = try await fx.open()
         let j = try await store.insertJob(queuedJob("f"), payload: nil).0
         #expect(try await store.cancelQueued(j.id, now: 2000)?.state == .cancelled)
@@ -300,7 +300,7 @@ final class StoreFixture {
 
     @Test(arguments: StoreKind.allCases)
     func dueHeadsAreOnePerFunctionOldestFirstAndHonourBackoff(kind: StoreKind) async throws {
-        let fx = try StoreFixture(kind)
+        let fx = try await StoreFixture(kind)
         let store = try await fx.open()
         let a1 = try await store.insertJob(queuedJob("a", now: 10), payload: nil).0
         _ = try await store.insertJob(queuedJob("a", now: 11), payload: nil)
@@ -316,7 +316,7 @@ final class StoreFixture {
 
     @Test(arguments: StoreKind.allCases)
     func outputIsKeptWithTheJobAndPrunedWithIt(kind: StoreKind) async throws {
-        let fx = try StoreFixture(kind)
+        let fx = try await StoreFixture(kind)
         let store = try await fx.open()
         let j = try await store.insertJob(queuedJob("f"), payload: nil).0
         #expect(try await store.markRunning(j.id, now: 100, queueMs: 0))
@@ -338,7 +338,7 @@ final class StoreFixture {
 
     @Test(arguments: StoreKind.allCases)
     func survivesReopening(kind: StoreKind) async throws {
-        let fx = try StoreFixture(kind)
+        let fx = try await StoreFixture(kind)
         let id: String
         do {
             let store = try await fx.open()
