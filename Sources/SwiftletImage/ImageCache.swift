@@ -95,30 +95,29 @@ public enum ImageCache {
     static func cached(key: String, root: String, convert: (String, String) throws(ImageError) -> Converted) throws(ImageError) -> PreparedImage {
         let entry = root + "/" + key
         if let image = try? load(entry) { return image }
-        let lock = open(entry + ".lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard lock >= 0 else { throw .system(.last("open(\(entry).lock)")) }
-        defer { close(lock) }
-        guard retryingEINTR({ flock(lock, LOCK_EX) }) == 0 else { throw .system(.last("flock(\(entry).lock)")) }
-        if let image = try? load(entry) { return image }
-        removeTree(entry)
-        let work = root + "/.tmp-\(key)-\(getpid())"
-        removeTree(work)
-        defer { removeTree(work) }
-        guard mkdir(work, 0o700) == 0, mkdir(work + "/entry", 0o755) == 0 else { throw .system(.last("mkdir(\(work))")) }
-        let converted = try convert(work, work + "/entry/rootfs.ext4")
-        let record = ImageRecord(digest: key, config: converted.config, warmUp: warmUpPrograms(converted.config, exists: converted.exists))
-        try writeFile(work + "/entry/image", record.encoded())
-        if let p = converted.passwd { try writeFile(work + "/entry/passwd", p) }
-        if let g = converted.group { try writeFile(work + "/entry/group", g) }
-        guard rename(work + "/entry", entry) == 0 else { throw .system(.last("rename(\(entry))")) }
-        return try load(entry)
+        let lock: FileLock
+        do { lock = try FileLock(entry + ".lock") } catch { throw .system(error) }
+        return try lock.whileHeld { () throws(ImageError) -> PreparedImage in
+            if let image = try? load(entry) { return image }
+            removeTree(entry)
+            let work = root + "/.tmp-\(key)-\(getpid())"
+            removeTree(work)
+            defer { removeTree(work) }
+            guard mkdir(work, 0o700) == 0, mkdir(work + "/entry", 0o755) == 0 else { throw .system(.last("mkdir(\(work))")) }
+            let converted = try convert(work, work + "/entry/rootfs.ext4")
+            let record = ImageRecord(digest: key, config: converted.config, warmUp: warmUpPrograms(converted.config, exists: converted.exists))
+            try writeFile(work + "/entry/image", record.encoded())
+            if let p = converted.passwd { try writeFile(work + "/entry/passwd", p) }
+            if let g = converted.group { try writeFile(work + "/entry/group", g) }
+            guard rename(work + "/entry", entry) == 0 else { throw .system(.last("rename(\(entry))")) }
+            return try load(entry)
+        }
     }
 
     /// A cached entry, marked used now (for `prune`).
     static func load(_ entry: String) throws(ImageError) -> PreparedImage {
-        let dir = open(entry, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard dir >= 0 else { throw .system(.last("open(\(entry))")) }
-        let d = OwnedFD(taking: dir)
+        let d: OwnedFD
+        do { d = try OwnedFD(opening: entry, flags: O_RDONLY | O_DIRECTORY) } catch { throw .system(error) }
         guard faccessat(d.raw, "rootfs.ext4", R_OK, 0) == 0 else { throw .system(.last("access(\(entry)/rootfs.ext4)")) }
         let record = try ImageRecord.decode(try Blob.readDocument(at: d.raw, "image", what: entry + "/image"))
         let passwd = try? Blob.readDocument(at: d.raw, "passwd", what: "passwd")
@@ -150,12 +149,12 @@ public enum ImageCache {
             guard name != "refs", !name.hasSuffix(".lock") else { continue }
             var st = stat()
             guard stat(path, &st) == 0, Double(st.st_mtim.tv_sec) <= cutoff else { continue }
-            let lock = open(path + ".lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-            guard lock >= 0 else { continue }
-            defer { close(lock) }
-            guard flock(lock, LOCK_EX | LOCK_NB) == 0 else { continue }
-            removeTree(path)
-            unlink(path + ".lock")
+            // In use (being converted or read) when its lock is held.
+            guard let lock = try? FileLock.ifFree(path + ".lock") else { continue }
+            lock.whileHeld {
+                removeTree(path)
+                unlink(path + ".lock")
+            }
             removed.append(name)
         }
         // File identities whose entry is gone.
@@ -257,18 +256,17 @@ func removeTree(_ path: String) {
 
 /// The names in a directory (not "." and ".."); empty when it cannot be read.
 func listDirectory(_ path: String) -> [String] {
-    let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    guard fd >= 0 else { return [] }
-    defer { close(fd) }
-    return directoryNames(fd) ?? []
+    guard let dir = try? OwnedFD(opening: path, flags: O_RDONLY | O_DIRECTORY) else { return [] }
+    return directoryNames(dir.raw) ?? []
 }
 
 /// The names in the open directory `fd` (not "." and ".."), which stays
 /// open; nil when it cannot be read.
 func directoryNames(_ fd: Int32) -> [String]? {
-    let copy = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    guard copy >= 0 else { return nil }
-    guard let stream = fdopendir(copy) else { close(copy); return nil }
+    guard let copy = try? OwnedFD(at: fd, ".", flags: O_RDONLY | O_DIRECTORY, what: ".") else { return nil }
+    guard let stream = fdopendir(copy.raw) else { return nil }
+    // The stream owns the descriptor now: closedir closes it.
+    _ = copy.release()
     defer { closedir(stream) }
     var names: [String] = []
     while let e = readdir(stream) {

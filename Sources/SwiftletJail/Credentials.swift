@@ -60,23 +60,18 @@ public final class DynamicID: @unchecked Sendable {
     public static let lockDirectory = "/run/swiftlet/ids"
 
     public let id: UInt32
-    /// The locked file's descriptor (the lock lasts while it is open).
-    public private(set) var lockFD: Int32
+    /// The id's lock (it lasts while its descriptor is open).
+    private var lock: FileLock?
 
-    init(id: UInt32, lockFD: Int32) {
+    init(id: UInt32, lock: consuming FileLock) {
         self.id = id
-        self.lockFD = lockFD
+        self.lock = Optional(lock)
     }
-
-    deinit { if lockFD >= 0 { close(lockFD) } }
 
     /// Closes this process's descriptor. In a forked child this does not
     /// free the id: the lock belongs to the open file, which the parent
     /// still holds.
-    public func closeDescriptor() {
-        if lockFD >= 0 { close(lockFD) }
-        lockFD = -1
-    }
+    public func closeDescriptor() { lock = nil }
 
     public var credentials: Credentials { Credentials(uid: id, gid: id) }
 
@@ -90,13 +85,9 @@ public final class DynamicID: @unchecked Sendable {
         for i in 0..<UInt32(range.count) {
             let id = range.lowerBound + (start - range.lowerBound + i) % UInt32(range.count)
             if inUse.contains(id) { continue }
-            let path = lockDirectory + "/\(id).lock"
-            let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
-            guard fd >= 0 else { throw .last("open(\(path))") }
-            if retryingEINTR({ flock(fd, LOCK_EX | LOCK_NB) }) == 0 { return DynamicID(id: id, lockFD: fd) }
-            let e = errno
-            close(fd)
-            if e != EWOULDBLOCK { throw .system(SystemError("flock(\(path))", errno: e)) }
+            let lock: FileLock?
+            do { lock = try FileLock.ifFree(lockDirectory + "/\(id).lock", mode: 0o600) } catch { throw .system(error) }
+            if let lock = consume lock { return DynamicID(id: id, lock: lock) }
         }
         throw .noFreeID(lower: range.lowerBound, upper: range.upperBound)
     }

@@ -32,30 +32,25 @@ struct ChildProcess {
     /// when it could not be started; `captureStdout` false sends stdout to /dev/null.
     static func run(path: String, argv: [String], spawner: Spawner, captureStdout: Bool = true,
                     stdoutLimit: Int = 1 << 20) async throws(RunnerError) -> Result {
-        var outPipe: [Int32] = [-1, -1], errPipe: [Int32] = [-1, -1]
-        if captureStdout {
-            let rc = swd_pipe(&outPipe)
-            guard rc == 0 else { throw .internalFailure("pipe2: \(String(cString: strerror(-rc)))") }
+        // Our ends are taken from the pipes once the child has its copies;
+        // the rest close when this returns or throws.
+        func pipe() throws(RunnerError) -> SwiftletSys.Pipe {
+            do { return try SwiftletSys.Pipe() } catch { throw .internalFailure("\(error)") }
         }
-        let rc = swd_pipe(&errPipe)
-        guard rc == 0 else {
-            if captureStdout { close(outPipe[0]); close(outPipe[1]) }
-            throw .internalFailure("pipe2: \(String(cString: strerror(-rc)))")
-        }
+        let outPipe = try pipe(), errPipe = try pipe()
         let pid: pid_t
         do {
             pid = try await spawner.spawn(path: path, argv: argv, environment: VMProcess.childEnvironment(),
-                                          fds: [-1, captureStdout ? outPipe[1] : -1, errPipe[1]])
+                                          fds: [-1, captureStdout ? outPipe.write.raw : -1, errPipe.write.raw])
         } catch {
-            for fd in (captureStdout ? outPipe : []) + errPipe { close(fd) }
             throw .internalFailure("starting \(argv.prefix(3).joined(separator: " ")): \(String(cString: strerror(error.errno)))")
         }
-        if captureStdout { close(outPipe[1]) }
-        close(errPipe[1])
-        let (outFD, errFD) = (captureStdout ? outPipe[0] : -1, errPipe[0])
+        let outFD = outPipe.keepingRead().release(), errFD = errPipe.keepingRead().release()
         return await withCheckedContinuation { (c: CheckedContinuation<Result, Never>) in
             let thread = Thread {
-                let (out, err) = collect(stdout: outFD, stderr: errFD, stdoutLimit: stdoutLimit)
+                let (out, err) = collect(stdout: captureStdout ? outFD : -1, stderr: errFD, stdoutLimit: stdoutLimit)
+                close(outFD)
+                close(errFD)
                 var status: Int32 = 0
                 _ = retryingEINTR { waitpid(pid, &status, 0) }
                 c.resume(returning: Result(status: status, stdout: out, stderr: err))
@@ -66,7 +61,7 @@ struct ChildProcess {
     }
 
     /// Reads both pipes to their ends (poll: neither fills while the
-    /// other is read), then closes them.
+    /// other is read).
     private static func collect(stdout: Int32, stderr: Int32, stdoutLimit: Int) -> ([UInt8], [UInt8]) {
         var out: [UInt8] = [], err: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
@@ -88,7 +83,6 @@ struct ChildProcess {
                 }
             }
         }
-        for fd in [stdout, stderr] where fd >= 0 { close(fd) }
         return (out, err)
     }
 

@@ -257,11 +257,9 @@ public actor Runner {
         var st = stat()
         guard stat(path, &st) == 0, access(path, R_OK) == 0 else { return .missing }
         guard st.st_mode & S_IFMT == S_IFREG else { return .other }
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return .missing }
-        defer { close(fd) }
+        guard let file = try? OwnedFD(opening: path, flags: O_RDONLY) else { return .missing }
         var magic: [UInt8] = [0, 0]
-        let n = magic.withUnsafeMutableBytes { b in retryingEINTR { pread(fd, b.baseAddress, 2, 1080) } }
+        let n = magic.withUnsafeMutableBytes { b in retryingEINTR { pread(file.raw, b.baseAddress, 2, 1080) } }
         return n == 2 && magic == [0x53, 0xEF] ? .ext4 : .other
     }
 

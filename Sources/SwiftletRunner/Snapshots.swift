@@ -95,9 +95,11 @@ public actor Snapshots {
 
     /// SHA-256 of a file, hex: what a version records of its image.
     public static func sha256(ofFile path: String) throws(RunnerError) -> String {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .badRequest("image \(path): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
+        let file: OwnedFD
+        do { file = try OwnedFD(opening: path, flags: O_RDONLY) } catch {
+            throw .badRequest("image \(path): \(String(cString: strerror(error.errno)))")
+        }
+        let fd = file.raw
         var st = stat()
         guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { throw .badRequest("image \(path) is not a regular file") }
         var hasher = SHA256()

@@ -79,16 +79,33 @@ public final class VMProcess: Sendable {
     /// exec had returned.
     public let startedAt: UInt64
     public let spawnedAt: UInt64
+    /// The pipe ends' numbers, for poll and I/O while `ends` still holds them.
     private let stdinFD: Int32, stdoutFD: Int32, stderrFD: Int32, reportFD: Int32
     private let startFD: Int32
+    private let ends: Mutex<Ends>
     private let state = Mutex<State>(State())
 
     private struct State {
         var stopping: AttemptOutcome?
         var exited = false
-        /// The pipe ends still open: each is closed exactly once (a second
-        /// close could hit a descriptor number NIO has reused for a socket).
-        var open: Set<Int32> = []
+    }
+
+    /// Our ends of the VMM's pipes. Each is closed by dropping it, so
+    /// exactly once (a second close could hit a descriptor number NIO has
+    /// reused for a socket); what is left closes with the process object.
+    private struct Ends: ~Copyable {
+        enum Name { case stdin, stdout, stderr, report, start }
+        var stdin: OwnedFD?, stdout: OwnedFD?, stderr: OwnedFD?, report: OwnedFD?, start: OwnedFD?
+
+        mutating func close(_ name: Name) {
+            switch name {
+            case .stdin: stdin = nil
+            case .stdout: stdout = nil
+            case .stderr: stderr = nil
+            case .report: report = nil
+            case .start: start = nil
+            }
+        }
     }
 
     public enum VMError: Error, CustomStringConvertible {
@@ -102,51 +119,37 @@ public final class VMProcess: Sendable {
         }
     }
 
-    private init(pid: pid_t, launch: VMLaunch, fds: (Int32, Int32, Int32, Int32, Int32), startedAt: UInt64) {
+    private init(pid: pid_t, launch: VMLaunch, ends: consuming Ends, startedAt: UInt64) {
         (self.pid, self.launch, self.startedAt) = (pid, launch, startedAt)
         spawnedAt = Clock.monotonicNanos()
-        (stdinFD, stdoutFD, stderrFD, reportFD, startFD) = fds
-        state.withLock { $0.open = Set([stdinFD, stdoutFD, stderrFD, reportFD, startFD].filter { $0 >= 0 }) }
+        (stdinFD, stdoutFD, stderrFD, reportFD) = (ends.stdin.rawOrNone, ends.stdout.rawOrNone, ends.stderr.rawOrNone, ends.report.rawOrNone)
+        startFD = ends.start.rawOrNone
+        self.ends = Mutex(ends)
     }
 
-    deinit {
-        for fd in state.withLock({ $0.open }) { close(fd) }
-    }
-
-    private func closeOnce(_ fd: Int32) {
-        if state.withLock({ $0.open.remove(fd) }) != nil { close(fd) }
-    }
+    private func closeEnd(_ end: Ends.Name) { ends.withLock { $0.close(end) } }
 
     /// Starts the VMM. A warm launch holds after the restore until `run`.
     public static func start(_ launch: VMLaunch, spawner: Spawner) async throws(VMError) -> VMProcess {
-        var pipes: [(r: Int32, w: Int32)] = []
-        func makePipe() throws(VMError) -> (r: Int32, w: Int32) {
-            var p: [Int32] = [-1, -1]
-            let rc = swd_pipe(&p)
-            guard rc == 0 else { throw .system("pipe2", -rc) }
-            pipes.append((p[0], p[1]))
-            return (p[0], p[1])
+        // The child's ends close when this returns (or throws), ours on a throw.
+        func pipe() throws(VMError) -> SwiftletSys.Pipe {
+            do { return try SwiftletSys.Pipe() } catch { throw .system(error.call, error.errno) }
         }
-        do {
-            let stdin = try makePipe(), stdout = try makePipe(), stderr = try makePipe(), report = try makePipe()
-            let start = launch.warm ? try makePipe() : (r: Int32(-1), w: Int32(-1))
-            var childFDs = [stdin.r, stdout.w, stderr.w, report.w]
-            if launch.warm { childFDs.append(start.r) }
-            let t0 = Clock.monotonicNanos()
-            let pid: pid_t
-            do { pid = try await spawner.spawn(path: launch.swiftlet, argv: launch.arguments, environment: childEnvironment(), fds: childFDs) } catch {
-                throw VMError.spawn(error)
-            }
-            for fd in childFDs { close(fd) }
-            for fd in [stdin.w, stdout.r, stderr.r, report.r] { _ = fcntl(fd, F_SETFL, O_NONBLOCK) }
-            return VMProcess(pid: pid, launch: launch, fds: (stdin.w, stdout.r, stderr.r, report.r, start.w), startedAt: t0)
-        } catch let error as VMError {
-            for p in pipes { close(p.r); close(p.w) }
-            throw error
-        } catch {
-            for p in pipes { close(p.r); close(p.w) }
-            throw .system("starting the VMM", EIO)
+        let stdin = try pipe(), stdout = try pipe(), stderr = try pipe(), report = try pipe()
+        // Made for a cold launch too, but then neither end is passed: both close.
+        let start = try pipe()
+        var childFDs = [stdin.read.raw, stdout.write.raw, stderr.write.raw, report.write.raw]
+        if launch.warm { childFDs.append(start.read.raw) }
+        let t0 = Clock.monotonicNanos()
+        let pid: pid_t
+        do { pid = try await spawner.spawn(path: launch.swiftlet, argv: launch.arguments, environment: childEnvironment(), fds: childFDs) } catch {
+            throw .spawn(error)
         }
+        for fd in [stdin.write.raw, stdout.read.raw, stderr.read.raw, report.read.raw] { _ = fcntl(fd, F_SETFL, O_NONBLOCK) }
+        let startEnd = start.keepingWrite()
+        let ends = Ends(stdin: stdin.keepingWrite(), stdout: stdout.keepingRead(), stderr: stderr.keepingRead(),
+                        report: report.keepingRead(), start: launch.warm ? consume startEnd : nil)
+        return VMProcess(pid: pid, launch: launch, ends: ends, startedAt: t0)
     }
 
     /// The VMM's environment: the daemon's, so `SWIFTLET_CACHE` and the
@@ -175,7 +178,7 @@ public final class VMProcess: Sendable {
             handedOverAt = Clock.monotonicNanos()
             var go: UInt8 = 1
             _ = write(startFD, &go, 1)
-            closeOnce(startFD)
+            closeEnd(.start)
         } else {
             handedOverAt = spawnedAt
         }
@@ -221,12 +224,10 @@ public final class VMProcess: Sendable {
     }
 
     private func collect(payload: [UInt8], output: VMOutput, handedOverAt: UInt64) -> VMResult {
-        let out = open(output.outputPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        let log = open(output.logPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        defer {
-            if out >= 0 { close(out) }
-            if log >= 0 { close(log) }
-        }
+        // A file that cannot be made loses what would go there, not the run.
+        let outFile = try? OwnedFD(opening: output.outputPath, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
+        let logFile = try? OwnedFD(opening: output.logPath, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
+        let (out, log) = (outFile.rawOrNone, logFile.rawOrNone)
         var outputBytes = 0, logBytes = 0
         var kept: [UInt8]? = []
         var tail: [UInt8] = []
@@ -235,7 +236,7 @@ public final class VMProcess: Sendable {
         var stdinOpen = true
         var open = (stdout: true, stderr: true, report: true)
         var buffer = [UInt8](repeating: 0, count: 65536)
-        if payload.isEmpty { closeOnce(stdinFD); stdinOpen = false }
+        if payload.isEmpty { closeEnd(.stdin); stdinOpen = false }
 
         while open.stdout || open.stderr || open.report {
             var fds: [pollfd] = []
@@ -249,7 +250,7 @@ public final class VMProcess: Sendable {
                     let k = payload.withUnsafeBytes { b in retryingEINTR { write(stdinFD, b.baseAddress! + written, b.count - written) } }
                     if k > 0 { written += k }
                     if (k < 0 && errno != EAGAIN) || written == payload.count {
-                        closeOnce(stdinFD)
+                        closeEnd(.stdin)
                         stdinOpen = false
                     }
                     continue
@@ -280,7 +281,7 @@ public final class VMProcess: Sendable {
                 }
             }
         }
-        for fd in [stdinFD, stdoutFD, stderrFD, reportFD] { closeOnce(fd) }
+        ends.withLock { for end in [Ends.Name.stdin, .stdout, .stderr, .report] { $0.close(end) } }
         var status: Int32 = 0
         _ = retryingEINTR { waitpid(pid, &status, 0) }
         let exitedAt = Clock.monotonicNanos()

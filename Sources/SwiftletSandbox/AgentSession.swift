@@ -194,7 +194,7 @@ public final class AgentSession: @unchecked Sendable {
             fds.append(pollfd(fd: injected.read.raw, events: Int16(POLLIN), revents: 0))
             if retryingEINTR({ poll(&fds, nfds_t(fds.count), -1) }) < 0 { return }
             var signo: Int32 = 0
-            if options.signalFD >= 0 && fds[2].revents != 0 { signo = swl_signalfd_read(options.signalFD) }
+            if options.signalFD >= 0 && fds[2].revents != 0 { signo = TerminationSignals.take(from: options.signalFD) }
             if fds[3].revents != 0 { signo = takeInjectedSignal() }
             if signo > 0 {
                 // The output the user is waiting for is lost: the run ends as a signal's.
@@ -354,7 +354,7 @@ struct SessionLoop {
                 session.finish(.abandoned)
                 break
             }
-            if p.fired(p.signal) { onSignal(swl_signalfd_read(options.signalFD)) }
+            if p.fired(p.signal) { onSignal(TerminationSignals.take(from: options.signalFD)) }
             if p.fired(p.injected) { onSignal(session.takeInjectedSignal()) }
             if outcome != nil { break }
             for (k, (sink, stream)) in [(session.stdoutSink, AgentProtocol.OutputStream.stdout), (session.stderrSink, .stderr)].enumerated()

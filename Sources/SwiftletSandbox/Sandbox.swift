@@ -214,7 +214,7 @@ public enum Sandbox {
     /// closed pipe must be an EPIPE the session handles, not death), and the
     /// agent's listener at `<uds>_52`, removed again at the end.
     struct HostEnd: ~Copyable {
-        let signalFD: Int32
+        let signals: TerminationSignals?
         let uds: String
         let listener: OwnedFD
 
@@ -222,16 +222,15 @@ public enum Sandbox {
         /// the listener within the boot timeout, and signals end the wait.
         func sessionOptions(_ config: SandboxConfig) -> AgentSession.Options {
             var options = AgentSession.Options(listener: listener.raw)
-            options.signalFD = signalFD
+            options.signalFD = signals?.fd ?? -1
             options.connectTimeoutSeconds = config.bootTimeoutSeconds
             return options
         }
 
         init(_ config: SandboxConfig) throws(SandboxError) {
-            var fd: Int32 = -1
+            var signals: TerminationSignals?
             if config.handleSignals {
-                fd = swl_signalfd_termination()
-                guard fd >= 0 else { throw .system(.last("signalfd")) }
+                do { signals = try TerminationSignals() } catch { throw .system(error) }
             }
             signal(SIGPIPE, SIG_IGN)
             let uds = config.vsockUDS ?? Sandbox.privateSocketName()
@@ -240,19 +239,17 @@ public enum Sandbox {
                 // A socket file a crashed run left behind is replaced; a live one is not.
                 listener = try UnixSocket.listenReplacingStale(at: agentPath, backlog: 4)
             } catch {
-                if fd >= 0 { close(fd) }
                 switch error {
                 case .inUse: throw .usage("vsock socket \(agentPath) is in use by another process")
                 case .notASocket: throw .usage("\(agentPath) exists and is not a socket")
                 case let .system(e): throw .system(e)
                 }
             }
-            signalFD = fd
+            self.signals = signals
             self.uds = uds
         }
 
         deinit {
-            if signalFD >= 0 { close(signalFD) }
             if !uds.hasPrefix("@") { unlink(Sandbox.agentSocketPath(uds)) }
         }
     }

@@ -17,6 +17,12 @@ public struct OwnedFD: ~Copyable, Sendable {
         self.raw = fd
     }
 
+    /// Opens `name` relative to the directory `dir` (`openat`), with
+    /// `O_CLOEXEC` added; `what` names it in the error.
+    public init(at dir: Int32, _ name: String, flags: Int32, mode: mode_t = 0, what: @autoclosure () -> String) throws(SystemError) {
+        raw = try retryingEINTR("openat(\(what()))") { openat(dir, name, flags | O_CLOEXEC, mode) }
+    }
+
     /// Gives up ownership without closing.
     public consuming func release() -> Int32 {
         let fd = raw
@@ -39,6 +45,12 @@ public struct Pipe: ~Copyable, Sendable {
         read = OwnedFD(taking: fds[0])
         write = OwnedFD(taking: fds[1])
     }
+
+    /// The read end, once a child holds its copy of the write end: ours closes.
+    public consuming func keepingRead() -> OwnedFD { read }
+
+    /// The write end, once a child holds its copy of the read end: ours closes.
+    public consuming func keepingWrite() -> OwnedFD { write }
 }
 
 /// Reads until `buffer` is full or EOF. Returns the bytes read.
@@ -132,6 +144,16 @@ public func makeDirectories(_ path: String, mode: mode_t = 0o755) throws(SystemE
         prefix += String(component)
         if mkdir(prefix, mode) != 0 && Glibc.errno != EEXIST {
             throw .last("mkdir(\(prefix))")
+        }
+    }
+}
+
+extension Optional where Wrapped == OwnedFD {
+    /// The raw descriptor, or -1 for none: what C calls take for "no fd".
+    public var rawOrNone: Int32 {
+        switch self {
+        case .some(let fd): fd.raw
+        case .none: -1
         }
     }
 }

@@ -135,12 +135,10 @@ public final class Machine: @unchecked Sendable {
         let kick = swl_sigrtmin()
         // Threads inherit the mask: only the main thread takes SIGINT/SIGTERM,
         // through a signalfd, and vCPU threads unblock only the kick signal.
-        var signalFD: Int32 = -1
+        var signals: TerminationSignals?
         if config.handleTerminationSignals {
-            signalFD = swl_signalfd_termination()
-            guard signalFD >= 0 else { throw .system(.last("signalfd")) }
+            do { signals = try TerminationSignals() } catch { throw .system(error) }
         }
-        defer { if signalFD >= 0 { close(signalFD) } }
         _ = swl_block_signal(kick)
 
         var console: ConsoleInput?
@@ -193,7 +191,7 @@ public final class Machine: @unchecked Sendable {
         ThreadSandbox.guestStart?()
         gate.open()
 
-        waitForEnd(runners: runners, signalFD: signalFD)
+        waitForEnd(runners: runners, signals: signals)
 
         for r in runners {
             r.stopRequested.store(true, ordering: .releasing)
@@ -242,11 +240,12 @@ public final class Machine: @unchecked Sendable {
     /// Waits for the latch, a termination signal, the timeout, or every vCPU
     /// halting for good (Linux's power-off without ACPI), probing the vCPUs
     /// every `haltProbeMillis`.
-    private func waitForEnd(runners: [VcpuRunner], signalFD: Int32) {
+    private func waitForEnd(runners: [VcpuRunner], signals: TerminationSignals?) {
         let latch = context.latch
         let kick = swl_sigrtmin()
         let deadline = config.timeoutSeconds.map { Clock.deadline(afterSeconds: $0) }
         var fds = [pollfd(fd: latch.event.fd, events: Int16(POLLIN), revents: 0)]
+        let signalFD = signals?.fd ?? -1
         if signalFD >= 0 { fds.append(pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0)) }
         var probe: UInt64 = 0
         var deadRounds = 0
@@ -262,7 +261,7 @@ public final class Machine: @unchecked Sendable {
             }
             let n = poll(&fds, nfds_t(fds.count), wait)
             if n > 0 && fds.count > 1 && fds[1].revents != 0 {
-                let signo = swl_signalfd_read(signalFD)
+                let signo = signals?.take() ?? 0
                 latch.finish(.stopped("signal \(signo)"))
                 break
             }

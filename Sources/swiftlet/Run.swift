@@ -220,8 +220,7 @@ struct RunOptions {
         if let prepared { try Images.configure(&config, for: prepared) }
 
         let consoleFile = try openConsoleFile(console)
-        defer { if consoleFile >= 0 { close(consoleFile) } }
-        config.consoleFD = consoleFile
+        config.consoleFD = consoleFile.rawOrNone
 
         let result: SandboxResult
         do {
@@ -327,10 +326,10 @@ func formatMillis(_ nanos: UInt64) -> String { Clock.millisecondsText(nanos, dig
 
 func formatSeconds(_ s: Double) -> String { AgentSession.formatSeconds(s) }
 
-/// `--console FILE`: the file, created or truncated, or -1 without the option.
-func openConsoleFile(_ path: String?) throws -> Int32 {
-    guard let path else { return -1 }
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-    guard fd >= 0 else { throw ValidationError("console \(path): \(String(cString: strerror(errno)))") }
-    return fd
+/// `--console FILE`: the file, created or truncated; nil without the option.
+func openConsoleFile(_ path: String?) throws -> OwnedFD? {
+    guard let path else { return nil }
+    do { return try OwnedFD(opening: path, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644) } catch {
+        throw ValidationError("console \(path): \(String(cString: strerror(error.errno)))")
+    }
 }

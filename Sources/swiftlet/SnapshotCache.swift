@@ -54,26 +54,24 @@ enum SnapshotCache {
         let final = root + "/" + (try key(shape))
         if let s = try? Snapshot.load(directory: final) { return s }
 
-        let lock = open(final + ".lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard lock >= 0 else { throw RunFailure(message: "snapshot cache lock \(final).lock: \(String(cString: strerror(errno)))") }
-        defer { close(lock) }
-        guard retryingEINTR({ flock(lock, LOCK_EX) }) == 0 else {
-            throw RunFailure(message: "flock(\(final).lock): \(String(cString: strerror(errno)))")
+        let lock: FileLock
+        do { lock = try FileLock(final + ".lock") } catch { throw RunFailure(message: "snapshot cache lock: \(error)") }
+        return try lock.whileHeld { () throws(RunFailure) -> Snapshot in
+            // Another run may have created it while this one waited.
+            if let s = try? Snapshot.load(directory: final) { return s }
+            // A snapshot that no longer loads (an older format) is replaced, and
+            // what creations that died left behind goes: under the lock, no other
+            // process is writing one.
+            Snapshot.remove(directory: final)
+            removeAbandoned(prefix: String(final.split(separator: "/").last ?? "") + ".tmp-", in: root)
+            let temporary = final + ".tmp-\(getpid())"
+            try create(shape, at: temporary)
+            guard rename(temporary, final) == 0 else {
+                Snapshot.remove(directory: temporary)
+                throw RunFailure(message: "rename(\(temporary)): \(String(cString: strerror(errno)))")
+            }
+            do { return try Snapshot.load(directory: final) } catch { throw RunFailure(message: "\(error)") }
         }
-        // Another run may have created it while this one waited.
-        if let s = try? Snapshot.load(directory: final) { return s }
-        // A snapshot that no longer loads (an older format) is replaced, and
-        // what creations that died left behind goes: under the lock, no other
-        // process is writing one.
-        Snapshot.remove(directory: final)
-        removeAbandoned(prefix: String(final.split(separator: "/").last ?? "") + ".tmp-", in: root)
-        let temporary = final + ".tmp-\(getpid())"
-        try create(shape, at: temporary)
-        guard rename(temporary, final) == 0 else {
-            Snapshot.remove(directory: temporary)
-            throw RunFailure(message: "rename(\(temporary)): \(String(cString: strerror(errno)))")
-        }
-        do { return try Snapshot.load(directory: final) } catch { throw RunFailure(message: "\(error)") }
     }
 
     /// Removes the directories in `root` whose names start with `prefix`.

@@ -109,8 +109,7 @@ struct SnapshotCreate: ParsableCommand {
         config.handleSignals = true
         config.kvmPath = kvmDevice
         let consoleFile = try openConsoleFile(console)
-        defer { if consoleFile >= 0 { close(consoleFile) } }
-        config.consoleFD = consoleFile
+        config.consoleFD = consoleFile.rawOrNone
         do {
             try Sandbox.createSnapshot(config, directory: output)
         } catch {

@@ -42,6 +42,15 @@ package final class TestDriver {
         try memory.store(startIndex, at: config.usedRing + 2)
     }
 
+    /// The rings of one queue among several in `memory`, laid out by the
+    /// caller, which places its own buffers (`alloc` is not for it).
+    package init(memory: GuestMemory, config: VirtqueueConfig) {
+        self.memory = memory
+        size = config.size
+        self.config = config
+        availIdx = 0
+    }
+
     package func queue(eventIndex: Bool = false, indirect: Bool = true, maxSize: UInt16 = 256) throws(VirtqueueError) -> Virtqueue {
         try Virtqueue(memory: memory, config: config, maxSize: maxSize, eventIndex: eventIndex, indirect: indirect,
                       nextAvail: availIdx, nextUsed: usedIdx)

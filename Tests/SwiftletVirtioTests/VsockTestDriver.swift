@@ -12,11 +12,13 @@ import SwiftletTestSupport
 final class FakeQueue {
     static let slotSize = 68 * 1024
 
-    let memory: GuestMemory
-    let size: UInt16
-    let config: VirtqueueConfig
+    /// The ring layout and its writes, shared with the other virtio tests' driver.
+    let ring: TestDriver
+    var memory: GuestMemory { ring.memory }
+    var size: UInt16 { ring.size }
+    var config: VirtqueueConfig { ring.config }
+    var availIdx: UInt16 { ring.availIdx }
     let dataBase: UInt64
-    private(set) var availIdx: UInt16 = 0
     private var lastUsed: UInt16 = 0
     private var free: [UInt16]
     /// Head → the chain's descriptors and buffers.
@@ -25,10 +27,8 @@ final class FakeQueue {
     /// Rings at `base` (descriptors), `base + 0x1000` (available), `base + 0x2000`
     /// (used); buffer slots from `dataBase`.
     init(memory: GuestMemory, base: UInt64, dataBase: UInt64, size: UInt16 = VirtioVsock.queueSize) {
-        self.memory = memory
-        self.size = size
+        ring = TestDriver(memory: memory, config: VirtqueueConfig(size: size, descTable: base, availRing: base + 0x1000, usedRing: base + 0x2000))
         self.dataBase = dataBase
-        config = VirtqueueConfig(size: size, descTable: base, availRing: base + 0x1000, usedRing: base + 0x2000)
         free = Array((0..<size).reversed())
     }
 
@@ -55,17 +55,12 @@ final class FakeQueue {
             let a = address?(i) ?? slot(ds[i])
             if let bytes = p.bytes { try memory.write(bytes, at: a) }
             let last = i == parts.count - 1
-            let d = config.descTable + 16 * UInt64(ds[i])
-            try memory.store(a, at: d)
-            try memory.store(UInt32(p.length), at: d + 8)
-            try memory.store((p.writable ? Flag.write : 0) | (last ? 0 : Flag.next), at: d + 12)
-            try memory.store(last ? UInt16(0) : ds[i + 1], at: d + 14)
+            try ring.setDescriptor(Int(ds[i]), address: a, length: UInt32(p.length),
+                                   flags: (p.writable ? Flag.write : 0) | (last ? 0 : Flag.next), next: last ? 0 : ds[i + 1])
             bufs.append(Buf(address: a, length: UInt32(p.length), writable: p.writable))
         }
         chains[ds[0]] = (ds, bufs)
-        try memory.store(ds[0], at: config.availRing + 4 + 2 * UInt64(availIdx & (size - 1)))
-        availIdx &+= 1
-        try memory.store(availIdx, at: config.availRing + 2)
+        try ring.publish(ds[0])
         return ds[0]
     }
 
@@ -75,10 +70,12 @@ final class FakeQueue {
         let usedIdx = try memory.load(UInt16.self, at: config.usedRing + 2)
         var out: [(buffers: [Buf], written: [UInt8], length: UInt32)] = []
         while lastUsed != usedIdx {
-            let e = config.usedRing + 4 + 8 * UInt64(lastUsed & (size - 1))
-            let head = UInt16(try memory.load(UInt32.self, at: e))
-            let length = try memory.load(UInt32.self, at: e + 4)
+            let (id, length) = try ring.used(lastUsed)
             lastUsed &+= 1
+            guard let head = UInt16(exactly: id) else {
+                Issue.record("device used id \(id), which is no descriptor")
+                continue
+            }
             guard let chain = chains.removeValue(forKey: head) else {
                 Issue.record("device used head \(head), which is not outstanding")
                 continue

@@ -70,12 +70,11 @@ enum Blob {
 
     /// Reads a whole small file (`O_NOFOLLOW`), at most `maxDocumentBytes`.
     static func readDocument(at dirFD: Int32, _ name: String, what: String) throws(ImageError) -> [UInt8] {
-        let fd = openat(dirFD, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
-        guard fd >= 0 else {
-            if errno == ENOENT { throw .invalid(what: what, reason: "missing") }
-            throw .system(.last("open(\(what))"))
+        let file: OwnedFD
+        do { file = try OwnedFD(at: dirFD, name, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK, what: what) } catch {
+            if error.errno == ENOENT { throw .invalid(what: what, reason: "missing") }
+            throw .system(error)
         }
-        let file = OwnedFD(taking: fd)
         return try readDocument(file.raw, what: what)
     }
 

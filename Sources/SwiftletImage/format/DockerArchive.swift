@@ -70,9 +70,9 @@ struct DockerArchive {
     }
 
     private func openArchive() throws(ImageError) -> OwnedFD {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .badReference(path, reason: String(cString: strerror(errno))) }
-        return OwnedFD(taking: fd)
+        do { return try OwnedFD(opening: path, flags: O_RDONLY) } catch {
+            throw .badReference(path, reason: String(cString: strerror(error.errno)))
+        }
     }
 
     private func next(_ reader: inout TarReader<FileSource>) throws(ImageError) -> TarEntry? {

@@ -19,9 +19,10 @@ enum HostDirectory {
 
     static func scan(_ path: String) throws(ImageError) -> Scan {
         var sha = SHA256()
-        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw .badReference(path, reason: String(cString: strerror(errno))) }
-        let root = OwnedFD(taking: fd)
+        let root: OwnedFD
+        do { root = try OwnedFD(opening: path, flags: O_RDONLY | O_DIRECTORY) } catch {
+            throw .badReference(path, reason: String(cString: strerror(error.errno)))
+        }
         var count = 0
         var bytes: UInt64 = 0
         try walk(root.raw, "", depth: 0, count: &count) { rel, st, target in
@@ -35,30 +36,28 @@ enum HostDirectory {
 
     /// A regular file of the tree, reached without following links; nil otherwise.
     static func readSmallFile(_ path: String, _ rel: String) -> [UInt8]? {
-        guard let (dir, name) = openParent(path, rel) else { return nil }
-        defer { close(dir) }
-        return try? Blob.readDocument(at: dir, name, what: rel)
+        inParent(path, rel) { dir, name in try? Blob.readDocument(at: dir, name, what: rel) }
     }
 
     /// Whether the tree has `rel`, reached without following links.
     static func contains(_ path: String, _ rel: String) -> Bool {
-        guard let (dir, name) = openParent(path, rel) else { return false }
-        defer { close(dir) }
-        var st = stat()
-        return fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0
+        inParent(path, rel) { dir, name in
+            var st = stat()
+            return fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0
+        } ?? false
     }
 
-    /// The directory holding `rel` (opened component by component, `O_NOFOLLOW`) and its last name.
-    private static func openParent(_ path: String, _ rel: String) -> (Int32, String)? {
+    /// `body` on the directory holding `rel` (opened component by component,
+    /// `O_NOFOLLOW`) and its last name; nil when a component cannot be opened.
+    private static func inParent<T>(_ path: String, _ rel: String, _ body: (Int32, String) -> T?) -> T? {
         let parts = rel.split(separator: "/").map(String.init)
         guard let name = parts.last, !parts.contains(".."), !parts.contains(".") else { return nil }
-        var dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        for part in parts.dropLast() where dir >= 0 {
-            let next = openat(dir, part, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            close(dir)
+        guard var dir = try? OwnedFD(opening: path, flags: O_RDONLY | O_DIRECTORY) else { return nil }
+        for part in parts.dropLast() {
+            guard let next = try? OwnedFD(at: dir.raw, part, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW, what: part) else { return nil }
             dir = next
         }
-        return dir >= 0 ? (dir, name) : nil
+        return body(dir.raw, name)
     }
 
     /// Visits every entry below `dir` (sorted, so the digest is stable), never following a link.
@@ -81,10 +80,9 @@ enum HostDirectory {
             }
             visit(rel, st, target)
             if st.st_mode & S_IFMT == S_IFDIR {
-                let child = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                guard child >= 0 else { throw .system(.last("openat(\(rel))")) }
-                let owned = OwnedFD(taking: child)
-                try walk(owned.raw, rel, depth: depth + 1, count: &count, visit)
+                let child: OwnedFD
+                do { child = try OwnedFD(at: dir, name, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW, what: rel) } catch { throw .system(error) }
+                try walk(child.raw, rel, depth: depth + 1, count: &count, visit)
             }
         }
     }

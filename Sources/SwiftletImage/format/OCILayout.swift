@@ -8,9 +8,10 @@ struct OCILayout: ~Copyable {
     private let dir: OwnedFD
 
     init(path: String) throws(ImageError) {
-        let fd = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw .badReference("oci:" + path, reason: String(cString: strerror(errno))) }
-        let d = OwnedFD(taking: fd)
+        let d: OwnedFD
+        do { d = try OwnedFD(opening: path, flags: O_RDONLY | O_DIRECTORY) } catch {
+            throw .badReference("oci:" + path, reason: String(cString: strerror(error.errno)))
+        }
         let marker = try Blob.readDocument(at: d.raw, "oci-layout", what: "oci-layout")
         let json: JSONValue
         do { json = try JSONValue.parse(marker) } catch { throw .json(what: "oci-layout", error) }

@@ -143,9 +143,9 @@ final class StagingTree {
             entries[relPath] = target
         case .characterDevice, .blockDevice, .fifo:
             // A placeholder: debugfs replaces it with the node (no privileges needed here).
-            let fd = openat(dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-            guard fd >= 0 else { throw .system(.last("openat(\(relPath))")) }
-            close(fd)
+            do { _ = try OwnedFD(at: dir, name, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600, what: relPath) } catch {
+                throw .system(error)
+            }
             try account(256)
             let kind: EntryMetadata.Kind
             switch entry.kind {
@@ -163,9 +163,7 @@ final class StagingTree {
     func readSmallFile(_ relPath: String, limit: Int) -> [UInt8]? {
         guard let parts = try? Self.components(relPath, layer: ""), let name = parts.last,
               let dir = try? openDirectory(parts.dropLast(), create: false, layer: "", entry: relPath) else { return nil }
-        let fd = openat(dir.raw, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
-        guard fd >= 0 else { return nil }
-        let file = OwnedFD(taking: fd)
+        guard let file = try? OwnedFD(at: dir.raw, name, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK, what: relPath) else { return nil }
         var st = stat()
         guard fstat(file.raw, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_size <= limit else { return nil }
         var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
@@ -234,33 +232,26 @@ final class StagingTree {
     /// symbolic link or not a directory is refused: the entry would be
     /// written through it. nil when it is missing and `create` is false.
     private func openDirectory(_ parts: ArraySlice<String>, create: Bool, layer: String, entry: String) throws(ImageError) -> OwnedFD? {
-        var current = openat(root.raw, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard current >= 0 else { throw .system(.last("openat(staging root)")) }
+        var current: OwnedFD
+        do { current = try OwnedFD(at: root.raw, ".", flags: O_RDONLY | O_DIRECTORY, what: "staging root") } catch { throw .system(error) }
         var rel = ""
         for part in parts {
             rel = rel.isEmpty ? part : rel + "/" + part
             var st = stat()
-            if fstatat(current, part, &st, AT_SYMLINK_NOFOLLOW) != 0 {
-                let e = errno
-                guard e == ENOENT else { close(current); throw .system(SystemError("fstatat(\(rel))", errno: e)) }
-                guard create else { close(current); return nil }
-                guard mkdirat(current, part, 0o755) == 0 else { let err = SystemError.last("mkdirat(\(rel))"); close(current); throw .system(err) }
+            if fstatat(current.raw, part, &st, AT_SYMLINK_NOFOLLOW) != 0 {
+                guard errno == ENOENT else { throw .system(.last("fstatat(\(rel))")) }
+                guard create else { return nil }
+                guard mkdirat(current.raw, part, 0o755) == 0 else { throw .system(.last("mkdirat(\(rel))")) }
                 if entries[rel] == nil { entries[rel] = .implicitDirectory }
                 createdInLayer.insert(rel)
             } else if (st.st_mode & S_IFMT) == S_IFLNK {
-                close(current)
                 throw .unsafeEntry(layer: layer, path: entry, reason: "it goes through the symbolic link '\(rel)'")
             } else if (st.st_mode & S_IFMT) != S_IFDIR {
-                close(current)
                 throw .unsafeEntry(layer: layer, path: entry, reason: "'\(rel)' is not a directory")
             }
-            let next = openat(current, part, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            let err = errno
-            close(current)
-            guard next >= 0 else { throw .system(SystemError("openat(\(rel))", errno: err)) }
-            current = next
+            do { current = try OwnedFD(at: current.raw, part, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW, what: rel) } catch { throw .system(error) }
         }
-        return OwnedFD(taking: current)
+        return current
     }
 
     // MARK: - Changes
@@ -280,9 +271,8 @@ final class StagingTree {
     private func writeFile<S: ByteSource>(_ name: String, in dir: Int32, relPath: String, size: UInt64,
                                           from reader: inout TarReader<S>, layer: String) throws(ImageError) {
         try account((size + 4095) & ~4095 + 256)
-        let fd = openat(dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw .system(.last("openat(\(relPath))")) }
-        let file = OwnedFD(taking: fd)
+        let file: OwnedFD
+        do { file = try OwnedFD(at: dir, name, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600, what: relPath) } catch { throw .system(error) }
         while true {
             let n: Int
             do { n = try reader.readData(into: buffer) } catch { throw .tar(what: layer, error) }
@@ -305,9 +295,8 @@ final class StagingTree {
             throw .system(.last("fstatat(\(relPath))"))
         }
         if (st.st_mode & S_IFMT) == S_IFDIR {
-            let fd = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            guard fd >= 0 else { throw .system(.last("openat(\(relPath))")) }
-            let child = OwnedFD(taking: fd)
+            let child: OwnedFD
+            do { child = try OwnedFD(at: dir, name, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW, what: relPath) } catch { throw .system(error) }
             for entry in try listDirectory(child.raw, at: relPath) {
                 try remove(entry, in: child.raw, relPath: relPath + "/" + entry)
             }

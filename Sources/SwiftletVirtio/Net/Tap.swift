@@ -9,28 +9,26 @@ import SwiftletSys
 /// interface when the last fd closes, so it goes with the process on every
 /// path (clean exit, crash, SIGTERM, SIGKILL).
 public final class TapDevice: Sendable {
-    public let fd: Int32
+    private let owned: OwnedFD
+    /// The TAP's descriptor, valid while `self` lives.
+    public var fd: Int32 { owned.raw }
     public let name: String
     /// The TAP took TUNSETOFFLOAD with checksum and TSO: offer the guest offloads.
     public let supportsOffloads: Bool
     /// The host-side addresses `--net auto` gave it.
     public let plan: NetAddressPlan?
 
-    private init(fd: Int32, name: String, plan: NetAddressPlan?) throws(NetError) {
-        guard swl_tap_set_vnet_hdr_size(fd, Int32(VirtioNet.headerSize)) == 0 else {
-            let e = SystemError.last("ioctl(TUNSETVNETHDRSZ)")
-            close(fd)
-            throw .system(e)
-        }
+    /// Takes `owned`: a failure closes it, and with it the interface `create` made.
+    private init(_ owned: consuming OwnedFD, name: String, plan: NetAddressPlan?) throws(NetError) {
+        let fd = owned.raw
+        guard swl_tap_set_vnet_hdr_size(fd, Int32(VirtioNet.headerSize)) == 0 else { throw .system(.last("ioctl(TUNSETVNETHDRSZ)")) }
         // Probe, then start with none: the guest's features decide (`setOffloads`).
         supportsOffloads = swl_tap_set_offload(fd, SWL_TUN_F_CSUM | SWL_TUN_F_TSO4 | SWL_TUN_F_TSO6) == 0
         _ = swl_tap_set_offload(fd, 0)
-        self.fd = fd
+        self.owned = owned
         self.name = name
         self.plan = plan
     }
-
-    deinit { close(fd) }
 
     /// The clone device every TAP is opened through.
     static let tunDevice = "/dev/net/tun"
@@ -58,7 +56,7 @@ public final class TapDevice: Sendable {
         }
         // The interface could have vanished between the check and TUNSETIFF,
         // which then made a fresh (non-persistent) one: refuse it.
-        return try TapDevice(fd: fd, name: name, plan: nil)
+        return try TapDevice(OwnedFD(taking: fd), name: name, plan: nil)
     }
 
     /// Creates a non-persistent TAP named `swl<pid>n<index>`, gives the host
@@ -81,7 +79,7 @@ public final class TapDevice: Sendable {
         }
         // From here the fd owns the interface: closing it (TapDevice.deinit
         // or the throw paths below) removes it again.
-        let tap = try TapDevice(fd: fd, name: name, plan: plan)
+        let tap = try TapDevice(OwnedFD(taking: fd), name: name, plan: plan)
         // SAFETY: the name is passed as a C string for the call only.
         if unsafe swl_if_set_ipv4_up(name, plan.host, NetAddressPlan.mask) != 0 {
             let err = errno

@@ -38,8 +38,10 @@ final class VsockConnection {
 
     /// The epoll tag of the socket; never reused.
     let tag: UInt64
-    /// The host Unix socket, owned: closed by `close` or deinit.
-    private(set) var fd: Int32
+    /// The host Unix socket: closed by `close` or deinit.
+    private var socket: OwnedFD?
+    /// The socket's descriptor; -1 once closed.
+    var fd: Int32 { socket?.raw ?? -1 }
     var state: State
     /// Nil while awaiting the CONNECT line.
     var key: VsockConnectionKey?
@@ -97,24 +99,18 @@ final class VsockConnection {
     /// A CREDIT_REQUEST is queued or sent since the guest last gave credit.
     var creditRequested = false
 
-    init(tag: UInt64, fd: Int32, state: State, key: VsockConnectionKey?, hostInitiated: Bool) {
+    init(tag: UInt64, socket: consuming OwnedFD, state: State, key: VsockConnectionKey?, hostInitiated: Bool) {
         self.tag = tag
-        self.fd = fd
+        self.socket = Optional(socket)
         self.state = state
         self.key = key
         self.hostInitiated = hostInitiated
     }
 
-    deinit { close() }
-
     /// Closes the socket. Idempotent.
-    func close() {
-        guard fd >= 0 else { return }
-        _ = Glibc.close(fd)
-        fd = -1
-    }
+    func close() { socket = nil }
 
-    var isClosed: Bool { fd < 0 }
+    var isClosed: Bool { socket == nil }
 
     /// Bytes we may still send the guest.
     var peerCredit: UInt32 {

@@ -6,8 +6,10 @@ import SwiftletSys
 /// deinit) removes the file, if it is still the one this listener created.
 final class VsockListener {
     let path: String
-    /// The listening socket; -1 once closed.
-    private(set) var fd: Int32
+    /// The listening socket; nil once closed.
+    private var socket: OwnedFD?
+    /// Its descriptor; -1 once closed.
+    var fd: Int32 { socket?.raw ?? -1 }
     /// The socket file's identity, so `close` never removes a file someone
     /// else put at the path since. Nil for an abstract name (`@...`).
     private let fileID: (dev: UInt64, ino: UInt64)?
@@ -18,9 +20,8 @@ final class VsockListener {
         guard !path.isEmpty, path.utf8.count <= UnixSocket.maxPathLength, path != "@" else {
             throw .invalidPath(path)
         }
-        let socket = try Self.bind(path)
+        socket = try Self.bind(path)
         self.path = path
-        self.fd = socket.release()
         fileID = path.hasPrefix("@") ? nil : Self.identity(path)
     }
 
@@ -28,9 +29,8 @@ final class VsockListener {
 
     /// Stops listening and removes the socket file. Idempotent.
     func close() {
-        guard fd >= 0 else { return }
-        _ = Glibc.close(fd)
-        fd = -1
+        guard socket != nil else { return }
+        socket = nil
         // SAFETY: a path string passed for the call only.
         if let fileID, let now = Self.identity(path), now == fileID { unsafe unlink(path) }
     }

@@ -90,7 +90,7 @@ extension VsockMuxState {
         guard byTag.count < VirtioVsock.maxConnections,
               let socket = try? UnixSocket.connect(to: "\(udsPath)_\(h.dstPort)"), peers.admits(socket.raw)
         else { return replyReset(h) }
-        let conn = VsockConnection(tag: allocateTag(), fd: socket.release(), state: .established,
+        let conn = VsockConnection(tag: allocateTag(), socket: socket, state: .established,
                                    key: VsockConnectionKey(local: h.dstPort, peer: h.srcPort), hostInitiated: false)
         conn.recordPeerCredit(h)
         guard register(conn) else { return replyReset(h) }

@@ -289,7 +289,7 @@ struct VsockMuxState: ~Copyable {
             // away (closed here).
             guard byTag.count < VirtioVsock.maxConnections, handshakes.count < VirtioVsock.maxHandshakes,
                   pending.count < VsockMuxer.maxPendingPackets, peers.admits(client.raw) else { continue }
-            let conn = VsockConnection(tag: allocateTag(), fd: client.release(), state: .awaitingConnectLine([]),
+            let conn = VsockConnection(tag: allocateTag(), socket: client, state: .awaitingConnectLine([]),
                                        key: nil, hostInitiated: true)
             guard register(conn) else { continue }
             startHandshake(conn)

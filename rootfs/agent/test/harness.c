@@ -211,7 +211,7 @@ static int expect_ready(struct agent *a)
 
 /* Starts an agent and waits for its HELLO (and READY when wait_ready).
  * listen_first=0: the socket appears only later. */
-static int agent_start_opt(struct agent *a, int listen_first, int wait_ready)
+static int agent_connect(struct agent *a, int listen_first, int wait_ready)
 {
 	memset(a, 0, sizeof *a);
 	char *argv[] = { (char *)agent, "--unix", sock_path, 0 };
@@ -241,7 +241,6 @@ static int agent_start_opt(struct agent *a, int listen_first, int wait_ready)
 	buf_free(&b);
 	return wait_ready ? expect_ready(a) : 0;
 }
-static int agent_start(struct agent *a, int listen_first) { return agent_start_opt(a, listen_first, 1); }
 
 /* Waits for the agent process to exit; returns its wait status or -1 on timeout. */
 static int agent_wait(struct agent *a, int ms)
@@ -262,6 +261,27 @@ static void agent_close(struct agent *a)
 	if (a->c >= 0) close(a->c);
 	if (a->ls >= 0) close(a->ls);
 	a->c = a->ls = -1;
+}
+
+/* agent_connect; an agent that failed it is reaped and its sockets closed. */
+static int agent_start_opt(struct agent *a, int listen_first, int wait_ready)
+{
+	int rc = agent_connect(a, listen_first, wait_ready);
+	if (rc) {
+		agent_wait(a, MS(1000));
+		agent_close(a);
+	}
+	return rc;
+}
+static int agent_start(struct agent *a, int listen_first) { return agent_start_opt(a, listen_first, 1); }
+
+/* Ends a session: closes its sockets, then the agent must exit with expect_status. */
+static void agent_finish(struct agent *a, int expect_status)
+{
+	agent_close(a);
+	int st = agent_wait(a, MS(5000));
+	if (st == -1) fail("agent did not exit");
+	else if (!WIFEXITED(st) || WEXITSTATUS(st) != expect_status) fail("agent exit status 0x%x, expected %d", st, expect_status);
 }
 
 /* Is any live (non-zombie) process in group pgid? Reaps our zombies on the way. */
@@ -339,6 +359,15 @@ struct result {
 	struct buf out, err, error;
 	uint64_t t_started, t_exit;
 };
+
+/* Sends j as the session's JOB frame. */
+static void send_job(int fd, const struct job *j)
+{
+	struct buf p = { 0 };
+	job_payload(&p, j);
+	send_frame(fd, T_JOB, p.p, (uint32_t)p.n);
+	buf_free(&p);
+}
 
 static void result_free(struct result *r) { buf_free(&r->out); buf_free(&r->err); buf_free(&r->error); }
 
@@ -426,16 +455,10 @@ static void run(const struct job *j, struct result *r, int act, int sig, int exp
 {
 	struct agent a;
 	memset(r, 0, sizeof *r);
-	if (agent_start(&a, 1)) { agent_wait(&a, MS(1000)); agent_close(&a); return; }
-	struct buf p = { 0 };
-	job_payload(&p, j);
-	send_frame(a.c, T_JOB, p.p, (uint32_t)p.n);
-	buf_free(&p);
+	if (agent_start(&a, 1)) return;
+	send_job(a.c, j);
 	collect(&a, r, act, sig, MS(20000));
-	agent_close(&a);
-	int st = agent_wait(&a, MS(5000));
-	if (st == -1) fail("agent did not exit");
-	else if (!WIFEXITED(st) || WEXITSTATUS(st) != expect_status) fail("agent exit status 0x%x", st);
+	agent_finish(&a, expect_status);
 }
 
 static int expect_exit(struct result *r, uint32_t kind, uint32_t code)
@@ -519,14 +542,11 @@ static void stdin_test(const char *name, uint32_t flags, const char *const *argv
 	current = name;
 	tests++;
 	struct agent a;
-	if (agent_start(&a, 1)) { agent_wait(&a, MS(1000)); agent_close(&a); return; }
+	if (agent_start(&a, 1)) return;
 	uint8_t seed[32];
 	memset(seed, 0xa5, sizeof seed);
 	struct job j = { .flags = F_STDIN | flags, .argv = argv, .seed = seed, .seed_len = flags & F_CLOCK ? 32 : 0 };
-	struct buf p = { 0 };
-	job_payload(&p, &j);
-	send_frame(a.c, T_JOB, p.p, (uint32_t)p.n);
-	buf_free(&p);
+	send_job(a.c, &j);
 	struct feeder f = { a.c, data, n, 0, 0 };
 	pthread_t th;
 	pthread_create(&th, 0, feed, &f);
@@ -535,9 +555,7 @@ static void stdin_test(const char *name, uint32_t flags, const char *const *argv
 	f.stop = 1;
 	/* the agent discards what still comes while it waits for us to close */
 	pthread_join(th, 0);
-	agent_close(&a);
-	int st = agent_wait(&a, MS(5000));
-	if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st)) fail("agent exit status 0x%x", st);
+	agent_finish(&a, 0);
 	expect_exit(&r, 0, 0);
 	if (r.out.n != want_n || memcmp(r.out.p, want, want_n)) fail("stdout differs: %zu bytes, expected %zu", r.out.n, want_n);
 	result_free(&r);
@@ -549,7 +567,7 @@ static void malformed(const char *name, const void *frame, size_t n, const char 
 	current = name;
 	tests++;
 	struct agent a;
-	if (agent_start(&a, 1)) { agent_wait(&a, MS(1000)); agent_close(&a); return; }
+	if (agent_start(&a, 1)) return;
 	write_full(a.c, frame, n);
 	struct buf b = { 0 };
 	int t = read_frame(a.c, &b, MS(5000));
@@ -557,9 +575,7 @@ static void malformed(const char *name, const void *frame, size_t n, const char 
 	else if (!strstr((char *)b.p, want)) fail("ERROR \"%s\", expected \"%s\"", b.p, want);
 	if (read_frame(a.c, &b, MS(5000)) != -1) fail("frame after ERROR");
 	buf_free(&b);
-	agent_close(&a);
-	int st = agent_wait(&a, MS(5000));
-	if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 1) fail("agent exit status 0x%x, expected 1", st);
+	agent_finish(&a, 1);
 }
 
 static void bad_job(const char *name, uint32_t flags, uint32_t argc, uint32_t envc, uint32_t seed_len,
@@ -594,7 +610,7 @@ static void startup(void)
 	uint64_t exec_to_start[N], start_to_conn[N], spawn_to_hello[N], hello_to_ready[N], flt[N], job[N];
 	for (int i = 0; i < N; i++) {
 		struct agent a;
-		if (agent_start(&a, 1)) { agent_wait(&a, MS(1000)); agent_close(&a); return; }
+		if (agent_start(&a, 1)) return;
 		hello_to_ready[i] = a.t_ready - a.t_hello;
 		exec_to_start[i] = a.hello_start - a.t_spawn;
 		start_to_conn[i] = a.hello_conn - a.hello_start;
@@ -788,19 +804,14 @@ int main(int argc, char **argv)
 				  .uid = 1234, .gid = 5678, .ngroups = 64, .groups = many, .seed = seed, .seed_len = 512 };
 		struct agent a;
 		if (!agent_start(&a, 1)) {
-			struct buf p = { 0 };
-			job_payload(&p, &j3);
-			send_frame(a.c, T_JOB, p.p, (uint32_t)p.n);
-			buf_free(&p);
+			send_job(a.c, &j3);
 			send_frame(a.c, T_STDIN, "in\n", 3);
 			send_frame(a.c, T_STDIN, "", 0);
 			collect(&a, &r, ACT_NONE, 0, MS(5000));
 			expect_exit(&r, 0, 0);
 			expect_text(&r.out, "1234\n65\nin\n", "stdout"); /* the gid and the 64 groups */
 			result_free(&r);
-			agent_close(&a);
-			int st = agent_wait(&a, MS(5000));
-			if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st)) fail("agent exit status 0x%x", st);
+			agent_finish(&a, 0);
 		}
 
 		/* set before the working directory is entered: TMPDIR (0700, root's) is closed to nobody */
@@ -927,15 +938,10 @@ int main(int argc, char **argv)
 		struct agent a;
 		if (!agent_start(&a, 1)) {
 			struct job j = { .argv = ARGV("sh", "-c", "sleep 60 & exec sleep 61") };
-			struct buf p = { 0 };
-			job_payload(&p, &j);
-			send_frame(a.c, T_JOB, p.p, (uint32_t)p.n);
-			buf_free(&p);
+			send_job(a.c, &j);
 			struct result r;
 			collect(&a, &r, ACT_DROP, 0, MS(5000));
-			agent_close(&a);
-			int st = agent_wait(&a, MS(5000));
-			if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 1) fail("agent exit status 0x%x, expected 1", st);
+			agent_finish(&a, 1);
 			if (!r.started || !group_gone_within((pid_t)r.pid, MS(3000))) fail("job's group not killed");
 			result_free(&r);
 		}
@@ -944,19 +950,14 @@ int main(int argc, char **argv)
 		tests++;
 		if (!agent_start_opt(&a, 1, 0)) {
 			struct job j = { .argv = ARGV("echo", "ok") };
-			struct buf p = { 0 };
-			job_payload(&p, &j);
-			send_frame(a.c, T_JOB, p.p, (uint32_t)p.n);
-			buf_free(&p);
+			send_job(a.c, &j);
 			struct result r;
 			collect(&a, &r, ACT_NONE, 0, MS(5000)); /* READY, then STARTED */
 			if (!a.ready) fail("no READY");
 			expect_exit(&r, 0, 0);
 			expect_text(&r.out, "ok\n", "stdout");
 			result_free(&r);
-			agent_close(&a);
-			int st = agent_wait(&a, MS(5000));
-			if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st)) fail("agent exit status 0x%x", st);
+			agent_finish(&a, 0);
 		}
 
 		current = "PARK: warm-up programs run once, PARKED with the agent's clock, then the JOB";
@@ -985,18 +986,13 @@ int main(int argc, char **argv)
 			if (!text || tn != 4 || memcmp(text, "run\n", 4)) fail("the warm-up program ran %s", text ? "other than once" : "never");
 			free(text);
 			struct job j = { .argv = ARGV("echo", "after-park") };
-			struct buf p = { 0 };
-			job_payload(&p, &j);
-			send_frame(a.c, T_JOB, p.p, (uint32_t)p.n);
-			buf_free(&p);
+			send_job(a.c, &j);
 			struct result r;
 			collect(&a, &r, ACT_NONE, 0, MS(5000));
 			expect_exit(&r, 0, 0);
 			expect_text(&r.out, "after-park\n", "stdout");
 			result_free(&r);
-			agent_close(&a);
-			int st = agent_wait(&a, MS(5000));
-			if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st)) fail("agent exit status 0x%x", st);
+			agent_finish(&a, 0);
 		}
 
 		current = "PARK: a warm-up program still running after 10 s is killed with its group";
@@ -1037,18 +1033,13 @@ int main(int argc, char **argv)
 			if (pg > 1) kill(-(pid_t)pg, SIGKILL); /* leave nothing behind when it failed */
 			if (access(marker, F_OK)) fail("the warm-up program after the killed one did not run");
 			struct job j = { .argv = ARGV("echo", "after-slow-park") };
-			struct buf p = { 0 };
-			job_payload(&p, &j);
-			send_frame(a.c, T_JOB, p.p, (uint32_t)p.n);
-			buf_free(&p);
+			send_job(a.c, &j);
 			struct result r;
 			collect(&a, &r, ACT_NONE, 0, MS(5000));
 			expect_exit(&r, 0, 0);
 			expect_text(&r.out, "after-slow-park\n", "stdout");
 			result_free(&r);
-			agent_close(&a);
-			int st = agent_wait(&a, MS(5000));
-			if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st)) fail("agent exit status 0x%x", st);
+			agent_finish(&a, 0);
 		}
 
 		current = "reconnect before the JOB";
@@ -1065,10 +1056,7 @@ int main(int argc, char **argv)
 				send_frame(a.c, T_SIGNAL, "\x09\0\0\0", 4);
 				send_frame(a.c, T_STDIN, "abc", 3);
 				struct job j = { .argv = ARGV("echo", "ok") };
-				struct buf p = { 0 };
-				job_payload(&p, &j);
-				send_frame(a.c, T_JOB, p.p, (uint32_t)p.n);
-				buf_free(&p);
+				send_job(a.c, &j);
 				struct result r;
 				collect(&a, &r, ACT_NONE, 0, MS(5000));
 				expect_exit(&r, 0, 0);
@@ -1076,19 +1064,14 @@ int main(int argc, char **argv)
 				result_free(&r);
 			}
 			buf_free(&b);
-			agent_close(&a);
-			int st = agent_wait(&a, MS(5000));
-			if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st)) fail("agent exit status 0x%x", st);
+			agent_finish(&a, 0);
 		}
 
 		current = "connect retried until the host listens";
 		tests++;
 		if (!agent_start(&a, 0)) {
 			struct job j = { .argv = ARGV("true") };
-			struct buf p = { 0 };
-			job_payload(&p, &j);
-			send_frame(a.c, T_JOB, p.p, (uint32_t)p.n);
-			buf_free(&p);
+			send_job(a.c, &j);
 			struct result r;
 			collect(&a, &r, ACT_NONE, 0, MS(5000));
 			expect_exit(&r, 0, 0);
