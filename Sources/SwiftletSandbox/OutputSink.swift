@@ -23,7 +23,8 @@ final class OutputSink {
     /// The descriptor written: the reopened one, or the caller's.
     let fd: Int32
     let kind: Kind
-    private let ownsFD: Bool
+    /// The reopened description, when there is one (the caller's stays the caller's).
+    private let reopened: OwnedFD?
     private var pending: [UInt8] = []
     private var sent = 0
     /// False once the reader went away (EPIPE): later output is dropped.
@@ -36,8 +37,7 @@ final class OutputSink {
     init(fd callerFD: Int32) {
         var st = stat()
         var kind = Kind.direct
-        var fd = callerFD
-        var owns = false
+        var reopened: OwnedFD?
         if fstat(callerFD, &st) == 0 {
             let type = st.st_mode & S_IFMT
             if type == S_IFSOCK {
@@ -45,21 +45,14 @@ final class OutputSink {
             } else if type == S_IFIFO || (type == S_IFCHR && isatty(callerFD) == 1) {
                 // A FIFO with no reader left refuses the open (ENXIO): its
                 // writes then fail with EPIPE at once, directly.
-                let r = open("/proc/self/fd/\(callerFD)", O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)
-                if r >= 0 {
-                    fd = r
-                    owns = true
-                    kind = .nonBlocking
-                }
+                reopened = try? OwnedFD(opening: "/proc/self/fd/\(callerFD)", flags: O_WRONLY | O_NONBLOCK | O_NOCTTY)
+                if reopened.rawOrNone >= 0 { kind = .nonBlocking }
             }
         }
-        self.fd = fd
+        let own = reopened.rawOrNone
+        fd = own >= 0 ? own : callerFD
         self.kind = kind
-        self.ownsFD = owns
-    }
-
-    deinit {
-        if ownsFD { close(fd) }
+        self.reopened = reopened
     }
 
     var hasPending: Bool { isOpen && sent < pending.count }
