@@ -6,7 +6,8 @@ import PackageDescription
 /// Modules follow the seams of the machine:
 /// - `CSwiftlet`: the C shim for what Swift cannot import (ioctl numbers, `_GNU_SOURCE` calls, signals).
 /// - `CDecompress`: the C shim over Debian's zlib, liblz4 and libzstd.
-/// - `SwiftletSys`: typed errno errors, owned file descriptors, EINTR handled in one place, `Epoll`, `EventFD`, clocks.
+/// - `SwiftletSys`: typed errno errors, owned file descriptors, EINTR handled in one place, `Epoll`, `EventFD`,
+///   `TerminationSignals`, `FileLock`, `Subprocess`, clocks.
 /// - `SwiftletPersist`: the snapshot state codec: each saved type (transport, UART, vCPU, VM) writes and reads its own
 ///   state through it, in a `+Persist.swift` file beside the type.
 /// - `SwiftletMemory`: guest physical memory, bounds-checked.
