@@ -241,37 +241,3 @@ func writeFile(_ path: String, _ bytes: [UInt8]) throws(ImageError) {
     let r = bytes.withUnsafeBytes { b in Result { () throws(SystemError) in try writeFileAtomically(path, b) } }
     if case let .failure(e) = r { throw .system(e) }
 }
-
-/// Removes a path and everything below it (links are removed, never followed).
-func removeTree(_ path: String) {
-    var st = stat()
-    guard lstat(path, &st) == 0 else { return }
-    if st.st_mode & S_IFMT == S_IFDIR {
-        for name in listDirectory(path) { removeTree(path + "/" + name) }
-        rmdir(path)
-    } else {
-        unlink(path)
-    }
-}
-
-/// The names in a directory (not "." and ".."); empty when it cannot be read.
-func listDirectory(_ path: String) -> [String] {
-    guard let dir = try? OwnedFD(opening: path, flags: O_RDONLY | O_DIRECTORY) else { return [] }
-    return directoryNames(dir.raw) ?? []
-}
-
-/// The names in the open directory `fd` (not "." and ".."), which stays
-/// open; nil when it cannot be read.
-func directoryNames(_ fd: Int32) -> [String]? {
-    guard let copy = try? OwnedFD(at: fd, ".", flags: O_RDONLY | O_DIRECTORY, what: ".") else { return nil }
-    guard let stream = fdopendir(copy.raw) else { return nil }
-    // The stream owns the descriptor now: closedir closes it.
-    _ = copy.release()
-    defer { closedir(stream) }
-    var names: [String] = []
-    while let e = readdir(stream) {
-        let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        if name != "." && name != ".." { names.append(name) }
-    }
-    return names
-}

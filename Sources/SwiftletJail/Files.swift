@@ -24,22 +24,6 @@ func writeText(_ path: String, _ text: String) throws(JailError) {
 
 func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
-/// The names in directory `path`, without `.` and `..` (empty if unreadable).
-func listDirectory(_ path: String) -> [String] {
-    guard let dir = opendir(path) else { return [] }
-    defer { closedir(dir) }
-    var names: [String] = []
-    while let entry = readdir(dir) {
-        // SAFETY: d_name is a NUL-terminated char array inside the dirent that
-        // readdir returned; it is valid until the next readdir on `dir`.
-        let name = withUnsafePointer(to: &entry.pointee.d_name) {
-            String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self))
-        }
-        if name != "." && name != ".." { names.append(name) }
-    }
-    return names
-}
-
 /// Whether `path` is a directory (not following a final symlink).
 func isDirectory(_ path: String) -> Bool {
     var st = stat()

@@ -76,12 +76,7 @@ enum SnapshotCache {
 
     /// Removes the directories in `root` whose names start with `prefix`.
     static func removeAbandoned(prefix: String, in root: String) {
-        guard let d = opendir(root) else { return }
-        defer { closedir(d) }
-        while let entry = readdir(d) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name.hasPrefix(prefix) { Snapshot.remove(directory: root + "/" + name) }
-        }
+        for name in listDirectory(root) where name.hasPrefix(prefix) { Snapshot.remove(directory: root + "/" + name) }
     }
 
 

@@ -1,4 +1,5 @@
 import Glibc
+import SwiftletSys
 import Testing
 import SwiftletTestSupport
 
@@ -30,16 +31,7 @@ struct EphemeralBootTests {
         return (status >> 8) & 0xff
     }
 
-    func entries(_ directory: String) -> [String] {
-        guard let dir = opendir(directory) else { return ["<cannot open>"] }
-        defer { closedir(dir) }
-        var names: [String] = []
-        while let e = readdir(dir) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
-    }
+    func entries(_ directory: String) -> [String] { directoryNames(atPath: directory) ?? ["<cannot open>"] }
 
     /// The targets of the process's descriptors.
     func descriptorTargets(_ pid: pid_t) -> [String] {

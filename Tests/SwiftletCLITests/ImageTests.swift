@@ -1,4 +1,5 @@
 import Glibc
+import SwiftletSys
 import Testing
 import SwiftletTestSupport
 
@@ -66,18 +67,6 @@ func prepareImage(_ reference: String, cache: String = SharedImageCache.path, en
     let path = String(lines[0])
     try #require(path.hasPrefix("/") && access(path, R_OK) == 0, "image prepare printed \(path)")
     return Ext4Image(path: path)
-}
-
-/// Removes a path and everything below it (links removed, never followed).
-func removeTree(_ path: String) {
-    var st = stat()
-    guard lstat(path, &st) == 0 else { return }
-    if st.st_mode & S_IFMT == S_IFDIR {
-        for name in listDirectory(path) { removeTree(path + "/" + name) }
-        rmdir(path)
-    } else {
-        unlink(path)
-    }
 }
 
 /// Every path below `root` (relative), with its type, mode and size: to see what a command left.

@@ -1,4 +1,5 @@
 import Glibc
+import SwiftletSys
 import Testing
 import SwiftletTestSupport
 
@@ -33,17 +34,6 @@ struct JailCLITests {
 
     static func field(_ name: String, _ status: String) -> String? {
         status.split(separator: "\n").first { $0.hasPrefix(name + ":") }.map { String($0.dropFirst(name.count + 1).drop { $0 == "\t" || $0 == " " }) }
-    }
-
-    static func listDirectory(_ path: String) -> [String] {
-        guard let d = opendir(path) else { return [] }
-        defer { closedir(d) }
-        var names: [String] = []
-        while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names.sorted()
     }
 
     static func readlinkText(_ path: String) -> String {
@@ -112,12 +102,12 @@ struct JailCLITests {
         }
         // Its root: the path to its socket directory and nothing else.
         let root = "/proc/\(vmm)/root"
-        #expect(Self.listDirectory(root) == ["run"])
-        #expect(Self.listDirectory(root + "/run") == ["swiftlet"])
-        #expect(Self.listDirectory(root + "/run/swiftlet") == ["sockets"])
-        let sockets = Self.listDirectory(root + "/run/swiftlet/sockets")
+        #expect(listDirectory(root).sorted() == ["run"])
+        #expect(listDirectory(root + "/run").sorted() == ["swiftlet"])
+        #expect(listDirectory(root + "/run/swiftlet").sorted() == ["sockets"])
+        let sockets = listDirectory(root + "/run/swiftlet/sockets").sorted()
         #expect(sockets.count == 1 && sockets[0].hasPrefix("\(run.pid)-"), "\(sockets)")
-        #expect(Self.listDirectory(root + "/run/swiftlet/sockets/" + (sockets.first ?? "")) == ["vsock", "vsock_52"])
+        #expect(listDirectory(root + "/run/swiftlet/sockets/" + (sockets.first ?? "")).sorted() == ["vsock", "vsock_52"])
         // Its cgroup: guest memory (128 MiB) + the 64 MiB margin, 48 tasks, half a CPU.
         let memory = try #require(Self.cgroupDirectory("memory", of: vmm))
         let pids = try #require(Self.cgroupDirectory("pids", of: vmm))

@@ -1,4 +1,5 @@
 import Glibc
+import SwiftletSys
 import Testing
 import SwiftletTestSupport
 
@@ -146,17 +147,6 @@ func monotonicSeconds() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}
-
-func listDirectory(_ path: String) -> Set<String> {
-    var names = Set<String>()
-    guard let d = opendir(path) else { return names }
-    defer { closedir(d) }
-    while let e = readdir(d) {
-        let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        if name != "." && name != ".." { names.insert(name) }
-    }
-    return names
 }
 
 @discardableResult

@@ -1,4 +1,5 @@
 import Glibc
+import SwiftletSys
 import Testing
 @testable import SwiftletImage
 
@@ -42,10 +43,6 @@ enum IO {
         let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
         precondition(made != nil, "mkdtemp")
         return String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    static func removeTree(_ path: String) {
-        _ = system("rm -rf '\(path)'")
     }
 
     static func writeFile(_ path: String, _ bytes: [UInt8]) {
@@ -98,7 +95,7 @@ struct FailingSource: ByteSource {
 
     @Test func fileSourceReadsAFileAndReportsErrors() throws {
         let dir = IO.temporaryDirectory()
-        defer { IO.removeTree(dir) }
+        defer { removeTree(dir) }
         let data = IO.data(count: 300_000, seed: 2)
         IO.writeFile(dir + "/f", data)
         let fd = open(dir + "/f", O_RDONLY | O_CLOEXEC)

@@ -1,4 +1,5 @@
 import Glibc
+import SwiftletSys
 import SwiftletX86
 import Testing
 @testable import SwiftletImage

@@ -1,4 +1,5 @@
 import Glibc
+import SwiftletSys
 import Testing
 @testable import SwiftletImage
 
@@ -244,7 +245,7 @@ func entries(_ bytes: [UInt8], step: Int = Int.max) throws(TarError) -> [TarEntr
     @Test(arguments: ["ustar", "gnu", "pax"])
     func pythonArchivesReadBack(format: String) throws {
         let dir = IO.temporaryDirectory()
-        defer { IO.removeTree(dir) }
+        defer { removeTree(dir) }
         let path = PythonTar.write(format, in: dir)
         let expected = PythonTar.expected(format)
 
@@ -266,7 +267,7 @@ func entries(_ bytes: [UInt8], step: Int = Int.max) throws(TarError) -> [TarEntr
     @Test(arguments: ["ustar", "gnu", "pax"])
     func pythonArchivesThroughDecompressors(format: String) throws {
         let dir = IO.temporaryDirectory()
-        defer { IO.removeTree(dir) }
+        defer { removeTree(dir) }
         let expected = PythonTar.expected(format)
         // gzip as tarfile writes it.
         let gz = try readFile(PythonTar.write(format, mode: "w:gz", in: dir))

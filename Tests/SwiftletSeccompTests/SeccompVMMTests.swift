@@ -1,4 +1,5 @@
 import Glibc
+import SwiftletSys
 import Testing
 
 /// A running VMM: every one of its threads is under a seccomp filter
@@ -71,11 +72,8 @@ struct SeccompVMMTests {
 
     /// Name, seccomp state, no_new_privs and effective capabilities of every thread of `pid`.
     static func threads(of pid: pid_t) -> [Thread] {
-        guard let dir = opendir("/proc/\(pid)/task") else { return [] }
-        defer { closedir(dir) }
         var out: [Thread] = []
-        while let e = readdir(dir) {
-            let tid = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        for tid in listDirectory("/proc/\(pid)/task") {
             guard tid.first?.isNumber == true else { continue }
             let status = Probe.readText("/proc/\(pid)/task/\(tid)/status")
             var t = Thread()

@@ -28,16 +28,7 @@ private struct Xorshift {
 private func wholeImage(_ image: TempImage, bytes: Int) throws -> [UInt8] { try image.contents(at: 0, count: bytes) }
 
 /// The names in `directory`, sorted.
-private func listing(_ directory: String) -> [String] {
-    guard let dir = opendir(directory) else { return ["<cannot open>"] }
-    defer { closedir(dir) }
-    var names: [String] = []
-    while let entry = readdir(dir) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        if name != "." && name != ".." { names.append(name) }
-    }
-    return names.sorted()
-}
+private func listing(_ directory: String) -> [String] { directoryNames(atPath: directory)?.sorted() ?? ["<cannot open>"] }
 
 /// A fresh private directory, for the overlay; removed (if empty) by the caller.
 private func privateDirectory() throws -> String {

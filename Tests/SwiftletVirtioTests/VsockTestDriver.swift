@@ -365,18 +365,7 @@ final class TempSocketDir {
         path = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
     var uds: String { path + "/v.sock" }
-    deinit {
-        if let d = opendir(path) {
-            while let e = readdir(d) {
-                let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
-                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-                }
-                if name != "." && name != ".." { unlink(path + "/" + name) }
-            }
-            closedir(d)
-        }
-        rmdir(path)
-    }
+    deinit { removeTree(path) }
 }
 
 /// A host-side socket end, non-blocking, closed when dropped.
