@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import SwiftletSys
 
 // AWS Signature Version 4, header form (`Authorization: AWS4-HMAC-SHA256 ...`), as the daemon's
 // Lambda-compatible invoke API verifies it, so that boto3 and the AWS CLI work against it unmodified.
@@ -425,7 +426,7 @@ enum SigV4 {
                 name = bytes
                 value = []
             }
-            guard let decodedName = percentDecode(name), let decodedValue = percentDecode(value) else {
+            guard let decodedName = percentDecoded(name), let decodedValue = percentDecoded(value) else {
                 throw .malformed("query has an invalid percent escape")
             }
             pairs.append((
@@ -622,35 +623,6 @@ enum SigV4 {
             }
         }
         return String(decoding: out, as: UTF8.self)
-    }
-
-    /// `%XX` escapes decoded ('+' stays '+'); nil for a '%' not followed by two hex digits.
-    static func percentDecode(_ bytes: [UInt8]) -> [UInt8]? {
-        var out: [UInt8] = []
-        out.reserveCapacity(bytes.count)
-        var i = 0
-        while i < bytes.count {
-            if bytes[i] == UInt8(ascii: "%") {
-                guard i + 2 < bytes.count, let hi = hexValue(bytes[i + 1]), let lo = hexValue(bytes[i + 2]) else {
-                    return nil
-                }
-                out.append(hi << 4 | lo)
-                i += 3
-            } else {
-                out.append(bytes[i])
-                i += 1
-            }
-        }
-        return out
-    }
-
-    static func hexValue(_ b: UInt8) -> UInt8? {
-        switch b {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return b - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return b - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): return b - UInt8(ascii: "A") + 10
-        default: return nil
-        }
     }
 
     static func hex<D: Sequence>(_ bytes: D) -> String where D.Element == UInt8 {

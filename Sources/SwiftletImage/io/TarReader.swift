@@ -4,6 +4,7 @@
 // so that an image unpacks here as it does there; every field is checked, as
 // the archive comes from the user.
 import Glibc
+import SwiftletSys
 
 /// Why a tar archive could not be read.
 public enum TarError: Error, Equatable, CustomStringConvertible {
@@ -515,7 +516,7 @@ enum PAX {
                 guard !name.isEmpty else { throw .badHeader(offset: offset, reason: "an empty xattr name") }
                 try o.xattrs.set(name, value, offset: offset)
             } else if key.hasPrefix(libarchiveXattr) {
-                guard let nameBytes = percentDecode(key.utf8.dropFirst(libarchiveXattr.utf8.count)), !nameBytes.isEmpty,
+                guard let nameBytes = percentDecoded(key.utf8.dropFirst(libarchiveXattr.utf8.count)), !nameBytes.isEmpty,
                       !nameBytes.contains(0) else {
                     throw .badHeader(offset: offset, reason: "a bad LIBARCHIVE.xattr name")
                 }
@@ -564,30 +565,6 @@ enum PAX {
             return o ? nil : r
         }
         return seconds
-    }
-
-    /// %XX-decoding (libarchive's xattr names); nil for a bad escape.
-    static func percentDecode<C: Collection<UInt8>>(_ bytes: C) -> [UInt8]? {
-        var out: [UInt8] = []
-        var it = bytes.makeIterator()
-        while let c = it.next() {
-            if c != UInt8(ascii: "%") {
-                out.append(c)
-                continue
-            }
-            guard let h = it.next().flatMap(hexValue), let l = it.next().flatMap(hexValue) else { return nil }
-            out.append(h << 4 | l)
-        }
-        return out
-    }
-
-    static func hexValue(_ c: UInt8) -> UInt8? {
-        switch c {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): return c - UInt8(ascii: "A") + 10
-        default: return nil
-        }
     }
 
     /// Standard base64, with or without "=" padding; nil when not valid.
