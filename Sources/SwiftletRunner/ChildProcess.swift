@@ -37,19 +37,29 @@ struct ChildProcess {
         func pipe() throws(RunnerError) -> SwiftletSys.Pipe {
             do { return try SwiftletSys.Pipe() } catch { throw .internalFailure("\(error)") }
         }
-        let outPipe = try pipe(), errPipe = try pipe()
+        let errPipe = try pipe()
+        var outPipe: SwiftletSys.Pipe?
+        var childStdout: Int32 = -1
+        if captureStdout {
+            let p = try pipe()
+            childStdout = p.write.raw
+            outPipe = consume p
+        }
         let pid: pid_t
         do {
             pid = try await spawner.spawn(path: path, argv: argv, environment: VMProcess.childEnvironment(),
-                                          fds: [-1, captureStdout ? outPipe.write.raw : -1, errPipe.write.raw])
+                                          fds: [-1, childStdout, errPipe.write.raw])
         } catch {
             throw .internalFailure("starting \(argv.prefix(3).joined(separator: " ")): \(String(cString: strerror(error.errno)))")
         }
-        let outFD = outPipe.keepingRead().release(), errFD = errPipe.keepingRead().release()
+        var ourStdout: Int32 = -1
+        if let p = consume outPipe { ourStdout = p.keepingRead().release() }
+        let outFD = ourStdout
+        let errFD = errPipe.keepingRead().release()
         return await withCheckedContinuation { (c: CheckedContinuation<Result, Never>) in
             let thread = Thread {
-                let (out, err) = collect(stdout: captureStdout ? outFD : -1, stderr: errFD, stdoutLimit: stdoutLimit)
-                close(outFD)
+                let (out, err) = collect(stdout: outFD, stderr: errFD, stdoutLimit: stdoutLimit)
+                if outFD >= 0 { close(outFD) }
                 close(errFD)
                 var status: Int32 = 0
                 _ = retryingEINTR { waitpid(pid, &status, 0) }

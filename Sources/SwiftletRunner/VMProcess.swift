@@ -136,19 +136,23 @@ public final class VMProcess: Sendable {
             do { return try SwiftletSys.Pipe() } catch { throw .system(error.call, error.errno) }
         }
         let stdin = try pipe(), stdout = try pipe(), stderr = try pipe(), report = try pipe()
-        // Made for a cold launch too, but then neither end is passed: both close.
-        let start = try pipe()
         var childFDs = [stdin.read.raw, stdout.write.raw, stderr.write.raw, report.write.raw]
-        if launch.warm { childFDs.append(start.read.raw) }
+        var start: SwiftletSys.Pipe?
+        if launch.warm {
+            let p = try pipe()
+            childFDs.append(p.read.raw)
+            start = consume p
+        }
         let t0 = Clock.monotonicNanos()
         let pid: pid_t
         do { pid = try await spawner.spawn(path: launch.swiftlet, argv: launch.arguments, environment: childEnvironment(), fds: childFDs) } catch {
             throw .spawn(error)
         }
         for fd in [stdin.write.raw, stdout.read.raw, stderr.read.raw, report.read.raw] { _ = fcntl(fd, F_SETFL, O_NONBLOCK) }
-        let startEnd = start.keepingWrite()
+        var startEnd: OwnedFD?
+        if let p = consume start { startEnd = p.keepingWrite() }
         let ends = Ends(stdin: stdin.keepingWrite(), stdout: stdout.keepingRead(), stderr: stderr.keepingRead(),
-                        report: report.keepingRead(), start: launch.warm ? consume startEnd : nil)
+                        report: report.keepingRead(), start: startEnd)
         return VMProcess(pid: pid, launch: launch, ends: ends, startedAt: t0)
     }
 

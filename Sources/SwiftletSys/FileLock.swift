@@ -7,9 +7,6 @@ import Glibc
 public struct FileLock: ~Copyable, Sendable {
     private let owned: OwnedFD
 
-    /// The locked file's descriptor, valid while `self` lives.
-    public var fd: Int32 { owned.raw }
-
     /// Opens (creating it with `mode`) `path`, not following a link, and
     /// waits for the lock.
     public init(_ path: String, mode: mode_t = 0o644) throws(SystemError) {
